@@ -1,0 +1,218 @@
+"""Sessions: load a model once, plan it per input-shape signature, run it many times.
+
+Planning (lowering to atomic ops at concrete shapes, optimisation, scheduling, backend
+compilation) happens once per distinct set of input shapes and is cached; ``run`` then only
+moves tensors between segments and makes one call per segment.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from walle_core import plugins
+from walle_core.backend import Backend, Executable
+from walle_core.errors import WalleError
+from walle_core.ir import Graph, TensorType
+from walle_core.optimize import optimize
+from walle_core.scheduler import Schedule, schedule
+
+BackendChoice = str | Sequence[str]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]  # str / None: a symbolic dimension
+
+
+@dataclass
+class Plan:
+    """Everything needed to run the model at one input-shape signature."""
+
+    graph: Graph
+    schedule: Schedule
+    executables: list[Executable]
+
+    @property
+    def segments(self) -> list[tuple[str, list]]:
+        return [(s.backend.name, s.segment.nodes) for s in self.schedule.segments]
+
+    @property
+    def copies(self) -> int:
+        return self.schedule.copies
+
+    def execute(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        graph = self.graph
+        # every value, per memory domain it currently lives in (a tensor crosses at most once)
+        values: dict[str, dict[str, Any]] = {name: {"host": v} for name, v in feeds.items()}
+        owner: dict[str, Backend | None] = dict.fromkeys(feeds)  # None: host
+        for sched, exe in zip(self.schedule.segments, self.executables):
+            backend = sched.backend
+            args = [_fetch(values[name], owner[name], backend) for name in sched.segment.inputs]
+            results = exe.run(args)
+            for name, value in zip(sched.segment.outputs, results):
+                values[name] = {backend.memory_domain: value}
+                owner[name] = backend
+        outputs = []
+        for name in graph.outputs:
+            if name in graph.constants:
+                outputs.append(np.array(graph.constants[name], copy=True))
+            elif name in feeds:
+                outputs.append(np.array(feeds[name], copy=True))
+            else:
+                outputs.append(_fetch(values[name], owner[name], None))
+        return outputs
+
+
+def _fetch(copies: dict[str, Any], owner: Backend | None, dst: Backend | None) -> Any:
+    """The value in ``dst``'s memory domain, moving (and remembering) it if needed."""
+    domain = dst.memory_domain if dst is not None else "host"
+    if domain not in copies:
+        if "host" not in copies:
+            copies["host"] = owner.to_host(copies[owner.memory_domain])  # type: ignore[union-attr]
+        if domain != "host":
+            copies[domain] = dst.to_device(copies["host"])  # type: ignore[union-attr]
+    return copies[domain]
+
+
+def resolve_backends(backend: BackendChoice, threads: int) -> list[Backend]:
+    """Instantiate the backends named by ``backend``, in preference order. The reference
+    backend always comes last, as the fallback for ops the others decline."""
+    classes = {cls.name: cls for cls in plugins.backend_classes()}
+    if isinstance(backend, str) and backend == "auto":
+        names = [cls.name for cls in classes.values() if cls.availability().available]
+    else:
+        names = [backend] if isinstance(backend, str) else list(backend)
+    chosen: list[Backend] = []
+    for name in names:
+        if name not in classes:
+            broken = plugins.broken_plugins().get(name)
+            hint = f" (its plugin failed to load: {broken})" if broken else ""
+            raise WalleError(f"unknown backend {name!r}{hint}; registered: {sorted(classes)}")
+        avail = classes[name].availability()
+        if not avail.available:
+            raise WalleError(f"backend {name!r} is not available: {avail.reason}")
+        if all(b.name != name for b in chosen):
+            chosen.append(classes[name](threads=threads))
+    if all(b.name != "reference" for b in chosen) and "reference" in classes:
+        chosen.append(classes["reference"](threads=threads))
+    return chosen
+
+
+class Session:
+    """A loaded model. ``run`` is thread-safe; plans are shared between threads."""
+
+    def __init__(self, model: Any, backend: BackendChoice = "auto", threads: int = 1) -> None:
+        from walle_core.onnx import load_model
+
+        self.threads = int(threads) if threads else (os.cpu_count() or 1)
+        self.model = load_model(model)
+        self._rules = plugins.decomposition_rules()
+        self.model.check_supported(self._rules)
+        self.backends = resolve_backends(backend, self.threads)
+        self.inputs = [InputSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in self.model.inputs]
+        self.output_names = list(self.model.output_names)
+        self._plans: dict[tuple, Plan] = {}
+        self._lock = threading.Lock()
+        if all(isinstance(d, int) for spec in self.inputs for d in spec.shape):
+            # static model: plan now, so every error surfaces at load time
+            self._plan({spec.name: tuple(spec.shape) for spec in self.inputs})  # type: ignore[misc]
+
+    # -- planning ---------------------------------------------------------------------
+    def _plan(self, shapes: Mapping[str, tuple[int, ...]]) -> Plan:
+        key = tuple(shapes[spec.name] for spec in self.inputs)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._build_plan(shapes)
+                self._plans[key] = plan
+        return plan
+
+    def _build_plan(self, shapes: Mapping[str, tuple[int, ...]]) -> Plan:
+        from walle_core.onnx import lower
+
+        types = {spec.name: TensorType(spec.dtype, tuple(shapes[spec.name])) for spec in self.inputs}
+        graph = optimize(lower(self.model, types, self._rules))
+        sched = schedule(graph, self.backends)
+        executables = [s.backend.compile(s.segment) for s in sched.segments]
+        return Plan(graph, sched, executables)
+
+    def plan_for(self, feeds: Mapping[str, Any]) -> Plan:
+        """The plan that ``run(feeds)`` would use (arrays or bare shapes accepted)."""
+        shapes = {name: tuple(getattr(v, "shape", v)) for name, v in feeds.items()}
+        self._check_shapes(shapes)
+        return self._plan(shapes)
+
+    # -- running ----------------------------------------------------------------------
+    def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        expected = {spec.name for spec in self.inputs}
+        missing = expected - set(shapes)
+        extra = set(shapes) - expected
+        if missing or extra:
+            raise WalleError(f"inputs mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        for spec in self.inputs:
+            shape = shapes[spec.name]
+            if len(shape) != len(spec.shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(spec.shape, shape)
+            ):
+                raise WalleError(f"input {spec.name!r}: shape {tuple(shape)} does not match {spec.shape}")
+
+    def _prepare(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        arrays = {}
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                continue
+            value = np.asarray(feeds[spec.name])
+            if value.dtype != spec.dtype:
+                raise WalleError(f"input {spec.name!r}: dtype {value.dtype} does not match {spec.dtype}")
+            arrays[spec.name] = np.asarray(value, order="C")
+        for name in feeds:
+            arrays.setdefault(name, feeds[name])
+        return arrays
+
+    def run(self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        arrays = self._prepare(feeds)
+        plan = self.plan_for(arrays)
+        outputs = dict(zip(self.output_names, plan.execute(arrays)))
+        if output_names is None:
+            return outputs
+        unknown = [n for n in output_names if n not in outputs]
+        if unknown:
+            raise WalleError(f"unknown outputs {unknown}; the model has {self.output_names}")
+        return {name: outputs[name] for name in output_names}
+
+    # -- introspection ----------------------------------------------------------------
+    def info(self, feeds: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Op histograms and how each ONNX op type decomposed (at ``feeds``' shapes, or the
+        static / all-ones shapes)."""
+        if feeds is None:
+            feeds = {s.name: tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in self.inputs}
+        plan = self.plan_for(feeds)
+        decompositions: dict[str, dict[str, int]] = {}
+        for node in plan.graph.nodes:
+            per_op = decompositions.setdefault(node.origin_op or "?", {})
+            per_op[node.op.value] = per_op.get(node.op.value, 0) + 1
+        return {
+            "onnx_ops": self.model.op_types(),
+            "atomic_ops": plan.graph.op_histogram(),
+            "decompositions": decompositions,
+            "inputs": [{"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)} for s in self.inputs],
+            "outputs": list(self.output_names),
+            "segments": [{"backend": b, "nodes": len(n)} for b, n in plan.segments],
+            "copies": plan.copies,
+        }
+
+
+def load(model: Any, backend: BackendChoice = "auto", threads: int = 1) -> Session:
+    """Load an ONNX model (path, bytes or ``onnx.ModelProto``) for ``backend`` ("auto", a
+    backend name, or a list of names in preference order)."""
+    return Session(model, backend=backend, threads=threads)
