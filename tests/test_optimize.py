@@ -60,3 +60,39 @@ def test_no_fusion_when_intermediate_is_shared():
     b.graph.outputs = [r, m]
     fuse_epilogues(b.graph)
     assert len(b.graph.nodes) == 2
+
+
+def test_batchnorm_style_affine_folds_into_conv():
+    from walle_core.optimize import fold_affine_into_conv
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float32), (1, 4, 6, 6)))
+    w = b.constant(rng.standard_normal((4, 4, 3, 3)).astype(np.float32))
+    c = b.emit1(Op.CONV2D, [x, w], ops.Conv2DAttrs(pads=(1, 1, 1, 1)))
+    scale = b.constant(rng.standard_normal((4, 1, 1)).astype(np.float32))
+    shift = b.constant(rng.standard_normal((1, 4, 1, 1)).astype(np.float32))
+    m = b.emit1(Op.BINARY, [c, scale], ops.BinaryAttrs(BinaryFn.MUL))
+    a = b.emit1(Op.BINARY, [shift, m], ops.BinaryAttrs(BinaryFn.ADD))
+    r = b.emit1(Op.UNARY, [a], ops.UnaryAttrs(UnaryFn.RELU))
+    b.graph.outputs = [r]
+    g = b.graph
+    xv = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    want = run_graph(copy.deepcopy(g), {"x": xv})[0]
+    fold_affine_into_conv(g)
+    eliminate_dead_code(g)
+    assert [n.op for n in g.nodes] == [Op.CONV2D, Op.UNARY]
+    np.testing.assert_allclose(run_graph(g, {"x": xv})[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_affine_with_spatial_constant_is_not_folded():
+    from walle_core.optimize import fold_affine_into_conv
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float32), (1, 2, 3, 3)))
+    w = b.constant(np.ones((2, 2, 1, 1), np.float32))
+    c = b.emit1(Op.CONV2D, [x, w], ops.Conv2DAttrs())
+    k = b.constant(np.arange(3, dtype=np.float32))  # varies along W, not per channel
+    m = b.emit1(Op.BINARY, [c, k], ops.BinaryAttrs(BinaryFn.MUL))
+    b.graph.outputs = [m]
+    fold_affine_into_conv(b.graph)
+    assert len(b.graph.nodes) == 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from walle_core.ir import Graph, Node
 from walle_core.ops import Activation, BinaryFn, Op, UnaryFn
 
@@ -77,5 +79,74 @@ def fuse_epilogues(graph: Graph) -> Graph:
     return graph
 
 
+def _per_channel(value: np.ndarray, channels: int) -> np.ndarray | None:
+    """``value`` as a [channels] vector if it broadcasts over an NCHW conv output only along C."""
+    shape = value.shape
+    if len(shape) > 4 or value.size not in (1, channels):
+        return None
+    padded = (1,) * (4 - len(shape)) + shape
+    if value.size == channels and channels > 1 and padded != (1, channels, 1, 1):
+        return None
+    return np.broadcast_to(value.reshape(-1), (channels,)).astype(np.float64)
+
+
+def fold_affine_into_conv(graph: Graph) -> Graph:
+    """Fold ``CONV2D -> MUL(per-channel constant)`` and ``-> ADD(per-channel constant)`` into
+    the convolution's constant weights and bias: this is what an inference BatchNormalization
+    (lowered to MUL + ADD) becomes, so it costs nothing at run time."""
+    changed = True
+    while changed:
+        changed = False
+        consumers = graph.consumers()
+        producers = graph.producers()
+        for idx, node in enumerate(graph.nodes):
+            if node.op is not Op.BINARY or node.attrs.fn not in (BinaryFn.MUL, BinaryFn.ADD):
+                continue
+            for mine, other in ((0, 1), (1, 0)):
+                src = producers.get(node.inputs[mine])
+                const = graph.constants.get(node.inputs[other])
+                if src is None or const is None:
+                    continue
+                conv = graph.nodes[src]
+                if (conv.op is not Op.CONV2D or conv.attrs.has_residual
+                        or conv.attrs.activation.fn is not UnaryFn.IDENTITY
+                        or conv.inputs[1] not in graph.constants
+                        or (conv.attrs.has_bias and conv.inputs[2] not in graph.constants)
+                        or not _single_use(graph, node.inputs[mine], consumers)
+                        or graph.types[node.outputs[0]] != graph.types[conv.outputs[0]]):
+                    continue
+                weight = graph.constants[conv.inputs[1]]
+                channels = weight.shape[0]
+                vec = _per_channel(const, channels)
+                if vec is None or weight.dtype != np.float32:
+                    continue
+                bias = (graph.constants[conv.inputs[2]].astype(np.float64) if conv.attrs.has_bias
+                        else np.zeros(channels))
+                if node.attrs.fn is BinaryFn.MUL:
+                    weight = (weight * vec.reshape(-1, 1, 1, 1)).astype(weight.dtype)
+                    bias = bias * vec
+                else:
+                    bias = bias + vec
+                w_name = f"{conv.inputs[1]}~folded{idx}"
+                b_name = f"{w_name}.bias"
+                graph.constants[w_name] = weight
+                graph.constants[b_name] = bias.astype(weight.dtype)
+                graph.types[w_name] = graph.types[conv.inputs[1]]
+                graph.types[b_name] = type(graph.types[conv.inputs[1]])(weight.dtype, (channels,))
+                conv.inputs = [conv.inputs[0], w_name, b_name]
+                conv.attrs = dataclasses.replace(conv.attrs, has_bias=True)
+                conv.outputs = list(node.outputs)
+                del graph.nodes[idx]
+                changed = True
+                break
+            if changed:
+                break
+    return graph
+
+
 def optimize(graph: Graph) -> Graph:
-    return fuse_epilogues(eliminate_dead_code(graph))
+    """The default pipeline, in an order where each pass exposes work for the next."""
+    graph = eliminate_dead_code(graph)
+    graph = fold_affine_into_conv(graph)
+    graph = fuse_epilogues(graph)
+    return eliminate_dead_code(graph)
