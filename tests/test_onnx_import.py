@@ -1,0 +1,525 @@
+"""ONNX import: every supported op against onnx.reference, a small CNN, and malformed models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+from onnx_models import check_against_reference, lower_model, make_model
+
+from walle_core.errors import ModelError, UnsupportedOpError, WalleError
+from walle_core.ir import TensorType
+from walle_core.onnx import load_model, lower
+from walle_core.ops import Op
+from walle_core.plugins import decomposition_rules
+from walle_core.reference import run_graph
+
+
+def f32(*shape: int, seed: int = 0, low: float = -2.0, high: float = 2.0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(low, high, shape).astype(np.float32)
+
+
+def ints(*shape: int, seed: int = 0, low: int = -9, high: int = 10, dtype=np.int64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(low, high, shape).astype(dtype)
+
+
+def i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def case(op: str, feeds: dict, inits: dict | None = None, order: list[str] | None = None, opset: int = 17,
+         outputs: int = 1, id: str = "", oracle: str = "reference", **attrs):
+    """One-node model: node inputs are ``order`` (default feeds then initializers)."""
+    inits = inits or {}
+    names = order if order is not None else [*feeds, *inits]
+    outs = [f"y{i}" for i in range(outputs)]
+    node = helper.make_node(op, names, outs, name=f"{op.lower()}_0", **attrs)
+    model = make_model([node], feeds, outs, inits, opset)
+    return pytest.param(model, feeds, oracle, id=f"{op}-{id}" if id else op)
+
+
+def conv_t(feeds: dict, inits: dict | None = None, **kwargs):
+    """ConvTranspose against ONNX Runtime: onnx.reference mishandles group > 1."""
+    return case("ConvTranspose", feeds, inits, oracle="onnxruntime", **kwargs)
+
+
+X4 = f32(2, 4, 7, 7)
+X3 = f32(2, 3, 4, seed=1)
+
+CNN_CASES = [
+    case("Conv", {"x": X4}, {"w": f32(6, 4, 3, 3, seed=2)}, id="plain"),
+    case("Conv", {"x": X4}, {"w": f32(6, 4, 3, 3, seed=2), "b": f32(6, seed=3)}, pads=[1, 2, 0, 1],
+         strides=[2, 1], id="pads-strides-bias"),
+    case("Conv", {"x": X4}, {"w": f32(4, 2, 3, 3, seed=2)}, group=2, dilations=[2, 2], pads=[2, 2, 2, 2],
+         id="group-dilation"),
+    case("Conv", {"x": X4}, {"w": f32(4, 1, 3, 3, seed=2)}, group=4, strides=[2, 2], auto_pad="SAME_UPPER",
+         id="depthwise-same-upper"),
+    case("Conv", {"x": X4}, {"w": f32(3, 4, 2, 2, seed=2)}, strides=[2, 2], auto_pad="SAME_LOWER",
+         id="same-lower"),
+    case("Conv", {"x": X4}, {"w": f32(3, 4, 3, 3, seed=2)}, strides=[2, 2], auto_pad="VALID", id="valid"),
+    case("Conv", {"x": X3}, {"w": f32(5, 3, 2, seed=2), "b": f32(5, seed=3)}, pads=[1, 0], id="1d"),
+    case("Conv", {"x": X4, "w": f32(2, 4, 1, 1, seed=4)}, id="runtime-weight"),
+    conv_t({"x": f32(1, 4, 4, 5)}, {"w": f32(4, 3, 3, 3, seed=2)}, id="plain"),
+    conv_t({"x": f32(1, 4, 4, 5)}, {"w": f32(4, 3, 3, 3, seed=2), "b": f32(3, seed=3)},
+         strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0], id="stride-pads-outpad"),
+    conv_t({"x": f32(1, 4, 4, 5)}, {"w": f32(4, 1, 3, 2, seed=2)}, group=2, strides=[2, 3],
+         dilations=[2, 1], id="group-dilation"),
+    conv_t({"x": f32(1, 2, 3, 3)}, {"w": f32(2, 2, 3, 3, seed=2)}, strides=[2, 2],
+         output_shape=[6, 7], auto_pad="SAME_UPPER", id="output-shape"),
+    conv_t({"x": f32(1, 2, 3, 4)}, {"w": f32(2, 2, 4, 4, seed=2)}, strides=[2, 2],
+         auto_pad="SAME_UPPER", id="same-upper"),
+    conv_t({"x": f32(1, 2, 5, 5)}, {"w": f32(2, 2, 2, 2, seed=2)}, pads=[2, 0, 1, 2],
+         id="pads-beyond-kernel"),
+    conv_t({"x": f32(2, 3, 5)}, {"w": f32(3, 2, 3, seed=2)}, strides=[2], id="1d"),
+    conv_t({"x": f32(1, 2, 3, 3), "w": f32(2, 3, 2, 2, seed=2)}, strides=[2, 2],
+         id="runtime-weight"),
+    case("MaxPool", {"x": X4}, kernel_shape=[2, 2], strides=[2, 2], id="2x2"),
+    case("MaxPool", {"x": X4}, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], id="pads"),
+    case("MaxPool", {"x": f32(1, 2, 6, 6)}, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, id="ceil"),
+    case("MaxPool", {"x": X4}, kernel_shape=[2, 2], dilations=[2, 2], id="dilations"),
+    case("MaxPool", {"x": X4}, kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER", id="same-upper"),
+    case("MaxPool", {"x": X3}, kernel_shape=[2], strides=[1], id="1d"),
+    case("MaxPool", {"x": ints(1, 2, 4, 4, dtype=np.int32)}, kernel_shape=[2, 2], strides=[2, 2], id="int"),
+    case("AveragePool", {"x": X4}, kernel_shape=[3, 3], pads=[1, 1, 1, 1], id="exclude-pad"),
+    case("AveragePool", {"x": X4}, kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1,
+         id="include-pad"),
+    case("AveragePool", {"x": f32(1, 2, 6, 6)}, kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, id="ceil"),
+    case("AveragePool", {"x": X3}, kernel_shape=[3], strides=[1], pads=[1, 1], id="1d"),
+    case("GlobalAveragePool", {"x": X4}),
+    case("GlobalMaxPool", {"x": X4}),
+    case("BatchNormalization", {"x": X4}, {"s": f32(4, seed=2), "b": f32(4, seed=3), "m": f32(4, seed=4),
+                                           "v": f32(4, seed=5, low=0.5, high=2.0)}, epsilon=1e-3),
+    case("BatchNormalization", {"x": f32(5, 4)}, {"s": f32(4, seed=2), "b": f32(4, seed=3),
+                                                  "m": f32(4, seed=4), "v": f32(4, seed=5, low=0.5)}, id="2d"),
+    # onnx.reference gets BatchNormalization-9 wrong
+    case("BatchNormalization", {"x": X4}, {"s": f32(4, seed=2), "b": f32(4, seed=3), "m": f32(4, seed=4),
+                                           "v": f32(4, seed=5, low=0.5)}, opset=13, oracle="onnxruntime",
+         id="opset13"),
+    case("Gemm", {"a": f32(3, 5)}, {"b": f32(5, 4, seed=2)}, id="no-c"),
+    case("Gemm", {"a": f32(5, 3)}, {"b": f32(4, 5, seed=2), "c": f32(4, seed=3)}, transA=1, transB=1,
+         alpha=0.5, beta=2.0, id="trans-alpha-beta"),
+    case("Gemm", {"a": f32(3, 5)}, {"b": f32(5, 4, seed=2), "c": f32(3, 4, seed=3)}, id="c-matrix"),
+    case("Gemm", {"a": f32(3, 5), "b": f32(5, 4, seed=2), "c": f32(1, 1, seed=3)}, alpha=2.0,
+         id="runtime-operands"),
+    case("MatMul", {"a": f32(3, 5), "b": f32(5, 4, seed=2)}, id="2d"),
+    case("MatMul", {"a": f32(2, 1, 3, 5), "b": f32(4, 5, 2, seed=2)}, id="batch-broadcast"),
+    case("MatMul", {"a": f32(5), "b": f32(2, 5, 4, seed=2)}, id="1d-lhs"),
+    case("MatMul", {"a": f32(2, 3, 5), "b": f32(5, seed=2)}, id="1d-rhs"),
+    case("MatMul", {"a": f32(5), "b": f32(5, seed=2)}, id="1d-both"),
+    case("MatMul", {"a": ints(3, 4, dtype=np.int32), "b": ints(4, 2, seed=1, dtype=np.int32)}, id="int32"),
+]
+
+ELEMENTWISE_CASES = [
+    *(case(op, {"a": f32(2, 3, 4), "b": f32(3, 1, seed=1, low=0.5)}, id="broadcast")
+      for op in ("Add", "Sub", "Mul", "Div")),
+    case("Div", {"a": ints(3, 4), "b": ints(4, seed=1, low=1, high=5) * np.array([1, -1, 1, -1])},
+         id="int-truncates"),
+    case("Add", {"a": ints(2, 3, dtype=np.int32), "b": ints(1, seed=1, dtype=np.int32)}, id="int32"),
+    case("Mul", {"a": f32(3, 4).astype(np.float16), "b": f32(4, seed=1).astype(np.float16)}, id="fp16"),
+    case("Pow", {"a": f32(3, 4, low=0.1), "b": f32(3, 4, seed=1)}, id="float"),
+    case("Pow", {"a": f32(3, 4)}, {"e": np.array(2, np.int64)}, id="int-exponent"),
+    *(case(op, {"x": f32(3, 5)}) for op in ("Relu", "Sigmoid", "Tanh", "HardSwish", "Exp", "Neg", "Abs",
+                                            "Floor", "Ceil", "Erf", "Sign", "Softplus", "Softsign", "Elu",
+                                            "Selu", "Sin", "Cos", "Round")),
+    *(case(op, {"x": f32(3, 5, low=0.1)}) for op in ("Log", "Sqrt", "Reciprocal")),
+    *(case(op, {"x": f32(3, 5, low=-0.9, high=0.9)}) for op in ("Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh",
+                                                                "Asinh", "Atanh")),
+    case("Acosh", {"x": f32(3, 5, low=1.0, high=3.0)}),
+    case("Swish", {"x": f32(3, 5)}, opset=24, alpha=0.7),
+    *(case(op, {"a": ints(3, 4, dtype=np.int32), "b": ints(4, seed=1, dtype=np.int32)}, opset=18)
+      for op in ("BitwiseAnd", "BitwiseOr", "BitwiseXor")),
+    case("Relu", {"x": ints(3, 5, dtype=np.int32)}, id="int"),
+    case("HardSigmoid", {"x": f32(3, 5)}, alpha=0.3, beta=0.4),
+    case("LeakyRelu", {"x": f32(3, 5)}, alpha=0.2),
+    case("Elu", {"x": f32(3, 5)}, alpha=0.5, id="alpha"),
+    case("Selu", {"x": f32(3, 5)}, alpha=1.5, gamma=2.0, id="alpha-gamma"),
+    case("Mish", {"x": f32(3, 5)}, opset=18),
+    case("Gelu", {"x": f32(3, 5)}, opset=20, id="erf"),
+    case("Gelu", {"x": f32(3, 5)}, opset=20, approximate="tanh", id="tanh"),
+    case("PRelu", {"x": f32(2, 3, 4)}, {"s": f32(3, 1, seed=1)}),
+    case("Clip", {"x": f32(3, 5)}, opset=6, min=-0.5, max=0.7, id="opset6-attrs"),
+    case("Clip", {"x": f32(3, 5)}, {"lo": np.array(-0.5, np.float32)}, opset=13, id="min-only"),
+    case("Clip", {"x": f32(3, 5)}, {"hi": np.array(0.3, np.float32)}, order=["x", "", "hi"], opset=13,
+         id="max-only"),
+    case("Clip", {"x": f32(3, 5)}, opset=13, id="no-bounds"),
+    case("Clip", {"x": f32(3, 5), "lo": np.array(-1, np.float32), "hi": np.array(1, np.float32)}, opset=13,
+         id="runtime-bounds"),
+    case("Clip", {"x": ints(3, 5)}, {"lo": i64(-3), "hi": i64(4)}, opset=13, id="int64"),
+    *(case(op, {"a": ints(3, 4), "b": ints(4, seed=1)}, id="int") for op in
+      ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")),
+    case("Less", {"a": f32(3, 4), "b": f32(3, 4, seed=1)}, id="float"),
+    *(case(op, {"a": ints(3, 4, low=0, high=2).astype(bool), "b": ints(3, 4, seed=1, low=0, high=2).astype(bool)})
+      for op in ("And", "Or", "Xor")),
+    case("Not", {"x": ints(3, 4, low=0, high=2).astype(bool)}),
+    case("Where", {"c": ints(3, 4, low=0, high=2).astype(bool), "a": f32(3, 4), "b": f32(4, seed=1)}),
+    *(case(op, {"a": f32(3, 4), "b": f32(4, seed=1), "c": f32(1, 4, seed=2)}) for op in
+      ("Sum", "Mean", "Max", "Min")),
+    case("Max", {"a": ints(3, 4)}, id="single"),
+    case("Mod", {"a": ints(3, 4), "b": ints(3, 4, seed=1, low=1, high=5)}, id="int"),
+    case("Mod", {"a": f32(3, 4), "b": f32(3, 4, seed=1, low=0.5)}, fmod=1, id="fmod"),
+    case("BitShift", {"a": ints(3, 4, low=0, dtype=np.uint8), "b": ints(3, 4, low=0, high=3, dtype=np.uint8)},
+         direction="LEFT"),
+    case("IsNaN", {"x": np.array([1.0, np.nan, -np.inf], np.float32)}),
+    *(case("Cast", {"x": f32(3, 4, low=-5, high=5)}, to=to, id=str(to)) for to in
+      (onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+       onnx.TensorProto.BOOL, onnx.TensorProto.INT8)),
+    case("Cast", {"x": ints(3, 4)}, to=onnx.TensorProto.FLOAT, id="int-to-float"),
+    case("CastLike", {"x": ints(3, 4), "like": f32(1)}),
+]
+
+TENSOR_CASES = [
+    *(case("Flatten", {"x": X4}, axis=axis, id=str(axis)) for axis in (0, 1, 2, -1)),
+    case("Reshape", {"x": X4}, {"s": i64(2, -1, 7)}, id="minus-one"),
+    case("Reshape", {"x": X4}, {"s": i64(0, 0, 49)}, id="copy-zero"),
+    case("Reshape", {"x": f32(0, 3)}, {"s": i64(3, 0)}, opset=14, allowzero=1, id="allowzero"),
+    case("Transpose", {"x": X4}, id="default"),
+    case("Transpose", {"x": X4}, perm=[0, 2, 3, 1], id="nhwc"),
+    case("Concat", {"a": f32(2, 3, 4), "b": f32(2, 1, 4, seed=1), "c": f32(2, 2, 4, seed=2)}, axis=1),
+    case("Concat", {"a": ints(2, 3), "b": ints(2, 2, seed=1)}, axis=-1, id="int-neg-axis"),
+    case("Slice", {"x": X4}, opset=1, starts=[1, -5], ends=[3, 100], axes=[1, 3], id="opset1"),
+    case("Slice", {"x": X4}, {"s": i64(-1, 6), "e": i64(-100, 1), "a": i64(1, 2), "st": i64(-1, -2)},
+         opset=13, id="negative-steps"),
+    case("Slice", {"x": X4}, {"s": i64(0, 1), "e": i64(2, 9223372036854775807), "a": i64(-1, 2),
+                              "st": i64(2, 3)}, opset=13, id="steps-int-max"),
+    case("Slice", {"x": X4}, {"s": i64(5), "e": i64(2)}, opset=13, id="empty"),
+    case("Squeeze", {"x": f32(1, 3, 1, 4)}, opset=11, axes=[0, -2], id="attr"),
+    case("Squeeze", {"x": f32(1, 3, 1, 4)}, {"a": i64(2)}, opset=13, id="input"),
+    case("Squeeze", {"x": f32(1, 3, 1, 4)}, opset=13, id="all"),
+    case("Unsqueeze", {"x": f32(3, 4)}, opset=11, axes=[0, 3], id="attr"),
+    case("Unsqueeze", {"x": f32(3, 4)}, {"a": i64(-1, 1)}, opset=13, id="input"),
+    # onnx.reference applies the opset-13 semantics to old opsets too: ONNX Runtime is the oracle
+    *(case("Softmax", {"x": f32(2, 3, 4)}, opset=11, axis=axis, id=f"opset11-axis{axis}", oracle="onnxruntime")
+      for axis in (1, -1)),
+    *(case("Softmax", {"x": f32(2, 3, 4) * 30}, axis=axis, id=f"axis{axis}") for axis in (1, -1)),
+    case("LogSoftmax", {"x": f32(2, 3, 4) * 10}, axis=1),
+    case("LogSoftmax", {"x": f32(2, 3, 4)}, opset=11, axis=1, id="opset11", oracle="onnxruntime"),
+    case("Identity", {"x": X3}),
+    case("Dropout", {"x": X3}, outputs=2, opset=13, id="mask"),
+    case("Dropout", {"x": X3}, opset=7, ratio=0.3, id="opset7"),
+    case("Shape", {"x": X4}, id="all"),
+    case("Shape", {"x": X4}, opset=15, start=1, end=-1, id="start-end"),
+    case("Size", {"x": X4}),
+    case("Gather", {"x": f32(5, 4)}, {"i": i64(0, -1, 3)}, id="axis0"),
+    case("Gather", {"x": f32(3, 5, 2)}, {"i": np.array([[1, -2], [4, 0]], np.int32)}, axis=1, id="axis1-2d"),
+    case("Gather", {"x": f32(3, 5), "i": np.array(2, np.int64)}, axis=1, id="runtime-scalar"),
+    case("Expand", {"x": f32(3, 1)}, {"s": i64(2, 1, 4)}),
+    case("Tile", {"x": f32(2, 3)}, {"r": i64(2, 3)}),
+    case("Pad", {"x": f32(2, 3, 4)}, {"p": i64(0, 1, 2, 0, 2, 1), "v": np.array(1.5, np.float32)},
+         opset=13, id="constant"),
+    *(case("Pad", {"x": f32(2, 3, 4)}, {"p": i64(0, 2, 3, 1, 1, 2)}, opset=13, mode=mode, id=mode)
+      for mode in ("reflect", "edge")),
+    case("Pad", {"x": f32(2, 3, 4)}, {"p": i64(0, 2, 3, 1, 1, 2)}, opset=19, mode="wrap", id="wrap"),
+    case("Pad", {"x": f32(2, 3, 4)}, opset=2, pads=[0, 1, 1, 0, 1, 1], value=2.0, id="opset2"),
+    case("Pad", {"x": f32(2, 3, 4)}, {"p": i64(1, 2), "a": i64(-1)}, order=["x", "p", "", "a"], opset=18,
+         mode="edge", id="axes"),
+    case("Split", {"x": f32(2, 6)}, outputs=3, axis=1, opset=13, id="equal"),
+    case("Split", {"x": f32(5, 2)}, {"s": i64(1, 4)}, outputs=2, opset=13, id="sizes-input"),
+    case("Split", {"x": f32(5, 2)}, outputs=2, opset=11, split=[3, 2], id="sizes-attr"),
+    case("Split", {"x": f32(7, 2)}, outputs=3, opset=18, num_outputs=3, id="num-outputs-uneven"),
+    case("DepthToSpace", {"x": f32(1, 8, 2, 3)}, blocksize=2, id="dcr"),
+    case("DepthToSpace", {"x": f32(1, 8, 2, 3)}, blocksize=2, mode="CRD", id="crd"),
+    case("SpaceToDepth", {"x": f32(1, 2, 4, 6)}, blocksize=2),
+]
+
+CONSTANT_CASES = [
+    pytest.param(make_model([helper.make_node("Constant", [], ["y"], **{name: value})], {}, ["y"]), {},
+                 "reference", id=f"Constant-{name}")
+    for name, value in [("value", numpy_helper.from_array(f32(2, 3))), ("value_float", 1.5),
+                        ("value_floats", [1.0, 2.5]), ("value_int", 7), ("value_ints", [1, 2, 3])]
+] + [
+    case("ConstantOfShape", {}, {"s": i64(2, 3)}, id="default"),
+    case("ConstantOfShape", {}, {"s": i64(2, 3)}, value=numpy_helper.from_array(np.array([4], np.int32)),
+         id="int32"),
+    case("Range", {}, {"a": np.array(1, np.int64), "b": np.array(10, np.int64), "d": np.array(3, np.int64)},
+         id="int"),
+    case("Range", {}, {"a": np.array(1, np.float32), "b": np.array(-2, np.float32),
+                       "d": np.array(-0.5, np.float32)}, id="float"),
+]
+
+REDUCE_CASES = [
+    *(case(op, {"x": f32(2, 3, 4)}, opset=13, axes=[1], keepdims=keep, id=f"keep{keep}")
+      for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                 "ReduceSumSquare", "ReduceLogSumExp") for keep in (0, 1)),
+    case("ReduceSum", {"x": f32(2, 3, 4)}, opset=11, axes=[0, -1], id="opset11"),
+    case("ReduceSum", {"x": f32(2, 3, 4)}, {"a": i64(0, 2)}, opset=13, keepdims=0, id="axes-input"),
+    case("ReduceSum", {"x": f32(2, 3, 4)}, opset=13, id="all"),
+    case("ReduceSum", {"x": f32(2, 3, 4)}, opset=13, noop_with_empty_axes=1, id="noop"),
+    case("ReduceSum", {"x": ints(2, 3, 4)}, opset=13, keepdims=0, id="int"),
+    case("ReduceMax", {"x": f32(2, 3, 4)}, {"a": i64(-1)}, opset=18, id="opset18"),
+    case("ReduceMean", {"x": f32(2, 3, 4)}, opset=18, keepdims=0, id="opset18-all"),
+    case("ReduceLogSum", {"x": f32(2, 3, 4, low=0.1)}, opset=13, axes=[2]),
+    case("ArgMax", {"x": f32(3, 4)}, axis=1, id="axis1"),
+    case("ArgMax", {"x": ints(3, 4, low=0, high=3)}, axis=0, keepdims=0, select_last_index=1, id="last"),
+    case("ArgMin", {"x": f32(3, 4)}, axis=-1, keepdims=0),
+    case("TopK", {"x": f32(3, 6)}, {"k": i64(3)}, outputs=2, id="largest"),
+    case("TopK", {"x": ints(3, 6, low=0, high=4)}, {"k": i64(2)}, outputs=2, axis=0, largest=0, id="smallest"),
+    case("CumSum", {"x": f32(3, 4)}, {"a": np.array(1, np.int32)}, id="plain"),
+    case("CumSum", {"x": ints(3, 4)}, {"a": np.array(-2, np.int64)}, exclusive=1, reverse=1, id="excl-rev"),
+    case("LayerNormalization", {"x": f32(2, 3, 4)}, {"s": f32(4, seed=1), "b": f32(4, seed=2)}, id="last"),
+    case("LayerNormalization", {"x": f32(2, 3, 4)}, {"s": f32(3, 4, seed=1)}, axis=1, epsilon=1e-3,
+         outputs=3, id="axis1-stats"),
+    case("InstanceNormalization", {"x": f32(2, 3, 4, 5)}, {"s": f32(3, seed=1), "b": f32(3, seed=2)}),
+    case("Einsum", {"a": f32(3, 4), "b": f32(4, 5, seed=1)}, equation="ij,jk->ik", id="matmul"),
+    case("Einsum", {"a": f32(2, 3, 4), "b": f32(2, 4, 5, seed=1)}, equation="bij,bjk->bki", id="batched"),
+    case("Einsum", {"a": f32(3, 4), "b": f32(5, seed=1)}, equation="ij,k", id="outer-implicit"),
+    case("Einsum", {"a": f32(3, 4, 2), "b": f32(4, 6, seed=1)}, equation="ijx,jk->ki", id="sum-out"),
+    case("Einsum", {"a": f32(3, 4, 2)}, equation="ijk->kj", id="unary"),
+]
+
+
+@pytest.mark.parametrize("model, feeds, oracle", CNN_CASES + ELEMENTWISE_CASES + TENSOR_CASES + CONSTANT_CASES
+                         + REDUCE_CASES)
+def test_op_matches_onnx_reference(model: onnx.ModelProto, feeds: dict, oracle: str) -> None:
+    check_against_reference(model, feeds, oracle=oracle)
+
+
+def test_sparse_constant_densifies() -> None:
+    values = f32(3)
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(values), numpy_helper.from_array(i64(1, 4, 5)),
+                                       [2, 3])
+    graph = lower_model(make_model([helper.make_node("Constant", [], ["y"], sparse_value=sparse)], {}, ["y"]), {})
+    expected = np.zeros(6, np.float32)
+    expected[[1, 4, 5]] = values
+    np.testing.assert_array_equal(run_graph(graph, {})[0], expected.reshape(2, 3))
+
+
+def test_shape_chain_folds_to_one_reshape() -> None:
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape folds: only the data copy remains."""
+    x = f32(2, 3, 4)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+        helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
+        helper.make_node("Concat", ["n1", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+    model = make_model(nodes, {"x": x}, ["y"], {"zero": i64(0)[0], "zero1": i64(0), "minus1": i64(-1)})
+    graph = check_against_reference(model, {"x": x})
+    assert [n.op for n in graph.nodes] == [Op.RASTER]
+    assert len(graph.nodes[0].attrs.regions) == 1
+    assert graph.nodes[0].origin == "" or graph.nodes[0].origin_op == "Reshape"
+    assert set(graph.constants) == set()
+
+
+def test_batchnorm_becomes_one_mul_and_one_add() -> None:
+    x = X4
+    params = {"s": f32(4, seed=2), "b": f32(4, seed=3), "m": f32(4, seed=4), "v": f32(4, seed=5, low=0.5)}
+    model = make_model([helper.make_node("BatchNormalization", ["x", *params], ["y"])], {"x": x}, ["y"],
+                       params)
+    graph = lower_model(model, {"x": x})
+    assert sorted(graph.op_histogram().items()) == [("binary", 2)]
+
+
+def _small_cnn() -> tuple[onnx.ModelProto, dict]:
+    x = f32(2, 3, 16, 16, seed=10)
+    inits = {
+        "w1": f32(8, 3, 3, 3, seed=11) * 0.3, "b1": f32(8, seed=12),
+        "bn_s": f32(8, seed=13), "bn_b": f32(8, seed=14), "bn_m": f32(8, seed=15) * 0.1,
+        "bn_v": f32(8, seed=16, low=0.5, high=1.5),
+        "w2": f32(8, 8, 3, 3, seed=17) * 0.2, "b2": f32(8, seed=18),
+        "fc_w": f32(10, 8, seed=19), "fc_b": f32(10, seed=20),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"], name="bn1"),
+        helper.make_node("Relu", ["bn"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2], name="pool1"),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Add", ["c2", "p1"], ["res"], name="residual"),
+        helper.make_node("GlobalAveragePool", ["res"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1, name="fc"),
+        helper.make_node("Softmax", ["logits"], ["prob"], axis=1, name="softmax"),
+    ]
+    # shuffled node order: ONNX allows it, the importer sorts
+    return make_model(nodes, {"x": x}, ["prob"], inits, opset=17), {"x": x}
+
+
+def test_small_cnn_matches_reference() -> None:
+    model, feeds = _small_cnn()
+    expected = ReferenceEvaluator(model).run(None, feeds)[0]
+    # shuffled node order: ONNX allows it and the importer sorts (onnx.reference would not)
+    nodes = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([nodes[i] for i in (5, 0, 9, 1, 2, 4, 3, 6, 8, 7)])
+    graph = lower_model(model, feeds)
+    np.testing.assert_allclose(run_graph(graph, feeds)[0], expected, rtol=1e-5, atol=1e-6)
+    origins = {n.origin for n in graph.nodes}
+    assert {"conv1", "conv2", "pool1", "fc", "softmax"} <= origins
+    assert graph.output_names == ["prob"]
+
+
+def test_model_facts() -> None:
+    model, _ = _small_cnn()
+    om = load_model(model)
+    assert om.op_types()["Conv"] == 2
+    assert [s.name for s in om.inputs] == ["x"]
+    assert om.inputs[0].dtype == np.float32 and om.inputs[0].shape == (2, 3, 16, 16)
+    assert set(om.initializers) >= {"w1", "fc_b"} and om.opsets == {"": 17}
+    seen: set[str] = {"x", *om.initializers}
+    for node in om.nodes:  # topological order
+        assert all(name in seen for name in node.input)
+        seen.update(node.output)
+
+
+def test_symbolic_dims_relower_per_shape() -> None:
+    x_info = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4, None])
+    graph = helper.make_graph([helper.make_node("Shape", ["x"], ["s"]),
+                               helper.make_node("Reshape", ["x", "flat"], ["y"]),
+                               helper.make_node("Relu", ["y"], ["z"])], "dyn", [x_info],
+                              [helper.make_empty_tensor_value_info("z"), helper.make_empty_tensor_value_info("s")],
+                              [numpy_helper.from_array(i64(0, -1), "flat")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    om = load_model(model)
+    assert om.inputs[0].shape == ("batch", 4, None)
+    for shape in [(1, 4, 3), (5, 4, 2)]:
+        feeds = {"x": f32(*shape)}
+        check_against_reference(model, feeds)
+        g = lower(om, {"x": TensorType(np.dtype(np.float32), shape)}, decomposition_rules())
+        np.testing.assert_array_equal(g.constants[g.outputs[1]], np.array(shape))
+
+
+def test_output_aliases_input_and_duplicates() -> None:
+    x = f32(2, 3)
+    nodes = [helper.make_node("Identity", ["x"], ["a"]), helper.make_node("Identity", ["x"], ["b"])]
+    model = make_model(nodes, {"x": x}, ["a", "b"])
+    graph = check_against_reference(model, {"x": x})
+    assert len(set(graph.outputs)) == 2 and graph.output_names == ["a", "b"]
+
+
+def test_external_data_loads_relative_to_model(tmp_path) -> None:
+    x, w = f32(3, 8), f32(8, 300, seed=1)
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], {"x": x}, ["y"], {"w": w})
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    assert (tmp_path / "weights.bin").exists()
+    om = load_model(path)
+    np.testing.assert_array_equal(om.initializers["w"], w)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(ModelError, match="external"):
+        load_model(path)
+
+
+# -- malformed models ------------------------------------------------------------------------
+
+def _relu_model() -> onnx.ModelProto:
+    return make_model([helper.make_node("Relu", ["x"], ["y"], name="relu_0")], {"x": f32(2, 3)}, ["y"])
+
+
+def test_truncated_bytes() -> None:
+    data = _relu_model().SerializeToString()
+    with pytest.raises(ModelError, match="not a valid ONNX protobuf"):
+        load_model(data[: len(data) // 2 + 3])
+    with pytest.raises(ModelError):
+        load_model(b"\xff\xff\xff garbage")
+
+
+def test_missing_file_and_wrong_type(tmp_path) -> None:
+    with pytest.raises(ModelError, match="cannot read"):
+        load_model(tmp_path / "nope.onnx")
+    with pytest.raises(ModelError, match="cannot load a model"):
+        load_model(42)  # type: ignore[arg-type]
+
+
+def test_cycle_is_reported() -> None:
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="first"),
+             helper.make_node("Relu", ["a"], ["b"], name="second")]
+    model = make_model(nodes, {"x": f32(2)}, ["b"])
+    with pytest.raises(ModelError, match="cycle.*first"):
+        load_model(model)
+
+
+def test_missing_input_names_node_and_slot() -> None:
+    model = make_model([helper.make_node("Add", ["x", "ghost"], ["y"], name="add_1")], {"x": f32(2)}, ["y"])
+    with pytest.raises(ModelError, match=r"'add_1' \(Add\) input 1 reads 'ghost'"):
+        load_model(model)
+
+
+def test_undefined_graph_output() -> None:
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], {"x": f32(2)}, ["nothing"])
+    with pytest.raises(ModelError, match="graph output 'nothing'"):
+        load_model(model)
+
+
+def test_duplicate_output_name() -> None:
+    nodes = [helper.make_node("Relu", ["x"], ["y"], name="r1"), helper.make_node("Neg", ["x"], ["y"], name="r2")]
+    with pytest.raises(ModelError, match="'r2'.*already produced by node 'r1'"):
+        load_model(make_model(nodes, {"x": f32(2)}, ["y"]))
+
+
+def test_unsupported_ops_are_all_listed() -> None:
+    nodes = [helper.make_node("Foo", ["x"], ["a"], name="foo_1"), helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Bar", ["b"], ["y"], name="bar_1")]
+    om = load_model(make_model(nodes, {"x": f32(2)}, ["y"], opset=17))
+    with pytest.raises(UnsupportedOpError) as info:
+        om.check_supported(decomposition_rules())
+    message = str(info.value)
+    assert "unsupported op 'Foo' (domain '', opset 17) at node 'foo_1'" in message
+    assert "'Bar'" in message and "bar_1" in message and "Relu" not in message
+
+
+def test_unimported_domain() -> None:
+    node = helper.make_node("Thing", ["x"], ["y"], name="t", domain="com.example")
+    with pytest.raises(ModelError, match="domain 'com.example'"):
+        load_model(make_model([node], {"x": f32(2)}, ["y"]))
+
+
+def test_missing_default_opset() -> None:
+    model = _relu_model()
+    del model.opset_import[:]
+    with pytest.raises(ModelError, match="opset"):
+        load_model(model)
+
+
+def test_bad_initializer_size() -> None:
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], {"x": f32(4)}, ["y"], {"w": f32(4)})
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    with pytest.raises(ModelError, match="initializer 'w': raw_data has 12 bytes"):
+        load_model(model)
+    model.graph.initializer[0].ClearField("raw_data")
+    model.graph.initializer[0].float_data.extend([1.0, 2.0])
+    with pytest.raises(ModelError, match="float_data holds 2 values"):
+        load_model(model)
+
+
+def test_negative_and_absurd_dims() -> None:
+    model = make_model([helper.make_node("Add", ["x", "w"], ["y"])], {"x": f32(4)}, ["y"], {"w": f32(4)})
+    model.graph.initializer[0].dims[0] = -4
+    with pytest.raises(ModelError, match="negative dimension"):
+        load_model(model)
+    model.graph.initializer[0].dims[:] = [1 << 30, 1 << 30]
+    with pytest.raises(ModelError, match="too large"):
+        load_model(model)
+    bad_input = _relu_model()
+    bad_input.graph.input[0].type.tensor_type.shape.dim[0].dim_value = -2
+    with pytest.raises(ModelError, match="graph input 'x': negative dimension"):
+        load_model(bad_input)
+
+
+def test_model_without_graph() -> None:
+    with pytest.raises(ModelError, match="no graph"):
+        load_model(onnx.ModelProto(ir_version=8).SerializeToString())
+
+
+@pytest.mark.parametrize("node, feeds, inits, pattern", [
+    (helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"), {"x": f32(2, 3), "s": i64(3, 2)}, {},
+     "Reshape node 'rs': input 1 \\(shape\\) must be a constant"),
+    (helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"), {"x": f32(2, 3)}, {"s": i64(4, 2)},
+     "Reshape node 'rs': cannot reshape"),
+    (helper.make_node("Conv", ["x", "w"], ["y"], name="c3d"), {"x": f32(1, 1, 2, 2, 2)},
+     {"w": f32(1, 1, 1, 1, 1)}, "Conv node 'c3d': only 1-D and 2-D"),
+    (helper.make_node("Conv", ["x", "w"], ["y"], name="cg"), {"x": f32(1, 3, 4, 4)}, {"w": f32(2, 2, 1, 1)},
+     "conv2d.*groups.*Conv node 'cg'"),
+    (helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], name="mp"), {"x": f32(1, 1, 4, 4)},
+     {}, "MaxPool node 'mp': the Indices output"),
+    (helper.make_node("Gather", ["x", "i"], ["y"], name="g"), {"x": f32(3)}, {"i": i64(5)},
+     "Gather node 'g': an index is out of range"),
+    (helper.make_node("Add", ["x", "i"], ["y"], name="mixed"), {"x": f32(3)}, {"i": i64(5)},
+     "Add node 'mixed': input dtypes differ"),
+])
+def test_bad_node_errors_name_the_node(node, feeds, inits, pattern) -> None:
+    model = make_model([node], feeds, list(node.output), inits)
+    with pytest.raises(WalleError, match=pattern):
+        lower_model(model, feeds)

@@ -1,0 +1,244 @@
+"""Elementwise ONNX ops: unary math and activations, binary arithmetic and comparisons,
+variadic reductions (Sum/Mean/Max/Min), Clip, Cast, Where and the composite activations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+
+from walle_core.decompose.context import LoweringContext, Rule
+from walle_core.onnx.dtypes import onnx_to_numpy
+from walle_core.ops import BinaryAttrs, BinaryFn, CastAttrs, Op, SelectAttrs, UnaryAttrs, UnaryFn
+
+
+def unary(ctx: LoweringContext, x: str, fn: UnaryFn, alpha: float = 0.0, beta: float = 0.0) -> str:
+    return ctx.emit1(Op.UNARY, [x], UnaryAttrs(fn, float(alpha), float(beta)))
+
+
+def binary(ctx: LoweringContext, fn: BinaryFn, a: str, b: str) -> str:
+    return ctx.emit1(Op.BINARY, [a, b], BinaryAttrs(fn))
+
+
+def cast(ctx: LoweringContext, x: str, dtype: np.dtype) -> str:
+    if ctx.dtype(x) == np.dtype(dtype):
+        return x
+    return ctx.emit1(Op.CAST, [x], CastAttrs(np.dtype(dtype)))
+
+
+def select(ctx: LoweringContext, cond: str, a: str, b: str) -> str:
+    return ctx.emit1(Op.SELECT, [cond, a, b], SelectAttrs())
+
+
+def _same_dtype(ctx: LoweringContext, a: str, b: str) -> None:
+    if ctx.dtype(a) != ctx.dtype(b):
+        raise ctx.invalid(f"input dtypes differ ({ctx.dtype(a)} vs {ctx.dtype(b)})")
+
+
+# -- unary -------------------------------------------------------------------------------
+
+_UNARY = {
+    "Relu": UnaryFn.RELU, "Sigmoid": UnaryFn.SIGMOID, "Tanh": UnaryFn.TANH, "Exp": UnaryFn.EXP,
+    "Log": UnaryFn.LOG, "Sqrt": UnaryFn.SQRT, "Neg": UnaryFn.NEG, "Abs": UnaryFn.ABS,
+    "Reciprocal": UnaryFn.RECIPROCAL, "Floor": UnaryFn.FLOOR, "Ceil": UnaryFn.CEIL, "Erf": UnaryFn.ERF,
+    "Sign": UnaryFn.SIGN, "Not": UnaryFn.NOT, "Round": UnaryFn.ROUND, "Sin": UnaryFn.SIN,
+    "Cos": UnaryFn.COS, "Tan": UnaryFn.TAN, "Asin": UnaryFn.ASIN, "Acos": UnaryFn.ACOS,
+    "Atan": UnaryFn.ATAN, "Sinh": UnaryFn.SINH, "Cosh": UnaryFn.COSH, "Asinh": UnaryFn.ASINH,
+    "Acosh": UnaryFn.ACOSH, "Atanh": UnaryFn.ATANH, "Softplus": UnaryFn.SOFTPLUS,
+    "HardSwish": UnaryFn.HARD_SWISH,
+}
+
+#: activations with ONNX attributes: op -> (fn, (attr, default) for alpha, (attr, default) for beta)
+_PARAMETRIC = {
+    "LeakyRelu": (UnaryFn.LEAKY_RELU, ("alpha", 0.01), None),
+    "Elu": (UnaryFn.ELU, ("alpha", 1.0), None),
+    "HardSigmoid": (UnaryFn.HARD_SIGMOID, ("alpha", 0.2), ("beta", 0.5)),
+}
+
+
+def _unary_rule(fn: UnaryFn) -> Rule:
+    def rule(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+        return [unary(ctx, ctx.required_input(node, 0), fn)]
+
+    return rule
+
+
+def _parametric_rule(op_type: str) -> Rule:
+    fn, alpha, beta = _PARAMETRIC[op_type]
+
+    def rule(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+        a = ctx.attr(node, alpha[0], alpha[1]) if alpha else 0.0
+        b = ctx.attr(node, beta[0], beta[1]) if beta else 0.0
+        return [unary(ctx, ctx.required_input(node, 0), fn, a, b)]
+
+    return rule
+
+
+def _selu(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    alpha = ctx.attr(node, "alpha", 1.67326319217681884765625)
+    gamma = ctx.attr(node, "gamma", 1.05070102214813232421875)
+    return [binary(ctx, BinaryFn.MUL, unary(ctx, x, UnaryFn.ELU, alpha), ctx.scalar(gamma, x))]
+
+
+def _softsign(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    denom = binary(ctx, BinaryFn.ADD, unary(ctx, x, UnaryFn.ABS), ctx.scalar(1.0, x))
+    return [binary(ctx, BinaryFn.DIV, x, denom)]
+
+
+def _mish(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    return [binary(ctx, BinaryFn.MUL, x, unary(ctx, unary(ctx, x, UnaryFn.SOFTPLUS), UnaryFn.TANH))]
+
+
+def _swish(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    alpha = ctx.attr(node, "alpha", 1.0)
+    scaled = x if alpha == 1.0 else binary(ctx, BinaryFn.MUL, x, ctx.scalar(alpha, x))
+    return [binary(ctx, BinaryFn.MUL, x, unary(ctx, scaled, UnaryFn.SIGMOID))]
+
+
+def _gelu(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    approximate = ctx.attr(node, "approximate", "none")
+    if approximate == "none":  # 0.5 x (1 + erf(x / sqrt 2))
+        inner = unary(ctx, binary(ctx, BinaryFn.MUL, x, ctx.scalar(1.0 / math.sqrt(2.0), x)), UnaryFn.ERF)
+    elif approximate == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = binary(ctx, BinaryFn.MUL, binary(ctx, BinaryFn.MUL, x, x), x)
+        poly = binary(ctx, BinaryFn.ADD, x, binary(ctx, BinaryFn.MUL, cube, ctx.scalar(0.044715, x)))
+        inner = unary(ctx, binary(ctx, BinaryFn.MUL, poly, ctx.scalar(math.sqrt(2.0 / math.pi), x)),
+                      UnaryFn.TANH)
+    else:
+        raise ctx.invalid(f"attribute approximate={approximate!r} is not 'none' or 'tanh'")
+    half_x = binary(ctx, BinaryFn.MUL, x, ctx.scalar(0.5, x))
+    return [binary(ctx, BinaryFn.MUL, half_x, binary(ctx, BinaryFn.ADD, inner, ctx.scalar(1.0, x)))]
+
+
+def _prelu(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x, slope = ctx.required_input(node, 0), ctx.required_input(node, 1)
+    _same_dtype(ctx, x, slope)
+    negative = binary(ctx, BinaryFn.LT, x, ctx.scalar(0, x))
+    return [select(ctx, negative, binary(ctx, BinaryFn.MUL, x, slope), x)]
+
+
+def _clip(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    if ctx.opset < 11:
+        lo, hi = ctx.attr(node, "min", -math.inf), ctx.attr(node, "max", math.inf)
+        return [unary(ctx, x, UnaryFn.CLIP, lo, hi)]
+    lo_name, hi_name = ctx.input(node, 1), ctx.input(node, 2)
+    bounds = [ctx.const_value(n) if n else None for n in (lo_name, hi_name)]
+    if all(n == "" or v is not None for n, v in zip((lo_name, hi_name), bounds)):
+        lo = -math.inf if bounds[0] is None else bounds[0].item()
+        hi = math.inf if bounds[1] is None else bounds[1].item()
+        return [unary(ctx, x, UnaryFn.CLIP, lo, hi)]
+    # bounds computed at run time: max then min, which is what Clip means
+    if lo_name:
+        _same_dtype(ctx, x, lo_name)
+        x = binary(ctx, BinaryFn.MAX, x, lo_name)
+    if hi_name:
+        _same_dtype(ctx, x, hi_name)
+        x = binary(ctx, BinaryFn.MIN, x, hi_name)
+    return [x]
+
+
+# -- binary ------------------------------------------------------------------------------
+
+_BINARY = {
+    "Add": BinaryFn.ADD, "Sub": BinaryFn.SUB, "Mul": BinaryFn.MUL, "Div": BinaryFn.DIV,
+    "Equal": BinaryFn.EQ, "Less": BinaryFn.LT, "Greater": BinaryFn.GT, "LessOrEqual": BinaryFn.LE,
+    "GreaterOrEqual": BinaryFn.GE, "And": BinaryFn.AND, "Or": BinaryFn.OR, "Xor": BinaryFn.XOR,
+    "BitwiseAnd": BinaryFn.BIT_AND, "BitwiseOr": BinaryFn.BIT_OR, "BitwiseXor": BinaryFn.BIT_XOR,
+}
+
+
+def _binary_rule(fn: BinaryFn) -> Rule:
+    def rule(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+        a, b = ctx.required_input(node, 0), ctx.required_input(node, 1)
+        _same_dtype(ctx, a, b)
+        return [binary(ctx, fn, a, b)]
+
+    return rule
+
+
+def _pow(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x, y = ctx.required_input(node, 0), ctx.required_input(node, 1)
+    dtype = ctx.dtype(x)
+    if dtype == ctx.dtype(y) or np.issubdtype(dtype, np.floating):
+        return [binary(ctx, BinaryFn.POW, x, cast(ctx, y, dtype))]
+    # integer base, float exponent: compute in the exponent's type, then back (as ONNX does)
+    return [cast(ctx, binary(ctx, BinaryFn.POW, cast(ctx, x, ctx.dtype(y)), y), dtype)]
+
+
+def _mod(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    a, b = ctx.required_input(node, 0), ctx.required_input(node, 1)
+    _same_dtype(ctx, a, b)
+    fmod = ctx.attr(node, "fmod", 0)
+    if not fmod and np.issubdtype(ctx.dtype(a), np.floating):
+        raise ctx.invalid("fmod must be 1 for floating-point inputs")
+    return [binary(ctx, BinaryFn.FMOD if fmod else BinaryFn.MOD, a, b)]
+
+
+def _bit_shift(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    a, b = ctx.required_input(node, 0), ctx.required_input(node, 1)
+    _same_dtype(ctx, a, b)
+    direction = ctx.attr(node, "direction", "")
+    if direction not in ("LEFT", "RIGHT"):
+        raise ctx.invalid(f"attribute direction={direction!r} is not LEFT or RIGHT")
+    return [binary(ctx, BinaryFn.SHL if direction == "LEFT" else BinaryFn.SHR, a, b)]
+
+
+def _variadic_rule(fn: BinaryFn, mean: bool = False) -> Rule:
+    def rule(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+        xs = [ctx.required_input(node, i) for i in range(len(node.input))]
+        if not xs:
+            raise ctx.invalid("needs at least one input")
+        acc = xs[0]
+        for x in xs[1:]:
+            _same_dtype(ctx, acc, x)
+            acc = binary(ctx, fn, acc, x)
+        if mean and len(xs) > 1:
+            acc = binary(ctx, BinaryFn.DIV, acc, ctx.scalar(len(xs), acc))
+        return [acc]
+
+    return rule
+
+
+def _is_nan(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    return [binary(ctx, BinaryFn.NE, x, x)]
+
+
+# -- types and selection -------------------------------------------------------------------
+
+def _cast(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    to = ctx.attr(node, "to")
+    if to is None:
+        raise ctx.invalid("attribute 'to' is missing")
+    return [cast(ctx, ctx.required_input(node, 0), onnx_to_numpy(int(to), f"Cast node {ctx.node_label!r}"))]
+
+
+def _cast_like(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    return [cast(ctx, ctx.required_input(node, 0), ctx.dtype(ctx.required_input(node, 1)))]
+
+
+def _where(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    cond, a, b = (ctx.required_input(node, i) for i in range(3))
+    if ctx.dtype(cond) != np.dtype(bool):
+        raise ctx.invalid(f"condition must be bool, got {ctx.dtype(cond)}")
+    _same_dtype(ctx, a, b)
+    return [select(ctx, cond, a, b)]
+
+
+RULES: dict[str, Rule] = {
+    **{op: _unary_rule(fn) for op, fn in _UNARY.items()},
+    **{op: _parametric_rule(op) for op in _PARAMETRIC},
+    **{op: _binary_rule(fn) for op, fn in _BINARY.items()},
+    "Selu": _selu, "Softsign": _softsign, "Mish": _mish, "Swish": _swish, "Gelu": _gelu,
+    "PRelu": _prelu, "Clip": _clip, "Pow": _pow, "Mod": _mod, "BitShift": _bit_shift,
+    "Sum": _variadic_rule(BinaryFn.ADD), "Mean": _variadic_rule(BinaryFn.ADD, mean=True),
+    "Max": _variadic_rule(BinaryFn.MAX), "Min": _variadic_rule(BinaryFn.MIN),
+    "IsNaN": _is_nan, "Cast": _cast, "CastLike": _cast_like, "Where": _where,
+}

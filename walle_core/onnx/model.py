@@ -1,0 +1,301 @@
+"""Parse an ONNX model and validate it, so that nothing later has to distrust its structure.
+
+Every inconsistency a file can contain (bad protobuf, dangling names, cycles, lying
+initializer sizes, absurd dims) becomes a :class:`~walle_core.errors.ModelError` that names
+the node, op type and field at fault; the lowering step then only deals with semantics.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from walle_core.errors import ModelError, UnsupportedOpError
+from walle_core.onnx.dtypes import onnx_to_numpy
+from walle_core.shapes import MAX_ELEMENTS, MAX_RANK
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto
+
+#: bytes per element of the fixed-size types; 4-bit types pack two per byte
+_SUB_BYTE = {onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+_FP4 = getattr(onnx.TensorProto, "FLOAT4E2M1", None)
+if _FP4 is not None:
+    _SUB_BYTE.add(_FP4)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A graph input: ``shape`` holds ints, dim_param strings for symbolic dims, or None."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """How errors refer to a node: its name, or its position when it has none."""
+    return node.name or f"#{index} ({node.op_type})"
+
+
+class OnnxModel:
+    """A validated ONNX model with its nodes in topological order."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.proto = proto
+        graph = proto.graph
+        self.opsets = _read_opsets(proto)
+        self.initializers = _read_initializers(graph)
+        self.inputs = _read_inputs(graph, self.initializers)
+        self.output_names = [out.name for out in graph.output]
+        self.nodes = _topological_order(graph, self.opsets, set(self.initializers),
+                                        [spec.name for spec in self.inputs])
+
+    def opset(self, domain: str) -> int:
+        """Imported opset version of ``domain`` ('' and 'ai.onnx' are the same domain)."""
+        return self.opsets[_canonical_domain(domain)]
+
+    def op_types(self) -> dict[str, int]:
+        """Histogram of op types (domain-qualified for non-default domains)."""
+        return dict(Counter(_qualified(node) for node in self.nodes))
+
+    def check_supported(self, rules: Mapping[tuple[str, str], Callable[..., Any]]) -> None:
+        """Raise UnsupportedOpError listing every node whose op has no decomposition rule."""
+        problems = []
+        for i, node in enumerate(self.nodes):
+            domain = _canonical_domain(node.domain)
+            if (domain, node.op_type) not in rules:
+                problems.append(
+                    f"unsupported op {node.op_type!r} (domain {domain!r}, opset {self.opsets[domain]}) "
+                    f"at node {node_label(node, i)!r}"
+                )
+        if problems:
+            raise UnsupportedOpError("; ".join(problems))
+
+
+def load_model(source: ModelSource) -> OnnxModel:
+    """Parse ``source`` (a path, serialized bytes or a ModelProto) and validate it."""
+    if isinstance(source, onnx.ModelProto):
+        proto = source
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        proto = _parse(bytes(source), "model bytes")
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from None
+        proto = _parse(data, str(path))
+        _load_external_data(proto, path.parent)
+    else:
+        raise ModelError(f"cannot load a model from {type(source).__name__}; "
+                         "pass a path, bytes or an onnx.ModelProto")
+    if not proto.HasField("graph"):
+        raise ModelError("model has no graph")
+    return OnnxModel(proto)
+
+
+def _parse(data: bytes, what: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{what} is not a valid ONNX protobuf: {exc}") from None
+    return proto
+
+
+def _load_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    if not any(uses_external_data(t) for t in proto.graph.initializer):
+        return
+    try:
+        load_external_data_for_model(proto, str(base_dir))
+    except Exception as exc:  # noqa: BLE001 -- onnx raises several kinds for a missing or escaping file
+        raise ModelError(f"cannot load external initializer data: {type(exc).__name__}: {exc}") from None
+
+
+def _canonical_domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def _qualified(node: onnx.NodeProto) -> str:
+    domain = _canonical_domain(node.domain)
+    return f"{domain}::{node.op_type}" if domain else node.op_type
+
+
+def _read_opsets(proto: onnx.ModelProto) -> dict[str, int]:
+    opsets: dict[str, int] = {}
+    for imp in proto.opset_import:
+        domain = _canonical_domain(imp.domain)
+        if domain in opsets:
+            raise ModelError(f"opset for domain {domain!r} is imported twice")
+        if imp.version <= 0:
+            raise ModelError(f"opset import for domain {domain!r} has invalid version {imp.version}")
+        opsets[domain] = int(imp.version)
+    if "" not in opsets:
+        raise ModelError("model does not import the default ONNX opset (opset_import is missing '')")
+    latest = onnx.defs.onnx_opset_version()
+    if opsets[""] > latest:
+        raise ModelError(f"default-domain opset {opsets['']} is newer than the newest known ({latest})")
+    return opsets
+
+
+def _check_dims(dims: list[int], where: str) -> tuple[int, ...]:
+    if len(dims) > MAX_RANK:
+        raise ModelError(f"{where}: rank {len(dims)} exceeds {MAX_RANK}")
+    for d in dims:
+        if d < 0:
+            raise ModelError(f"{where}: negative dimension {d} in {list(dims)}")
+    if int(np.prod(dims, dtype=np.float64)) > MAX_ELEMENTS:
+        raise ModelError(f"{where}: shape {list(dims)} is too large")
+    return tuple(int(d) for d in dims)
+
+
+def _read_initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    values: dict[str, np.ndarray] = {}
+    for tensor in graph.initializer:
+        where = f"initializer {tensor.name!r}"
+        if not tensor.name:
+            raise ModelError("an initializer has no name")
+        if tensor.name in values:
+            raise ModelError(f"{where} is defined twice")
+        dims = _check_dims(list(tensor.dims), where)
+        dtype = onnx_to_numpy(tensor.data_type, where)
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelError(f"{where}: external data was not loaded (load the model from its file path)")
+        _check_payload(tensor, dims, dtype, where)
+        try:
+            values[tensor.name] = np.asarray(numpy_helper.to_array(tensor), order="C")
+        except Exception as exc:  # noqa: BLE001 -- numpy_helper raises several kinds on bad payloads
+            raise ModelError(f"{where}: cannot decode: {exc}") from None
+    return values
+
+
+def _check_payload(tensor: onnx.TensorProto, dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
+    """The stored element count must match ``dims`` before anything reshapes it."""
+    count = int(np.prod(dims, dtype=np.int64))
+    if tensor.HasField("raw_data"):
+        if tensor.data_type in _SUB_BYTE:
+            expected = (count + 1) // 2
+        else:
+            expected = count * dtype.itemsize
+        if len(tensor.raw_data) != expected:
+            raise ModelError(f"{where}: raw_data has {len(tensor.raw_data)} bytes, dims {list(dims)} "
+                             f"of {dtype} need {expected}")
+        return
+    field = _typed_field(tensor)
+    if field is None:
+        if count:
+            raise ModelError(f"{where}: no data for dims {list(dims)}")
+        return
+    stored = len(getattr(tensor, field))
+    per_value = 2 if tensor.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+    expected = count * per_value
+    if tensor.data_type in _SUB_BYTE:
+        expected = (count + 1) // 2
+    if stored != expected:
+        raise ModelError(f"{where}: {field} holds {stored} values, dims {list(dims)} need {expected}")
+
+
+def _typed_field(tensor: onnx.TensorProto) -> str | None:
+    for field in ("float_data", "double_data", "int32_data", "int64_data", "uint64_data"):
+        if len(getattr(tensor, field)):
+            return field
+    return None
+
+
+def _read_inputs(graph: onnx.GraphProto, initializers: Mapping[str, np.ndarray]) -> list[InputSpec]:
+    specs: list[InputSpec] = []
+    seen: set[str] = set()
+    for value in graph.input:
+        where = f"graph input {value.name!r}"
+        if not value.name:
+            raise ModelError("a graph input has no name")
+        if value.name in seen:
+            raise ModelError(f"{where} is declared twice")
+        seen.add(value.name)
+        if value.name in initializers:
+            continue  # old IR versions list initializers as inputs too; they are constants here
+        if value.type.WhichOneof("value") != "tensor_type":
+            raise UnsupportedOpError(f"{where}: only tensor inputs are supported")
+        ttype = value.type.tensor_type
+        dtype = onnx_to_numpy(ttype.elem_type, where)
+        if not ttype.HasField("shape"):
+            raise ModelError(f"{where}: has no shape (rank is needed to plan the model)")
+        dims: list[int | str | None] = []
+        for dim in ttype.shape.dim:
+            kind = dim.WhichOneof("value")
+            if kind == "dim_value":
+                dims.append(_check_dims([dim.dim_value], where)[0])
+            elif kind == "dim_param":
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        if len(dims) > MAX_RANK:
+            raise ModelError(f"{where}: rank {len(dims)} exceeds {MAX_RANK}")
+        specs.append(InputSpec(value.name, dtype, tuple(dims)))
+    return specs
+
+
+def _topological_order(graph: onnx.GraphProto, opsets: Mapping[str, int], initializers: set[str],
+                       inputs: list[str]) -> list[onnx.NodeProto]:
+    """Check names and return the nodes sorted so every tensor is produced before its use."""
+    producer: dict[str, int] = {}
+    for name in [*inputs, *initializers]:
+        producer[name] = -1
+    nodes = list(graph.node)
+    for i, node in enumerate(nodes):
+        label = node_label(node, i)
+        domain = _canonical_domain(node.domain)
+        if domain not in opsets:
+            raise ModelError(f"node {label!r} ({node.op_type}) uses domain {domain!r}, "
+                             "which the model does not import")
+        if not node.op_type:
+            raise ModelError(f"node {label!r} has no op_type")
+        for name in node.output:
+            if not name:
+                continue
+            if name in producer:
+                other = "a graph input/initializer" if producer[name] < 0 else \
+                    f"node {node_label(nodes[producer[name]], producer[name])!r}"
+                raise ModelError(f"node {label!r} ({node.op_type}) output {name!r} is already "
+                                 f"produced by {other}")
+            producer[name] = i
+    waiting = [0] * len(nodes)
+    users: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for slot, name in enumerate(node.input):
+            if not name:
+                continue
+            if name not in producer:
+                raise ModelError(f"node {node_label(node, i)!r} ({node.op_type}) input {slot} reads "
+                                 f"{name!r}, which no node, input or initializer produces")
+            src = producer[name]
+            if src >= 0:
+                waiting[i] += 1
+                users.setdefault(src, []).append(i)
+    for name in (out.name for out in graph.output):
+        if name not in producer:
+            raise ModelError(f"graph output {name!r} is not produced by any node, input or initializer")
+    ready = deque(i for i in range(len(nodes)) if waiting[i] == 0)
+    order: list[int] = []
+    while ready:
+        i = ready.popleft()
+        order.append(i)
+        for j in users.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    if len(order) != len(nodes):
+        stuck = [node_label(nodes[i], i) for i in range(len(nodes)) if waiting[i] > 0]
+        raise ModelError(f"graph has a cycle through nodes {stuck[:10]}")
+    return [nodes[i] for i in order]
