@@ -57,6 +57,9 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     #: user-facing names of ``outputs`` (e.g. the ONNX output names), same order
     output_names: list[str] = field(default_factory=list)
+    #: graph inputs whose run-time *values* were baked in while lowering (e.g. a shape
+    #: tensor fed as an input); a plan is then only valid for those exact values
+    value_inputs: list[str] = field(default_factory=list)
 
     def producers(self) -> dict[str, int]:
         return {out: i for i, node in enumerate(self.nodes) for out in node.outputs}
