@@ -16,7 +16,7 @@ import numpy as np
 
 from walle_core import plugins
 from walle_core.backend import Backend, Executable
-from walle_core.errors import WalleError
+from walle_core.errors import InputValueRequired, WalleError
 from walle_core.ir import Graph, TensorType
 from walle_core.optimize import optimize
 from walle_core.scheduler import Schedule, schedule
@@ -81,6 +81,33 @@ def _fetch(copies: dict[str, Any], owner: Backend | None, dst: Backend | None) -
     return copies[domain]
 
 
+class _ValuePlans:
+    """Plans of one shape signature that were specialised on the values of some inputs
+    (shape tensors fed at run time). Bounded: the oldest plan goes first."""
+
+    LIMIT = 16
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.plans: dict[tuple, Plan] = {}
+
+    def _key(self, feeds: Mapping[str, Any]) -> tuple | None:
+        if not all(isinstance(feeds.get(n), np.ndarray) for n in self.names):
+            return None
+        return tuple((feeds[n].dtype.str, feeds[n].shape, feeds[n].tobytes()) for n in self.names)
+
+    def get(self, feeds: Mapping[str, Any]) -> Plan | None:
+        key = self._key(feeds)
+        return None if key is None else self.plans.get(key)
+
+    def put(self, feeds: Mapping[str, Any], plan: Plan) -> None:
+        key = self._key(feeds)
+        if key is not None:
+            if len(self.plans) >= self.LIMIT:
+                self.plans.pop(next(iter(self.plans)))
+            self.plans[key] = plan
+
+
 def resolve_backends(backend: BackendChoice, threads: int) -> list[Backend]:
     """Instantiate the backends named by ``backend``, in preference order. The reference
     backend always comes last, as the fallback for ops the others decline."""
@@ -118,39 +145,57 @@ class Session:
         self.backends = resolve_backends(backend, self.threads)
         self.inputs = [InputSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in self.model.inputs]
         self.output_names = list(self.model.output_names)
-        self._plans: dict[tuple, Plan] = {}
+        self._plans: dict[tuple, Plan | _ValuePlans] = {}
         self._lock = threading.Lock()
         if all(isinstance(d, int) for spec in self.inputs for d in spec.shape):
-            # static model: plan now, so every error surfaces at load time
-            self._plan({spec.name: tuple(spec.shape) for spec in self.inputs})  # type: ignore[misc]
+            # static model: plan now, so every error surfaces at load time (unless the plan
+            # depends on input values, which only a run provides)
+            try:
+                self._plan({spec.name: tuple(spec.shape) for spec in self.inputs})
+            except InputValueRequired:
+                pass
 
     # -- planning ---------------------------------------------------------------------
-    def _plan(self, shapes: Mapping[str, tuple[int, ...]]) -> Plan:
+    def _plan(self, feeds: Mapping[str, Any]) -> Plan:
+        """The plan for ``feeds`` (arrays, or bare shapes when no value is needed)."""
+        shapes = {name: tuple(getattr(v, "shape", v)) for name, v in feeds.items()}
         key = tuple(shapes[spec.name] for spec in self.inputs)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
+        entry = self._plans.get(key)
+        if isinstance(entry, Plan):
+            return entry
+        if isinstance(entry, _ValuePlans):
+            plan = entry.get(feeds)
+            if plan is not None:
+                return plan
         with self._lock:
-            plan = self._plans.get(key)
-            if plan is None:
-                plan = self._build_plan(shapes)
+            entry = self._plans.get(key)
+            if isinstance(entry, Plan):
+                return entry
+            if isinstance(entry, _ValuePlans) and entry.get(feeds) is not None:
+                return entry.get(feeds)  # type: ignore[return-value]
+            plan = self._build_plan(shapes, feeds)
+            if plan.graph.value_inputs:
+                if not isinstance(entry, _ValuePlans):
+                    entry = self._plans[key] = _ValuePlans(tuple(plan.graph.value_inputs))
+                entry.put(feeds, plan)
+            else:
                 self._plans[key] = plan
         return plan
 
-    def _build_plan(self, shapes: Mapping[str, tuple[int, ...]]) -> Plan:
+    def _build_plan(self, shapes: Mapping[str, tuple[int, ...]], feeds: Mapping[str, Any]) -> Plan:
         from walle_core.onnx import lower
 
         types = {spec.name: TensorType(spec.dtype, tuple(shapes[spec.name])) for spec in self.inputs}
-        graph = optimize(lower(self.model, types, self._rules))
+        values = {name: v for name, v in feeds.items() if isinstance(v, np.ndarray)}
+        graph = optimize(lower(self.model, types, self._rules, input_values=values))
         sched = schedule(graph, self.backends)
         executables = [s.backend.compile(s.segment) for s in sched.segments]
         return Plan(graph, sched, executables)
 
     def plan_for(self, feeds: Mapping[str, Any]) -> Plan:
         """The plan that ``run(feeds)`` would use (arrays or bare shapes accepted)."""
-        shapes = {name: tuple(getattr(v, "shape", v)) for name, v in feeds.items()}
-        self._check_shapes(shapes)
-        return self._plan(shapes)
+        self._check_shapes({name: tuple(getattr(v, "shape", v)) for name, v in feeds.items()})
+        return self._plan(feeds)
 
     # -- running ----------------------------------------------------------------------
     def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
