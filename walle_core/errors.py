@@ -16,3 +16,12 @@ class UnsupportedOpError(WalleError):
 
 class BackendError(WalleError):
     """A backend failed to compile or run a segment."""
+
+
+class InputValueRequired(UnsupportedOpError):
+    """Lowering needs the run-time value of graph input ``input_name`` (e.g. a shape fed as an
+    input). Raised when planning from shapes alone; a run with the actual arrays succeeds."""
+
+    def __init__(self, message: str, input_name: str) -> None:
+        super().__init__(message)
+        self.input_name = input_name
