@@ -1,0 +1,116 @@
+// The Python face of the backend: code tables, the thread pool and the compiled Plan. Only plain
+// buffers cross this boundary (NumPy arrays viewed as bytes); validation errors surface as
+// ValueError, run-time index errors as IndexError (nanobind's std exception translation).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/pair.h>
+#include <nanobind/stl/shared_ptr.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <thread>
+
+#include "isa.hpp"
+#include "plan.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace walle {
+
+namespace {
+
+using InBytes = nb::ndarray<const uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using OutBytes = nb::ndarray<uint8_t, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+
+// (dtype code, itemsize, shape, kind, where)
+using TensorTuple = std::tuple<int, int, std::vector<int64_t>, int, int64_t>;
+// (op code, index, label, inputs, outputs, int attributes, float attributes)
+using OpTuple = std::tuple<int, int, std::string, std::vector<int>, std::vector<int>, std::vector<int64_t>,
+                           std::vector<double>>;
+
+// Decodes the Python tables, then builds the plan in place (into nanobind's storage) without the GIL.
+void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::vector<InBytes>& constants,
+                                std::vector<int> inputs, std::vector<int> outputs, const std::vector<OpTuple>& ops,
+                                int64_t arena_bytes, const std::string& isa, std::shared_ptr<ThreadPool> pool) {
+  std::vector<TensorInfo> table;
+  for (const auto& [dtype, itemsize, shape, kind, where] : tensors) {
+    require(dtype >= 0 && dtype <= static_cast<int>(DType::kOpaque), "unknown dtype code");
+    require(kind >= 0 && kind <= static_cast<int>(TensorKind::kConstant), "unknown tensor kind");
+    TensorInfo t;
+    t.dtype = static_cast<DType>(dtype);
+    t.itemsize = itemsize;
+    t.shape = shape;
+    t.kind = static_cast<TensorKind>(kind);
+    t.where = where;
+    table.push_back(std::move(t));
+  }
+  std::vector<OpRecord> records;
+  for (const auto& [op, index, label, ins, outs, ints, floats] : ops) {
+    require(op >= 0 && op < static_cast<int>(OpCode::kCount), "unknown op code");
+    records.push_back(OpRecord{static_cast<OpCode>(op), index, label, ins, outs, ints, floats});
+  }
+  std::vector<std::pair<const void*, int64_t>> blobs;
+  for (const auto& c : constants) blobs.emplace_back(c.data(), static_cast<int64_t>(c.shape(0)));
+  const Isa chosen = choose_isa(isa);
+  // packing weights can take a while; the constants stay alive through the Python arguments
+  nb::gil_scoped_release release;
+  new (self) Plan(std::move(table), blobs, std::move(inputs), std::move(outputs), std::move(records), arena_bytes,
+                  chosen, std::move(pool));
+}
+
+void run_plan(const Plan& plan, const nb::list& inputs, const nb::list& outputs) {
+  require(nb::len(inputs) == plan.num_inputs(), "expected " + std::to_string(plan.num_inputs()) + " inputs, got " +
+                                                    std::to_string(nb::len(inputs)));
+  require(nb::len(outputs) == plan.num_outputs(), "expected " + std::to_string(plan.num_outputs()) +
+                                                      " output buffers, got " + std::to_string(nb::len(outputs)));
+  ArenaLease lease = plan.acquire();
+  for (size_t i = 0; i < plan.num_inputs(); ++i) {
+    InBytes a;
+    require(nb::try_cast(inputs[i], a), "input " + std::to_string(i) + " is not a contiguous byte view");
+    lease.set_input(i, a.data(), static_cast<int64_t>(a.shape(0)));
+  }
+  for (size_t i = 0; i < plan.num_outputs(); ++i) {
+    OutBytes a;
+    require(nb::try_cast(outputs[i], a), "output " + std::to_string(i) + " is not a writable contiguous byte view");
+    lease.set_output(i, a.data(), static_cast<int64_t>(a.shape(0)));
+  }
+  // the arrays stay referenced by the argument lists, so their memory outlives the call
+  nb::gil_scoped_release release;
+  plan.execute(lease);
+}
+
+}  // namespace
+
+}  // namespace walle
+
+NB_MODULE(_ext, m) {
+  using namespace walle;
+  m.doc() = "Native kernels of the Walle cpu_x86 backend (private: use walle_cpu_x86).";
+
+  m.def("best_isa", [] { return std::string(isa_name(best_isa())); }, "Best instruction set this CPU supports.");
+  m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
+  m.def("dtype_names", &dtype_names, "Dtypes the kernels compute on, by code (others are opaque).");
+  m.def("opaque_dtype_code", [] { return static_cast<int>(DType::kOpaque); });
+  m.def("unary_fns", &unary_fn_names);
+  m.def("binary_fns", &binary_fn_names);
+  m.def("reduce_fns", &reduce_fn_names);
+  m.def("op_names", &op_names);
+  m.def("tensor_kinds", [] { return std::vector<std::string>{"input", "output", "arena", "constant"}; });
+
+  nb::class_<ThreadPool>(m, "ThreadPool", "Worker threads shared by the plans of one backend instance.")
+      .def("__init__", [](ThreadPool* self, int threads) { new (self) ThreadPool(threads); }, "threads"_a)
+      .def_prop_ro("threads", &ThreadPool::threads);
+
+  nb::class_<Plan>(m, "Plan", "A compiled segment; run() is thread-safe.")
+      .def("__init__", &init_plan, "tensors"_a, "constants"_a, "inputs"_a, "outputs"_a, "ops"_a, "arena_bytes"_a, "isa"_a, "pool"_a)
+      .def("run", &run_plan, "inputs"_a, "outputs"_a,
+           "Run with inputs/outputs given as uint8 views of C-contiguous arrays (GIL released).")
+      .def_prop_ro("isa", [](const Plan& p) { return std::string(isa_name(p.isa())); })
+      .def_prop_ro("arena_bytes", &Plan::arena_bytes)
+      .def_prop_ro("scratch_bytes_per_worker", &Plan::scratch_bytes_per_worker)
+      .def_prop_ro("arenas_created", &Plan::arenas_created)
+      .def_prop_ro("num_inputs", &Plan::num_inputs)
+      .def_prop_ro("num_outputs", &Plan::num_outputs);
+}

@@ -1,0 +1,206 @@
+#include "gemm.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "elementwise.hpp"
+
+namespace walle {
+
+MicroKernel micro_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return micro_kernel_avx512();
+    case Isa::kAvx2: return micro_kernel_avx2();
+    default: return micro_kernel_portable();
+  }
+}
+
+// KC x NR floats of B (32 KiB at NR=32) plus a few A rows fit L1; an MC x KC block of A
+// (~120 KiB) sits in L2 while all the B panels of the tile stream past it.
+GemmBlocking::GemmBlocking(Isa isa) : kernel(micro_kernel(isa)) {
+  kc = 256;
+  mc = kernel.mr * std::max<int64_t>(1, 120 / kernel.mr);
+  nc = kernel.nr * 8;
+}
+
+size_t GemmBlocking::scratch_bytes() const {
+  return static_cast<size_t>(mc * kc + kc * nc + kernel.mr * kernel.nr) * sizeof(float) + 3 * 64;
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+size_t packed_a_floats(int64_t m, int64_t k, int mr) {
+  return static_cast<size_t>(ceil_div(m, mr) * mr * k);
+}
+size_t packed_b_floats(int64_t k, int64_t n, int nr) {
+  return static_cast<size_t>(ceil_div(n, nr) * nr * k);
+}
+
+// Rows [i0, i0+rows) x k-range [k0, k0+kc) of A into panels [panel][k][mr].
+static void pack_a_block(const MatView& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc, int mr,
+                         float* dst) {
+  for (int64_t p = 0; p < rows; p += mr) {
+    int64_t valid = std::min<int64_t>(mr, rows - p);
+    float* panel = dst + p * kc;
+    for (int64_t i = 0; i < mr; ++i) {
+      if (i >= valid) {
+        for (int64_t k = 0; k < kc; ++k) panel[k * mr + i] = 0.f;
+        continue;
+      }
+      const float* src = a.p + (i0 + p + i) * a.rs + k0 * a.cs;
+      for (int64_t k = 0; k < kc; ++k) panel[k * mr + i] = src[k * a.cs];
+    }
+  }
+}
+
+// k-range [k0, k0+kc) x cols [j0, j0+cols) of B into panels [panel][k][nr].
+static void pack_b_block(const MatView& b, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
+                         float* dst) {
+  for (int64_t q = 0; q < cols; q += nr) {
+    int64_t valid = std::min<int64_t>(nr, cols - q);
+    float* panel = dst + q * kc;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = b.p + (k0 + k) * b.rs + (j0 + q) * b.cs;
+      float* out = panel + k * nr;
+      if (b.cs == 1) {
+        std::memcpy(out, src, static_cast<size_t>(valid) * sizeof(float));
+      } else {
+        for (int64_t j = 0; j < valid; ++j) out[j] = src[j * b.cs];
+      }
+      for (int64_t j = valid; j < nr; ++j) out[j] = 0.f;
+    }
+  }
+}
+
+// The same block read through an im2col view of an image.
+static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
+                              float* dst) {
+  const int64_t taps = g.KH * g.KW;
+  for (int64_t q = 0; q < cols; q += nr) {
+    int64_t valid = std::min<int64_t>(nr, cols - q);
+    float* panel = dst + q * kc;
+    int64_t oy0 = (j0 + q) / g.OW, ox0 = (j0 + q) % g.OW;
+    for (int64_t k = 0; k < kc; ++k) {
+      int64_t row = k0 + k;
+      int64_t c = row / taps, r = row % taps;
+      int64_t kh = r / g.KW, kw = r % g.KW;
+      const float* plane = image + c * g.H * g.W;
+      float* out = panel + k * nr;
+      int64_t oy = oy0, ox = ox0;
+      for (int64_t j = 0; j < valid; ++j) {
+        int64_t iy = oy * g.sh - g.pt + kh * g.dh;
+        int64_t ix = ox * g.sw - g.pl + kw * g.dw;
+        out[j] = (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) ? plane[iy * g.W + ix] : 0.f;
+        if (++ox == g.OW) {
+          ox = 0;
+          ++oy;
+        }
+      }
+      for (int64_t j = valid; j < nr; ++j) out[j] = 0.f;
+    }
+  }
+}
+
+AlignedBuffer pack_a_full(const MatView& a, int64_t m, int64_t k, int mr) {
+  AlignedBuffer buf(packed_a_floats(m, k, mr) * sizeof(float));
+  pack_a_block(a, 0, m, 0, k, mr, buf.as<float>());
+  return buf;
+}
+
+AlignedBuffer pack_b_full(const MatView& b, int64_t k, int64_t n, int nr) {
+  AlignedBuffer buf(packed_b_floats(k, n, nr) * sizeof(float));
+  pack_b_block(b, 0, k, 0, n, nr, buf.as<float>());
+  return buf;
+}
+
+void apply_epilogue(const Epilogue& ep, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,
+                    int64_t cols) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = c + i * ldc;
+    if (ep.bias.p) {
+      const float* b = ep.bias.p + (i0 + i) * ep.bias.rs + j0 * ep.bias.cs;
+      if (ep.bias.cs == 0) {
+        for (int64_t j = 0; j < cols; ++j) row[j] += b[0];
+      } else {
+        for (int64_t j = 0; j < cols; ++j) row[j] += b[j * ep.bias.cs];
+      }
+    }
+    if (ep.residual.p) {
+      const float* r = ep.residual.p + (i0 + i) * ep.residual.rs + j0 * ep.residual.cs;
+      for (int64_t j = 0; j < cols; ++j) row[j] += r[j * ep.residual.cs];
+    }
+    if (ep.act.fn != UnaryFn::kIdentity) unary_f32(ep.act, row, row, cols);
+  }
+}
+
+static float* align64(unsigned char* p) {
+  auto v = reinterpret_cast<uintptr_t>(p);
+  return reinterpret_cast<float*>((v + 63) & ~static_cast<uintptr_t>(63));
+}
+
+void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batch,
+          FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch) {
+  if (m <= 0 || n <= 0 || batch <= 0) return;
+  const int mr = blk.kernel.mr, nr = blk.kernel.nr;
+  const int64_t mt = ceil_div(m, blk.mc), nt = ceil_div(n, blk.nc);
+  pool.parallel_for(batch * mt * nt, [&](int64_t task, int worker) {
+    const int64_t bi = task / (mt * nt), rem = task % (mt * nt);
+    const int64_t i0 = (rem / nt) * blk.mc, j0 = (rem % nt) * blk.nc;
+    const int64_t mc = std::min(blk.mc, m - i0), nc = std::min(blk.nc, n - j0);
+    const GemmProblem pr = problem(bi);
+    unsigned char* base = reinterpret_cast<unsigned char*>(scratch(worker));
+    float* a_buf = align64(base);
+    float* b_buf = align64(reinterpret_cast<unsigned char*>(a_buf + blk.mc * blk.kc));
+    float* edge = align64(reinterpret_cast<unsigned char*>(b_buf + blk.kc * blk.nc));
+    for (int64_t pc = 0; pc == 0 || pc < k; pc += blk.kc) {
+      const int64_t kc = std::min(blk.kc, k - pc);
+      const bool accumulate = pc > 0;
+      const float* ap;
+      int64_t a_stride;  // floats between consecutive MR-row panels
+      if (pr.a.packed) {
+        ap = pr.a.packed + (i0 / mr) * k * mr + pc * mr;
+        a_stride = k * mr;
+      } else {
+        pack_a_block(pr.a.view, i0, mc, pc, kc, mr, a_buf);
+        ap = a_buf;
+        a_stride = kc * mr;
+      }
+      const float* bp;
+      int64_t b_stride;
+      if (pr.b.packed) {
+        bp = pr.b.packed + (j0 / nr) * k * nr + pc * nr;
+        b_stride = k * nr;
+      } else {
+        if (pr.b.im2col) pack_im2col_block(*pr.b.im2col, pr.b.view.p, pc, kc, j0, nc, nr, b_buf);
+        else pack_b_block(pr.b.view, pc, kc, j0, nc, nr, b_buf);
+        bp = b_buf;
+        b_stride = kc * nr;
+      }
+      for (int64_t jr = 0; jr < nc; jr += nr) {
+        const int64_t cols = std::min<int64_t>(nr, nc - jr);
+        for (int64_t ir = 0; ir < mc; ir += mr) {
+          const int64_t rows = std::min<int64_t>(mr, mc - ir);
+          float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
+          const float* a_panel = ap + (ir / mr) * a_stride;
+          const float* b_panel = bp + (jr / nr) * b_stride;
+          if (rows == mr && cols == nr) {
+            blk.kernel.fn(kc, a_panel, b_panel, c, pr.ldc, accumulate);
+            continue;
+          }
+          // edge tile: compute the full register tile into a buffer, copy the valid part
+          if (accumulate) {
+            for (int64_t i = 0; i < rows; ++i) std::memcpy(edge + i * nr, c + i * pr.ldc, cols * sizeof(float));
+          }
+          blk.kernel.fn(kc, a_panel, b_panel, edge, nr, accumulate);
+          for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
+        }
+      }
+    }
+    const Epilogue& ep = pr.epilogue;
+    if (ep.bias.p || ep.residual.p || ep.act.fn != UnaryFn::kIdentity) {
+      apply_epilogue(ep, pr.c + i0 * pr.ldc + j0, pr.ldc, i0, mc, j0, nc);
+    }
+  });
+}
+
+}  // namespace walle

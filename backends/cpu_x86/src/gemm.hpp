@@ -1,0 +1,84 @@
+// Packed single-precision GEMM: C = act(A * B + bias + residual).
+//
+// Operands are packed into panels the micro-kernel streams through: A in panels of MR rows laid
+// out [k][MR], B in panels of NR columns laid out [k][NR] (zero padded at the edges). Constant
+// operands (weights) are packed once at compile time over the full K; runtime operands are packed
+// per (MC x KC) / (KC x NC) block into per-worker scratch, so the working set stays in L1/L2.
+// B may also be read straight from an image through an im2col view, which is how convolution
+// avoids materialising the im2col matrix.
+#pragma once
+
+#include <cstdint>
+
+#include "common.hpp"
+#include "isa.hpp"
+#include "microkernel.hpp"
+#include "threadpool.hpp"
+
+namespace walle {
+
+MicroKernel micro_kernel(Isa isa);
+
+// Element (i, j) of a strided matrix is p[i * rs + j * cs]; strides of 0 broadcast.
+struct MatView {
+  const float* p = nullptr;
+  int64_t rs = 0;
+  int64_t cs = 0;
+  float at(int64_t i, int64_t j) const { return p[i * rs + j * cs]; }
+};
+
+// B as the im2col matrix of one image [C, H, W] (the channels of one group; the image pointer
+// is the operand's view.p): row k = (c, kh, kw), column j = (oy, ox). Reads outside the image
+// are the zero padding.
+struct Im2col {
+  int64_t C = 0, H = 0, W = 0, KH = 0, KW = 0;
+  int64_t sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0, OH = 0, OW = 0;
+};
+
+// One operand: prepacked (full-K panels), a strided view, or (B only) an im2col view of view.p.
+struct GemmOperand {
+  const float* packed = nullptr;
+  MatView view;
+  const Im2col* im2col = nullptr;
+};
+
+// Applied to each finished output tile, while it is still in cache.
+struct Epilogue {
+  MatView bias;      // p == nullptr: none
+  MatView residual;  // p == nullptr: none
+  Act act;
+};
+
+struct GemmProblem {
+  GemmOperand a;
+  GemmOperand b;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  Epilogue epilogue;
+};
+
+// Blocking of one ISA's kernel; MC and NC are multiples of MR and NR.
+struct GemmBlocking {
+  MicroKernel kernel;
+  int64_t mc, kc, nc;
+  explicit GemmBlocking(Isa isa);
+  // Per-worker scratch: one A block, one B block and one edge tile.
+  size_t scratch_bytes() const;
+};
+
+// Full-K packing of a constant operand (done once, at compile time).
+AlignedBuffer pack_a_full(const MatView& a, int64_t m, int64_t k, int mr);
+AlignedBuffer pack_b_full(const MatView& b, int64_t k, int64_t n, int nr);
+size_t packed_a_floats(int64_t m, int64_t k, int mr);
+size_t packed_b_floats(int64_t k, int64_t n, int nr);
+
+// Runs `batch` independent problems of one shape, parallel over batch x output tiles.
+// scratch(worker) returns that worker's scratch_bytes() of 64-byte aligned memory.
+void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batch,
+          FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch);
+
+// Applies bias, residual and activation to rows [i0, i0+rows) x cols [j0, j0+cols) of c.
+void apply_epilogue(const Epilogue& ep, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,
+                    int64_t cols);
+
+}  // namespace walle

@@ -1,0 +1,259 @@
+#include "plan.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace walle {
+
+// ------------------------------------------------------------------------- BuildContext
+
+std::string BuildContext::where() const {
+  const int code = static_cast<int>(rec_.op);
+  const std::string name = (code >= 0 && code < static_cast<int>(op_names().size())) ? op_names()[code] : "?";
+  return "op " + std::to_string(rec_.index) + " (" + (rec_.label.empty() ? name : rec_.label) + ")";
+}
+
+void BuildContext::check(bool ok, const std::string& msg) const {
+  if (!ok) throw Error(where() + ": " + msg);
+}
+
+void BuildContext::expect_arity(size_t lo, size_t hi, size_t outputs) const {
+  check(rec_.inputs.size() >= lo && rec_.inputs.size() <= hi,
+        "takes " + std::to_string(lo) + ".." + std::to_string(hi) + " inputs, got " +
+            std::to_string(rec_.inputs.size()));
+  check(rec_.outputs.size() == outputs, "takes " + std::to_string(outputs) + " outputs, got " +
+                                            std::to_string(rec_.outputs.size()));
+}
+
+int BuildContext::input_id(size_t i) const {
+  check(i < rec_.inputs.size(), "missing input " + std::to_string(i));
+  return rec_.inputs[i];
+}
+
+int BuildContext::output_id(size_t i) const {
+  check(i < rec_.outputs.size(), "missing output " + std::to_string(i));
+  return rec_.outputs[i];
+}
+
+const void* BuildContext::constant_input(size_t i) const {
+  const TensorInfo& t = input(i);
+  return t.kind == TensorKind::kConstant ? constants_[t.where] : nullptr;
+}
+
+int64_t BuildContext::int_at(size_t i) const {
+  check(i < rec_.ints.size(), "integer attribute " + std::to_string(i) + " missing");
+  return rec_.ints[i];
+}
+
+double BuildContext::float_at(size_t i) const {
+  check(i < rec_.floats.size(), "float attribute " + std::to_string(i) + " missing");
+  return rec_.floats[i];
+}
+
+// ----------------------------------------------------------------------------- ArenaLease
+
+ArenaLease::~ArenaLease() {
+  if (arena_) plan_->release(std::move(arena_));
+}
+
+void ArenaLease::set_input(size_t slot, const void* data, int64_t nbytes) {
+  require(slot < plan_->inputs_.size(), "input slot out of range");
+  const TensorInfo& t = plan_->tensors_[plan_->inputs_[slot]];
+  require(nbytes == t.nbytes, "input " + std::to_string(slot) + " has " + std::to_string(nbytes) +
+                                  " bytes, expected " + std::to_string(t.nbytes));
+  arena_->ptrs[plan_->inputs_[slot]] = const_cast<void*>(data);  // inputs are only ever read
+}
+
+void ArenaLease::set_output(size_t slot, void* data, int64_t nbytes) {
+  require(slot < plan_->outputs_.size(), "output slot out of range");
+  const int id = plan_->outputs_[slot];
+  const TensorInfo& t = plan_->tensors_[id];
+  require(nbytes == t.nbytes, "output " + std::to_string(slot) + " has " + std::to_string(nbytes) +
+                                  " bytes, expected " + std::to_string(t.nbytes));
+  arena_->outputs[slot] = data;
+  if (t.kind == TensorKind::kOutput && t.where == static_cast<int64_t>(slot)) arena_->ptrs[id] = data;
+}
+
+// ----------------------------------------------------------------------------------- Plan
+
+namespace {
+
+constexpr int64_t kMaxElements = int64_t(1) << 40;
+
+bool valid_itemsize(int s) { return s == 1 || s == 2 || s == 4 || s == 8; }
+
+}  // namespace
+
+Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const void*, int64_t>>& constants,
+           std::vector<int> inputs, std::vector<int> outputs, std::vector<OpRecord> ops, int64_t arena_bytes,
+           Isa isa, std::shared_ptr<ThreadPool> pool)
+    : tensors_(std::move(tensors)),
+      inputs_(std::move(inputs)),
+      outputs_(std::move(outputs)),
+      records_(std::move(ops)),
+      arena_bytes_(arena_bytes),
+      isa_(isa),
+      gemm_(isa),
+      pool_(std::move(pool)) {
+  require(pool_ != nullptr, "plan needs a thread pool");
+  require(arena_bytes_ >= 0 && arena_bytes_ <= kMaxElements * 8, "arena size out of range");
+  for (auto& t : tensors_) {
+    require(t.shape.size() <= static_cast<size_t>(kMaxRank), "tensor rank exceeds 8");
+    require(valid_itemsize(t.itemsize), "tensor element size must be 1, 2, 4 or 8 bytes");
+    int64_t n = 1;
+    for (int64_t d : t.shape) {
+      require(d >= 0, "negative tensor dimension");
+      require(d == 0 || n <= kMaxElements / d, "tensor too large");
+      n *= d;
+    }
+    t.numel = n;
+    t.nbytes = n * t.itemsize;
+  }
+  std::vector<const void*> constant_data;
+  for (const auto& [data, nbytes] : constants) {
+    require(nbytes >= 0 && (data != nullptr || nbytes == 0), "bad constant buffer");
+    AlignedBuffer buf(static_cast<size_t>(nbytes));
+    if (nbytes) std::memcpy(buf.data(), data, static_cast<size_t>(nbytes));
+    constant_data.push_back(buf.data());
+    constants_.push_back(std::move(buf));
+  }
+  validate_tables();
+  for (const OpRecord& rec : records_) {
+    BuildContext ctx(rec, tensors_, constant_data, gemm_);
+    kernels_.push_back(build_kernel(ctx));
+    scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
+  }
+  scratch_per_worker_ = (scratch_per_worker_ + 127) / 64 * 64;  // aligned, with slack
+}
+
+void Plan::validate_tables() const {
+  const int n = static_cast<int>(tensors_.size());
+  auto in_range = [&](int id) { return id >= 0 && id < n; };
+  for (size_t s = 0; s < inputs_.size(); ++s) {
+    require(in_range(inputs_[s]), "input tensor id out of range");
+    const TensorInfo& t = tensors_[inputs_[s]];
+    require(t.kind == TensorKind::kInput && t.where == static_cast<int64_t>(s), "input table inconsistent");
+  }
+  for (size_t s = 0; s < outputs_.size(); ++s) require(in_range(outputs_[s]), "output tensor id out of range");
+  std::vector<int> first(n, -1), last(n, -1);
+  std::vector<bool> ready(n, false);
+  for (int id = 0; id < n; ++id) {
+    const TensorInfo& t = tensors_[id];
+    switch (t.kind) {
+      case TensorKind::kInput:
+        require(t.where >= 0 && t.where < static_cast<int64_t>(inputs_.size()) && inputs_[t.where] == id,
+                "tensor " + std::to_string(id) + ": input slot inconsistent");
+        ready[id] = true;
+        break;
+      case TensorKind::kConstant:
+        require(t.where >= 0 && t.where < static_cast<int64_t>(constants_.size()),
+                "tensor " + std::to_string(id) + ": constant index out of range");
+        require(static_cast<int64_t>(constants_[t.where].size()) == t.nbytes,
+                "tensor " + std::to_string(id) + ": constant size does not match its type");
+        ready[id] = true;
+        break;
+      case TensorKind::kOutput:
+        require(t.where >= 0 && t.where < static_cast<int64_t>(outputs_.size()) && outputs_[t.where] == id,
+                "tensor " + std::to_string(id) + ": output slot inconsistent");
+        break;
+      case TensorKind::kArena:
+        require(t.where >= 0 && t.where % 64 == 0 && t.where + t.nbytes <= arena_bytes_,
+                "tensor " + std::to_string(id) + ": arena range outside the arena");
+        break;
+      default: throw Error("tensor " + std::to_string(id) + ": unknown kind");
+    }
+  }
+  for (size_t step = 0; step < records_.size(); ++step) {
+    const OpRecord& rec = records_[step];
+    const std::string where = "op " + std::to_string(rec.index);
+    require(static_cast<int>(rec.op) >= 0 && rec.op < OpCode::kCount, where + ": unknown op code");
+    for (int id : rec.inputs) {
+      require(in_range(id), where + ": input tensor id out of range");
+      require(ready[id], where + ": reads tensor " + std::to_string(id) + " before it is produced");
+      last[id] = static_cast<int>(step);
+    }
+    for (int id : rec.outputs) {
+      require(in_range(id), where + ": output tensor id out of range");
+      const TensorKind k = tensors_[id].kind;
+      require(k == TensorKind::kOutput || k == TensorKind::kArena, where + ": writes an input or a constant");
+      require(!ready[id], where + ": tensor " + std::to_string(id) + " is produced twice");
+      ready[id] = true;
+      first[id] = last[id] = static_cast<int>(step);
+    }
+  }
+  for (int id : outputs_) require(ready[id], "segment output " + std::to_string(id) + " is never produced");
+  // Arena tensors alive at the same time must not share bytes (this also keeps every op's
+  // inputs and outputs apart).
+  std::vector<int> placed;
+  for (int id = 0; id < n; ++id) {
+    if (tensors_[id].kind == TensorKind::kArena && first[id] >= 0) placed.push_back(id);
+  }
+  for (size_t i = 0; i < placed.size(); ++i) {
+    for (size_t j = i + 1; j < placed.size(); ++j) {
+      const TensorInfo& a = tensors_[placed[i]];
+      const TensorInfo& b = tensors_[placed[j]];
+      const bool live_together = !(last[placed[i]] < first[placed[j]] || last[placed[j]] < first[placed[i]]);
+      const bool overlap = a.nbytes && b.nbytes && a.where < b.where + b.nbytes && b.where < a.where + a.nbytes;
+      require(!(live_together && overlap), "arena plan overlaps live tensors " + std::to_string(placed[i]) +
+                                               " and " + std::to_string(placed[j]));
+    }
+  }
+}
+
+ArenaLease Plan::acquire() const {
+  {
+    std::lock_guard<std::mutex> lock(free_mutex_);
+    if (!free_.empty()) {
+      auto arena = std::move(free_.back());
+      free_.pop_back();
+      return ArenaLease(*this, std::move(arena));
+    }
+    ++created_;
+  }
+  auto arena = std::make_unique<Arena>();
+  const size_t workers = static_cast<size_t>(pool_->threads());
+  arena->memory.resize(static_cast<size_t>(arena_bytes_) + scratch_per_worker_ * workers);
+  arena->ptrs.assign(tensors_.size(), nullptr);
+  arena->outputs.assign(outputs_.size(), nullptr);
+  for (size_t id = 0; id < tensors_.size(); ++id) {
+    const TensorInfo& t = tensors_[id];
+    if (t.kind == TensorKind::kArena) arena->ptrs[id] = arena->memory.data() + t.where;
+    if (t.kind == TensorKind::kConstant) arena->ptrs[id] = constants_[t.where].data();
+  }
+  return ArenaLease(*this, std::move(arena));
+}
+
+void Plan::release(std::unique_ptr<Arena> arena) const {
+  std::lock_guard<std::mutex> lock(free_mutex_);
+  free_.push_back(std::move(arena));
+}
+
+size_t Plan::arenas_created() const {
+  std::lock_guard<std::mutex> lock(free_mutex_);
+  return created_;
+}
+
+void Plan::execute(ArenaLease& lease) const {
+  Arena& arena = lease.arena();
+  for (int id : inputs_) require(arena.ptrs[id] != nullptr || tensors_[id].nbytes == 0, "input not bound");
+  for (size_t s = 0; s < outputs_.size(); ++s) {
+    require(arena.outputs[s] != nullptr || tensors_[outputs_[s]].nbytes == 0, "output not bound");
+  }
+  unsigned char* scratch_base = arena.memory.data() + arena_bytes_;
+  const size_t per_worker = scratch_per_worker_;
+  auto scratch = [&](int worker) {
+    auto p = reinterpret_cast<uintptr_t>(scratch_base + per_worker * static_cast<size_t>(worker));
+    return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
+  };
+  RunContext ctx{arena.ptrs.data(), *pool_, scratch};
+  for (const auto& kernel : kernels_) kernel->run(ctx);
+  // Outputs not written in place: inputs or constants passed through, and repeated outputs.
+  for (size_t s = 0; s < outputs_.size(); ++s) {
+    const int id = outputs_[s];
+    const TensorInfo& t = tensors_[id];
+    const bool in_place = t.kind == TensorKind::kOutput && t.where == static_cast<int64_t>(s);
+    if (!in_place && t.nbytes) std::memcpy(arena.outputs[s], arena.ptrs[id], static_cast<size_t>(t.nbytes));
+  }
+}
+
+}  // namespace walle

@@ -1,0 +1,161 @@
+// A compiled segment: the tensor table, one kernel per op (weights already packed), and a pool
+// of arenas so that concurrent runs never share intermediate memory and a warm plan allocates
+// nothing per run.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "gemm.hpp"
+#include "isa.hpp"
+#include "threadpool.hpp"
+
+namespace walle {
+
+enum class TensorKind : int { kInput = 0, kOutput = 1, kArena = 2, kConstant = 3 };
+
+struct TensorInfo {
+  DType dtype = DType::kOpaque;
+  int itemsize = 0;
+  Shape shape;
+  int64_t numel = 0;
+  int64_t nbytes = 0;
+  TensorKind kind = TensorKind::kArena;
+  // input slot, output slot, constant index or arena byte offset, by kind
+  int64_t where = 0;
+};
+
+// One op as encoded by the Python lowering: tensor ids and flat attribute vectors.
+struct OpRecord {
+  OpCode op = OpCode::kRaster;
+  int index = 0;      // position in the segment, for messages
+  std::string label;  // what the op was lowered from, for messages
+  std::vector<int> inputs;
+  std::vector<int> outputs;
+  std::vector<int64_t> ints;
+  std::vector<double> floats;
+};
+
+// What a kernel sees while it runs.
+struct RunContext {
+  void* const* ptrs;  // storage of every tensor, by id
+  ThreadPool& pool;
+  FunctionRef<float*(int)> scratch;  // this run's per-worker scratch
+};
+
+class OpKernel {
+ public:
+  virtual ~OpKernel() = default;
+  virtual void run(const RunContext& ctx) const = 0;
+  // Per-worker scratch the kernel needs during run.
+  virtual size_t scratch_bytes() const { return 0; }
+};
+
+// What a kernel builder sees: the record, the tensor table and the constants, with checked access.
+class BuildContext {
+ public:
+  BuildContext(const OpRecord& rec, const std::vector<TensorInfo>& tensors,
+               const std::vector<const void*>& constant_data, const GemmBlocking& gemm)
+      : rec_(rec), tensors_(tensors), constants_(constant_data), gemm_(gemm) {}
+
+  const OpRecord& rec() const { return rec_; }
+  const GemmBlocking& gemm() const { return gemm_; }
+  size_t num_inputs() const { return rec_.inputs.size(); }
+  size_t num_outputs() const { return rec_.outputs.size(); }
+  int input_id(size_t i) const;
+  int output_id(size_t i) const;
+  const TensorInfo& input(size_t i) const { return tensors_[input_id(i)]; }
+  const TensorInfo& output(size_t i) const { return tensors_[output_id(i)]; }
+  // Data of input i if it is a constant (known at compile time), else nullptr.
+  const void* constant_input(size_t i) const;
+  int64_t int_at(size_t i) const;
+  double float_at(size_t i) const;
+  // "op 3 (conv2d ...)": prefix of every message about this op.
+  std::string where() const;
+  // Throws Error(where() + ": " + msg) unless ok.
+  void check(bool ok, const std::string& msg) const;
+  void expect_arity(size_t lo, size_t hi, size_t outputs) const;
+
+ private:
+  const OpRecord& rec_;
+  const std::vector<TensorInfo>& tensors_;
+  const std::vector<const void*>& constants_;
+  const GemmBlocking& gemm_;
+};
+
+std::unique_ptr<OpKernel> build_kernel(const BuildContext& ctx);  // dispatch on the op code
+std::unique_ptr<OpKernel> build_matmul(const BuildContext& ctx);
+std::unique_ptr<OpKernel> build_conv2d(const BuildContext& ctx);
+std::unique_ptr<OpKernel> build_gather(const BuildContext& ctx);
+std::unique_ptr<OpKernel> build_scatter(const BuildContext& ctx);
+
+// One run's memory: intermediates, per-worker scratch, and the pointer of every tensor.
+struct Arena {
+  AlignedBuffer memory;
+  std::vector<void*> ptrs;
+  std::vector<void*> outputs;  // the caller's output buffers, by slot
+};
+
+class Plan;
+
+// Exclusive use of one arena for one run; returns it to the plan's free list when destroyed.
+class ArenaLease {
+ public:
+  ArenaLease(const Plan& plan, std::unique_ptr<Arena> arena) : plan_(&plan), arena_(std::move(arena)) {}
+  ArenaLease(ArenaLease&&) = default;
+  ~ArenaLease();
+  // Bind the caller's buffers; sizes are checked against the tensor table.
+  void set_input(size_t slot, const void* data, int64_t nbytes);
+  void set_output(size_t slot, void* data, int64_t nbytes);
+  Arena& arena() { return *arena_; }
+
+ private:
+  const Plan* plan_;
+  std::unique_ptr<Arena> arena_;
+};
+
+class Plan {
+ public:
+  // constants: bytes of each constant, copied into plan-owned aligned memory.
+  Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const void*, int64_t>>& constants,
+       std::vector<int> inputs, std::vector<int> outputs, std::vector<OpRecord> ops, int64_t arena_bytes,
+       Isa isa, std::shared_ptr<ThreadPool> pool);
+
+  ArenaLease acquire() const;
+  // Runs every op; the lease must have all inputs and outputs bound. Call without the GIL.
+  void execute(ArenaLease& lease) const;
+
+  Isa isa() const { return isa_; }
+  size_t num_inputs() const { return inputs_.size(); }
+  size_t num_outputs() const { return outputs_.size(); }
+  int64_t arena_bytes() const { return arena_bytes_; }
+  size_t scratch_bytes_per_worker() const { return scratch_per_worker_; }
+  size_t arenas_created() const;
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+
+ private:
+  friend class ArenaLease;
+  void validate_tables() const;
+  void release(std::unique_ptr<Arena> arena) const;
+
+  std::vector<TensorInfo> tensors_;
+  std::vector<AlignedBuffer> constants_;
+  std::vector<int> inputs_;
+  std::vector<int> outputs_;
+  std::vector<OpRecord> records_;
+  std::vector<std::unique_ptr<OpKernel>> kernels_;
+  int64_t arena_bytes_;
+  Isa isa_;
+  GemmBlocking gemm_;
+  std::shared_ptr<ThreadPool> pool_;
+  size_t scratch_per_worker_ = 0;
+  mutable std::mutex free_mutex_;
+  mutable std::vector<std::unique_ptr<Arena>> free_;
+  mutable size_t created_ = 0;
+};
+
+}  // namespace walle

@@ -1,0 +1,21 @@
+// POOL2D over NCHW float32: max or average windows with pads and dilations. Windows are clipped
+// to the input; an average counts padded cells only with count_include_pad.
+#pragma once
+
+#include <cstdint>
+
+#include "common.hpp"
+#include "threadpool.hpp"
+
+namespace walle {
+
+struct PoolParams {
+  bool is_max = true;
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, pt = 0, pl = 0, pb = 0, pr = 0, dh = 1, dw = 1, oh = 1, ow = 1;
+  bool count_include_pad = false;
+};
+
+void pool2d_op(const PoolParams& p, const float* x, float* y, ThreadPool& pool);
+
+}  // namespace walle

@@ -1,0 +1,77 @@
+#include "threadpool.hpp"
+
+namespace walle {
+
+ThreadPool::ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
+  for (int w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { worker_main(w); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::drain(Job& job, int worker) {
+  for (;;) {
+    int64_t task = job.next.fetch_add(1, std::memory_order_relaxed);
+    if (task >= job.n) return;
+    try {
+      (*job.body)(task, worker);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(job.error_mutex);
+      if (!job.error) job.error = std::current_exception();
+      job.next.store(job.n, std::memory_order_relaxed);  // stop handing out work
+    }
+  }
+}
+
+void ThreadPool::worker_main(int worker) {
+  uint64_t seen = 0;
+  for (;;) {
+    Job* job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      job = job_;
+    }
+    drain(*job, worker);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--active_ == 0) done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::parallel_for(int64_t n, Body body) {
+  if (n <= 0) return;
+  std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+  if (threads_ == 1 || n == 1 || !busy.owns_lock()) {
+    for (int64_t i = 0; i < n; ++i) body(i, 0);
+    return;
+  }
+  Job job;
+  job.body = &body;
+  job.n = n;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = &job;
+    active_ = static_cast<int>(workers_.size());
+    ++generation_;
+  }
+  wake_.notify_all();
+  drain(job, 0);
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return active_ == 0; });
+    job_ = nullptr;
+  }
+  if (job.error) std::rethrow_exception(job.error);
+}
+
+}  // namespace walle

@@ -1,0 +1,60 @@
+// The backend's own worker pool. Workers sleep on a condition variable when idle (no spinning).
+// One parallel loop runs at a time; a second concurrent caller (another Python thread running an
+// executable, or a nested loop) simply runs its loop inline, which can neither deadlock nor
+// oversubscribe the cores.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common.hpp"
+
+namespace walle {
+
+class ThreadPool {
+ public:
+  // body(task, worker): worker is in [0, threads()) and is unique among concurrently running
+  // bodies of one loop, so it can index per-worker scratch memory.
+  using Body = FunctionRef<void(int64_t, int)>;
+
+  explicit ThreadPool(int threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int threads() const { return threads_; }
+
+  // Runs body for every task in [0, n); returns when all are done. Rethrows the first exception
+  // a task threw.
+  void parallel_for(int64_t n, Body body);
+
+ private:
+  struct Job {
+    Body* body = nullptr;
+    int64_t n = 0;
+    std::atomic<int64_t> next{0};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+  };
+
+  void worker_main(int worker);
+  void drain(Job& job, int worker);
+
+  int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex busy_;  // held by the one caller whose loop uses the workers
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  Job* job_ = nullptr;
+  uint64_t generation_ = 0;
+  int active_ = 0;  // workers still inside the current job
+  bool stop_ = false;
+};
+
+}  // namespace walle

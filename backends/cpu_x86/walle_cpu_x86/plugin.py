@@ -1,0 +1,189 @@
+"""The cpu_x86 backend as a Walle plugin: which nodes it takes, and compile/run glue.
+
+All computation happens in the native module; ``run`` checks the inputs, allocates the outputs
+and makes one native call for the whole segment, with the GIL released.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from walle_core.backend import Availability, Backend, Executable, Segment
+from walle_core.errors import BackendError
+from walle_core.hookspecs import hookimpl
+from walle_core.ir import Node, TensorType
+from walle_core.ops import BinaryFn, Op, UnaryFn
+from walle_cpu_x86.lowering import Codes, as_bytes, encode_segment
+
+try:
+    from walle_cpu_x86 import _ext
+except ImportError as exc:  # reported by availability(), never raised at import
+    _ext = None
+    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    _IMPORT_ERROR = ""
+
+#: environment variable that may force a lower instruction set (portable, avx2, avx512)
+ISA_ENV = "WALLE_CPU_X86_ISA"
+
+_ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2", "portable": "portable"}
+
+F32 = np.dtype(np.float32)
+BOOL = np.dtype(bool)
+_INTS = (np.dtype(np.int32), np.dtype(np.int64))
+_CASTABLE = frozenset(np.dtype(d) for d in (np.float32, np.int32, np.int64, bool, np.uint8, np.int8))
+_MAX_REGION_RANK = 8
+
+_F32_BINARY = frozenset({BinaryFn.ADD, BinaryFn.SUB, BinaryFn.MUL, BinaryFn.DIV, BinaryFn.POW, BinaryFn.MAX,
+                         BinaryFn.MIN, BinaryFn.MOD, BinaryFn.FMOD, BinaryFn.EQ, BinaryFn.NE, BinaryFn.LT,
+                         BinaryFn.LE, BinaryFn.GT, BinaryFn.GE})
+_INT_BINARY = frozenset(BinaryFn) - {BinaryFn.POW, BinaryFn.AND, BinaryFn.OR, BinaryFn.XOR}
+_BOOL_BINARY = frozenset({BinaryFn.AND, BinaryFn.OR, BinaryFn.XOR, BinaryFn.EQ, BinaryFn.NE})
+_SCATTER_REDUCTIONS = frozenset({BinaryFn.ADD, BinaryFn.MUL, BinaryFn.MAX, BinaryFn.MIN})
+
+
+def _movable(dtype: np.dtype) -> bool:
+    """Plain fixed-size elements the native side may copy as raw bytes (no Python objects)."""
+    return dtype.itemsize in (1, 2, 4, 8) and not dtype.hasobject and dtype.fields is None
+
+
+def _dtype_ok(node: Node, t: list[TensorType], o: list[TensorType]) -> bool:
+    op, a = node.op, node.attrs
+    if op is Op.RASTER:
+        return _movable(o[0].dtype) and all(len(r.size) <= _MAX_REGION_RANK for r in a.regions)
+    if op is Op.UNARY:
+        return t[0].dtype == (BOOL if a.fn is UnaryFn.NOT else F32)
+    if op is Op.BINARY:
+        dt = t[0].dtype
+        allowed = (_F32_BINARY if dt == F32 else _INT_BINARY if dt in _INTS
+                   else _BOOL_BINARY if dt == BOOL else frozenset())
+        return a.fn in allowed
+    if op is Op.SELECT:
+        return _movable(t[1].dtype)
+    if op is Op.CAST:
+        return t[0].dtype in _CASTABLE and o[0].dtype in _CASTABLE
+    if op is Op.GATHER:
+        return _movable(t[0].dtype) and t[1].dtype in _INTS
+    if op is Op.SCATTER:
+        if a.reduction is None:
+            return _movable(t[0].dtype)
+        return a.reduction in _SCATTER_REDUCTIONS and t[0].dtype in (F32, *_INTS)
+    # reductions, scans and the dense ops: float32 throughout
+    return all(x.dtype == F32 for x in t)
+
+
+def _functions_known(node: Node, codes: Codes) -> bool:
+    """Whether the native tables know the node's function (the core's enums may grow first)."""
+    a = node.attrs
+    if node.op is Op.UNARY:
+        return a.fn.value in codes.unary
+    if node.op is Op.BINARY:
+        return a.fn.value in codes.binary
+    if node.op is Op.REDUCE:
+        return a.fn.value in codes.reduce
+    if node.op is Op.SCATTER and a.reduction is not None:
+        return a.reduction.value in codes.binary
+    if node.op in (Op.MATMUL, Op.CONV2D):
+        return a.activation.fn.value in codes.unary
+    return node.op.value in codes.ops
+
+
+class CpuX86Executable(Executable):
+    """One compiled segment: a native plan plus the types to check ``run`` arguments against."""
+
+    def __init__(self, plan: Any, segment: Segment) -> None:
+        self.plan = plan
+        self._in_names = list(segment.inputs)
+        self._in_types = [segment.types[n] for n in segment.inputs]
+        self._out_types = [segment.types.get(n) or _const_type(segment, n) for n in segment.outputs]
+
+    def run(self, inputs: list[Any]) -> list[Any]:
+        if len(inputs) != len(self._in_types):
+            raise ValueError(f"[cpu_x86] expected {len(self._in_types)} inputs, got {len(inputs)}")
+        views = []
+        for name, value, t in zip(self._in_names, inputs, self._in_types):
+            array = np.asarray(value)
+            if array.dtype != t.dtype:
+                raise ValueError(f"[cpu_x86] input {name!r}: dtype {array.dtype}, expected {t.dtype}")
+            if array.shape != t.shape:
+                raise ValueError(f"[cpu_x86] input {name!r}: shape {array.shape}, expected {t.shape}")
+            views.append(as_bytes(np.ascontiguousarray(array)))
+        outputs = [np.empty(t.shape, t.dtype) for t in self._out_types]
+        try:
+            self.plan.run(views, [as_bytes(o) for o in outputs])
+        except IndexError as exc:
+            raise BackendError(str(exc)) from None
+        return outputs
+
+
+def _const_type(segment: Segment, name: str) -> TensorType:
+    value = segment.constants[name]
+    return TensorType(value.dtype, tuple(value.shape))
+
+
+class CpuX86Backend(Backend):
+    """x86-64 CPUs: packed GEMM with AVX-512 / AVX2 micro-kernels, chosen at run time."""
+
+    name = "cpu_x86"
+    priority = 100
+
+    def __init__(self, threads: int = 1) -> None:
+        super().__init__(threads)
+        self._pool: Any = None
+        self._pool_lock = threading.Lock()
+        self._codes = Codes(_ext) if _ext is not None else None
+
+    @classmethod
+    def availability(cls) -> Availability:
+        if _ext is None:
+            return Availability(False, reason=_IMPORT_ERROR)
+        isa = _ISA_LABEL[_ext.best_isa()]
+        return Availability(True, device=f"x86-64 {isa} ({os.cpu_count()} cores)")
+
+    @classmethod
+    def supported_ops(cls) -> frozenset[Op]:
+        return frozenset(Op)
+
+    def supports(self, node: Node, types: Mapping[str, TensorType]) -> bool:
+        if self._codes is None:
+            return False
+        try:
+            ins = [types[n] for n in node.inputs]
+            outs = [types[n] for n in node.outputs]
+        except KeyError:
+            return False
+        return _functions_known(node, self._codes) and _dtype_ok(node, ins, outs)
+
+    def _thread_pool(self) -> Any:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = _ext.ThreadPool(self.threads)
+            return self._pool
+
+    def compile(self, segment: Segment) -> Executable:
+        if _ext is None:
+            raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
+        enc = encode_segment(segment, self._codes)
+        isa = os.environ.get(ISA_ENV, "").strip().lower()
+        try:
+            plan = _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
+                             isa, self._thread_pool())
+        except ValueError as exc:
+            raise BackendError(f"{exc}") from None
+        return CpuX86Executable(plan, segment)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        if _ext is not None:
+            info["isa"] = os.environ.get(ISA_ENV) or _ext.best_isa()
+        return info
+
+
+@hookimpl
+def walle_register_backends() -> list[type[Backend]]:
+    return [CpuX86Backend]

@@ -1,0 +1,706 @@
+"""The cpu_x86 backend against NumPy: every atomic op and attribute variant, every ISA level,
+threads, concurrency, GIL release, bad input and multi-op segments."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from walle_cpu_x86 import CpuX86Backend, _ext
+
+from walle_core import ops, plugins
+from walle_core.backend import Segment
+from walle_core.errors import BackendError
+from walle_core.ir import GraphBuilder, TensorType
+from walle_core.ops import Activation, BinaryFn, Op, PoolKind, ReduceFn, UnaryFn
+
+ISAS = [isa for isa in ("portable", "avx2", "avx512")
+        if ["portable", "avx2", "avx512"].index(isa) <= ["portable", "avx2", "avx512"].index(_ext.best_isa())]
+
+rng = np.random.default_rng(20240611)
+
+
+def f32(*shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def backend(request) -> CpuX86Backend:
+    return CpuX86Backend(threads=request.param)
+
+
+def build(op: Op, attrs, inputs: list[np.ndarray], const: tuple[int, ...] = ()) -> tuple[Segment, list]:
+    """A one-node segment; inputs whose position is in ``const`` become constants."""
+    b = GraphBuilder()
+    names, feeds = [], []
+    for i, a in enumerate(inputs):
+        if i in const:
+            names.append(b.constant(a))
+        else:
+            names.append(b.add_input(f"in{i}", TensorType(a.dtype, a.shape)))
+            feeds.append(a)
+    outs = b.emit(op, names, attrs)
+    g = b.graph
+    return Segment(g.nodes, list(g.inputs), outs, dict(g.types), dict(g.constants)), feeds
+
+
+def run1(backend, op, attrs, inputs, const=()) -> list[np.ndarray]:
+    seg, feeds = build(op, attrs, inputs, const)
+    return backend.compile(seg).run(feeds)
+
+
+def close(got, want, rtol=1e-4, atol=1e-5) -> None:
+    want = np.asarray(want)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    if want.dtype.kind == "f":
+        np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
+    else:
+        np.testing.assert_array_equal(got, want)
+
+
+# --------------------------------------------------------------------------- oracles
+
+def np_conv(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
+    """Direct convolution in float64 with explicit loops over kernel taps."""
+    n = x.shape[0]
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (xp.shape[3] - dil[1] * (kw - 1) - 1) // stride[1] + 1
+    y = np.zeros((n, o, oh, ow))
+    og = o // groups
+    for oc in range(o):
+        g = oc // og
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg,
+                           i * dil[0]: i * dil[0] + stride[0] * (oh - 1) + 1: stride[0],
+                           j * dil[1]: j * dil[1] + stride[1] * (ow - 1) + 1: stride[1]]
+                y[:, oc] += np.einsum("nchw,c->nhw", patch, w[oc, :, i, j])
+        if b is not None:
+            y[:, oc] += b[oc]
+    return y
+
+
+def np_pool(x, kind, k, s, pads, dil, out_hw, include_pad=False):
+    n, c, h, w = x.shape
+    y = np.zeros((n, c, *out_hw), np.float64)
+    for oy in range(out_hw[0]):
+        for ox in range(out_hw[1]):
+            taps, padded = [], 0
+            for i in range(k[0]):
+                for j in range(k[1]):
+                    iy, ix = oy * s[0] - pads[0] + i * dil[0], ox * s[1] - pads[1] + j * dil[1]
+                    if -pads[0] <= iy < h + pads[2] and -pads[1] <= ix < w + pads[3]:
+                        padded += 1
+                    if 0 <= iy < h and 0 <= ix < w:
+                        taps.append(x[:, :, iy, ix])
+            if kind == "max":
+                y[:, :, oy, ox] = np.max(taps, axis=0)
+            else:
+                y[:, :, oy, ox] = np.sum(taps, axis=0) / (padded if include_pad else len(taps))
+    return y.astype(np.float32)
+
+
+ACTIVATIONS = {
+    UnaryFn.IDENTITY: (0.0, 0.0, lambda v: v),
+    UnaryFn.RELU: (0.0, 0.0, lambda v: np.maximum(v, 0)),
+    UnaryFn.LEAKY_RELU: (0.2, 0.0, lambda v: np.where(v >= 0, v, 0.2 * v)),
+    UnaryFn.CLIP: (-0.5, 0.6, lambda v: np.clip(v, -0.5, 0.6)),
+    UnaryFn.SIGMOID: (0.0, 0.0, lambda v: 1 / (1 + np.exp(-v))),
+    UnaryFn.HARD_SIGMOID: (0.2, 0.5, lambda v: np.clip(0.2 * v + 0.5, 0, 1)),
+    UnaryFn.HARD_SWISH: (0.0, 0.0, lambda v: v * np.clip(v / 6 + 0.5, 0, 1)),
+    UnaryFn.ELU: (1.3, 0.0, lambda v: np.where(v > 0, v, 1.3 * np.expm1(v))),
+    UnaryFn.SOFTPLUS: (0.0, 0.0, lambda v: np.logaddexp(0, v)),
+    UnaryFn.TANH: (0.0, 0.0, np.tanh),
+}
+
+
+def act_of(fn: UnaryFn) -> Activation:
+    alpha, beta, _ = ACTIVATIONS[fn]
+    return Activation(fn, alpha, beta)
+
+
+# ------------------------------------------------------------------------------ plugin
+
+def test_registered_and_available():
+    assert CpuX86Backend in plugins.backend_classes()
+    avail = CpuX86Backend.availability()
+    assert avail.available, avail.reason
+    assert avail.device.startswith("x86-64 ") and "cores" in avail.device
+    assert CpuX86Backend.supported_ops() == frozenset(Op)
+
+
+def test_declines_what_it_does_not_implement(backend):
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float64), (3,)))
+    y = b.emit1(Op.UNARY, [x], ops.UnaryAttrs(UnaryFn.EXP))
+    i = b.add_input("i", TensorType(np.dtype(np.int32), (3,)))
+    p = b.emit1(Op.BINARY, [i, i], ops.BinaryAttrs(BinaryFn.POW))
+    m = b.add_input("m", TensorType(np.dtype(np.int64), (2, 2)))
+    mm = b.emit1(Op.MATMUL, [m, m], ops.MatMulAttrs())
+    types = b.graph.types
+    for node in b.graph.nodes:
+        assert not backend.supports(node, types), node.op
+    assert {y, p, mm} == {out for node in b.graph.nodes for out in node.outputs}
+
+
+# ------------------------------------------------------------------------------ raster
+
+def region(inp, size, src_off, src_st, dst_off, dst_st):
+    return ops.Region(inp, tuple(size), src_off, tuple(src_st), dst_off, tuple(dst_st))
+
+
+A34 = f32(3, 4)
+X4 = f32(2, 3, 4, 5)
+
+RASTER_CASES = [
+    ("transpose", ops.RasterAttrs((4, 3), (region(0, (4, 3), 0, (1, 4), 0, (3, 1)),)), [A34], lambda a: a.T),
+    ("permute4d", ops.RasterAttrs((5, 2, 4, 3), (region(0, (5, 2, 4, 3), 0, (1, 60, 5, 20), 0, (24, 12, 3, 1)),)),
+     [X4], lambda a: a.transpose(3, 0, 2, 1)),
+    ("slice_step", ops.RasterAttrs((2, 2), (region(0, (2, 2), 5, (4, 2), 0, (2, 1)),)), [A34],
+     lambda a: a[1:3, 1::2]),
+    ("reverse", ops.RasterAttrs((3, 4), (region(0, (3, 4), 11, (-4, -1), 0, (4, 1)),)), [A34], lambda a: a[::-1, ::-1]),
+    ("concat", ops.RasterAttrs((3, 6), (region(0, (3, 4), 0, (4, 1), 0, (6, 1)),
+                                       region(1, (3, 2), 0, (2, 1), 4, (6, 1)))),
+     [A34, f32(3, 2)], lambda a, b: np.concatenate([a, b], 1)),
+    ("pad_fill", ops.RasterAttrs((5, 6), (region(0, (3, 4), 0, (4, 1), 7, (6, 1)),), fill=-3.5), [A34],
+     lambda a: np.pad(a, 1, constant_values=-3.5)),
+    ("broadcast", ops.RasterAttrs((3, 2, 4), (region(0, (3, 2, 4), 0, (4, 0, 1), 0, (8, 4, 1)),)), [A34],
+     lambda a: np.broadcast_to(a[:, None, :], (3, 2, 4))),
+    ("scalar_region", ops.RasterAttrs((2,), (region(0, (), 5, (), 1, ()),), fill=7.0), [A34],
+     lambda a: np.array([7.0, a.flat[5]], np.float32)),
+    ("int64", ops.RasterAttrs((4, 3), (region(0, (4, 3), 0, (1, 4), 0, (3, 1)),)),
+     [rng.integers(-9, 9, (3, 4))], lambda a: a.T),
+    ("float16", ops.RasterAttrs((4, 3), (region(0, (4, 3), 0, (1, 4), 0, (3, 1)),), fill=1.0),
+     [A34.astype(np.float16)], lambda a: a.T),
+    ("bool_pad", ops.RasterAttrs((3, 5), (region(0, (3, 4), 0, (4, 1), 1, (5, 1)),), fill=1.0), [A34 > 0],
+     lambda a: np.pad(a, ((0, 0), (1, 0)), constant_values=True)),
+    ("int8_overlap_later_wins", ops.RasterAttrs((4,), (region(0, (4,), 0, (1,), 0, (1,)),
+                                                       region(0, (2,), 0, (1,), 2, (1,)))),
+     [np.array([1, 2, 3, 4], np.int8)], lambda a: np.array([1, 2, 1, 2], np.int8)),
+]
+
+
+@pytest.mark.parametrize("case", RASTER_CASES, ids=[c[0] for c in RASTER_CASES])
+def test_raster(backend, case):
+    _, attrs, inputs, expected = case
+    (got,) = run1(backend, Op.RASTER, attrs, inputs)
+    close(got, expected(*inputs))
+
+
+# ------------------------------------------------------------------------------- unary
+
+POS = np.abs(f32(4, 33)) + 0.1
+UNIT = np.clip(f32(4, 33), -0.9, 0.9)
+WIDE = f32(4, 33) * 3
+UNARY_CASES = [
+    (UnaryFn.IDENTITY, WIDE, lambda a: a), (UnaryFn.NEG, WIDE, np.negative), (UnaryFn.ABS, WIDE, np.abs),
+    (UnaryFn.SIGN, np.array([-2, 0, 3], np.float32), np.sign), (UnaryFn.EXP, WIDE, np.exp),
+    (UnaryFn.LOG, POS, np.log), (UnaryFn.SQRT, POS, np.sqrt), (UnaryFn.RSQRT, POS, lambda a: 1 / np.sqrt(a)),
+    (UnaryFn.RECIPROCAL, POS, np.reciprocal), (UnaryFn.FLOOR, WIDE, np.floor), (UnaryFn.CEIL, WIDE, np.ceil),
+    (UnaryFn.ROUND, np.array([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 1.7, -1.2], np.float32), np.rint),
+    (UnaryFn.SIN, WIDE, np.sin), (UnaryFn.COS, WIDE, np.cos), (UnaryFn.TAN, UNIT, np.tan),
+    (UnaryFn.ASIN, UNIT, np.arcsin), (UnaryFn.ACOS, UNIT, np.arccos), (UnaryFn.ATAN, WIDE, np.arctan),
+    (UnaryFn.SINH, WIDE, np.sinh), (UnaryFn.COSH, WIDE, np.cosh), (UnaryFn.ASINH, WIDE, np.arcsinh),
+    (UnaryFn.ACOSH, POS + 1, np.arccosh), (UnaryFn.ATANH, UNIT, np.arctanh), (UnaryFn.TANH, WIDE, np.tanh),
+    (UnaryFn.ERF, WIDE, np.vectorize(math.erf)),
+    *[(fn, WIDE, ref) for fn, (_, _, ref) in ACTIVATIONS.items() if fn is not UnaryFn.IDENTITY],
+]
+
+
+@pytest.mark.parametrize("fn,x,ref", UNARY_CASES, ids=[f"{c[0].value}{i}" for i, c in enumerate(UNARY_CASES)])
+def test_unary(backend, fn, x, ref):
+    alpha, beta, _ = ACTIVATIONS.get(fn, (0.0, 0.0, None))
+    (got,) = run1(backend, Op.UNARY, ops.UnaryAttrs(fn, alpha, beta), [x])
+    close(got, ref(x.astype(np.float64)).astype(np.float32))
+
+
+def test_unary_not_and_large_parallel(backend):
+    b = f32(7, 5) > 0
+    (got,) = run1(backend, Op.UNARY, ops.UnaryAttrs(UnaryFn.NOT), [b])
+    close(got, ~b)
+    big = f32(300_001)  # several parallel chunks with a ragged tail
+    (got,) = run1(backend, Op.UNARY, ops.UnaryAttrs(UnaryFn.SIGMOID), [big])
+    close(got, 1 / (1 + np.exp(-big)))
+
+
+# ------------------------------------------------------------------------------ binary
+
+I_A = rng.integers(-50, 50, (3, 4)).astype(np.int64)
+I_B = (rng.integers(1, 9, (3, 4)) * np.where(rng.random((3, 4)) < 0.5, -1, 1)).astype(np.int64)
+
+BINARY_F32 = [
+    (BinaryFn.ADD, f32(2, 3, 4), f32(3, 1), np.add), (BinaryFn.SUB, f32(3, 4), f32(4), np.subtract),
+    (BinaryFn.MUL, f32(1, 4), f32(3, 1), np.multiply), (BinaryFn.DIV, f32(3, 4), POS[0, :4], np.divide),
+    (BinaryFn.POW, POS[:3, :4], f32(3, 4), np.power), (BinaryFn.MAX, f32(3, 4), f32(3, 4), np.maximum),
+    (BinaryFn.MIN, f32(2, 1, 4), f32(3, 1), np.minimum), (BinaryFn.MOD, f32(3, 4) * 5, f32(4) + 0.3, np.mod),
+    (BinaryFn.FMOD, f32(3, 4) * 5, f32(4) + 0.3, np.fmod), (BinaryFn.ADD, f32(), f32(5, 1), np.add),
+    (BinaryFn.EQ, np.round(f32(3, 4)), np.round(f32(4)), np.equal),
+    (BinaryFn.NE, np.round(f32(3, 4)), np.zeros((), np.float32), np.not_equal),
+    (BinaryFn.LT, f32(3, 4), f32(3, 1), np.less), (BinaryFn.LE, f32(3, 4), f32(4), np.less_equal),
+    (BinaryFn.GT, f32(3, 4), f32(3, 4), np.greater), (BinaryFn.GE, f32(1, 4), f32(3, 1), np.greater_equal),
+]
+
+
+@pytest.mark.parametrize("fn,a,b,ref", BINARY_F32, ids=[f"{c[0].value}{i}" for i, c in enumerate(BINARY_F32)])
+def test_binary_float(backend, fn, a, b, ref):
+    (got,) = run1(backend, Op.BINARY, ops.BinaryAttrs(fn), [a, b])
+    close(got, ref(a, b))
+
+
+def np_trunc_div(a, b):
+    q = np.abs(a) // np.abs(b)
+    return np.where((a < 0) != (b < 0), -q, q).astype(a.dtype)
+
+
+BINARY_INT = [
+    (BinaryFn.ADD, np.add), (BinaryFn.SUB, np.subtract), (BinaryFn.MUL, np.multiply), (BinaryFn.DIV, np_trunc_div),
+    (BinaryFn.MOD, np.mod), (BinaryFn.FMOD, np.fmod), (BinaryFn.MAX, np.maximum), (BinaryFn.MIN, np.minimum),
+    (BinaryFn.BIT_AND, np.bitwise_and), (BinaryFn.BIT_OR, np.bitwise_or), (BinaryFn.BIT_XOR, np.bitwise_xor),
+    (BinaryFn.EQ, np.equal), (BinaryFn.LT, np.less), (BinaryFn.GE, np.greater_equal),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("fn,ref", BINARY_INT, ids=[c[0].value for c in BINARY_INT])
+def test_binary_int(backend, fn, ref, dtype):
+    a, b = I_A.astype(dtype), I_B[0].astype(dtype)  # b broadcasts along rows
+    (got,) = run1(backend, Op.BINARY, ops.BinaryAttrs(fn), [a, b])
+    close(got, ref(a, b))
+
+
+def test_binary_int_edges(backend):
+    a = np.array([7, -7, 7, -7, 5, -9, np.iinfo(np.int64).min], np.int64)
+    b = np.array([2, 2, -2, -2, 0, -1, -1], np.int64)
+    (div,) = run1(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.DIV), [a, b])
+    close(div, np.array([3, -3, -3, 3, 0, 9, np.iinfo(np.int64).min], np.int64))
+    (mod,) = run1(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.MOD), [a, b])
+    close(mod, np.array([1, 1, -1, -1, 0, 0, 0], np.int64))
+    (fmod,) = run1(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.FMOD), [a, b])
+    close(fmod, np.array([1, -1, 1, -1, 0, 0, 0], np.int64))
+    x = np.array([1, -16, 5, 3], np.int32)
+    s = np.array([3, 2, 40, -1], np.int32)
+    (shl,) = run1(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.SHL), [x, s])
+    close(shl, np.array([8, -64, 0, 0], np.int32))
+    (shr,) = run1(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.SHR), [x, s])
+    close(shr, np.array([0, -4, 0, 0], np.int32))
+
+
+@pytest.mark.parametrize("fn,ref", [(BinaryFn.AND, np.logical_and), (BinaryFn.OR, np.logical_or),
+                                    (BinaryFn.XOR, np.logical_xor), (BinaryFn.NE, np.not_equal)])
+def test_binary_bool(backend, fn, ref):
+    a, b = f32(3, 4) > 0, f32(4) > 0
+    (got,) = run1(backend, Op.BINARY, ops.BinaryAttrs(fn), [a, b])
+    close(got, ref(a, b))
+
+
+def test_binary_large_broadcast_parallel(backend):
+    a, b = f32(64, 1, 2000), f32(3, 1)
+    (got,) = run1(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.SUB), [a, b])
+    close(got, a - b)
+
+
+# ------------------------------------------------------------------------ select / cast
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int8, np.float16, np.int64])
+def test_select(backend, dtype):
+    c = f32(2, 3, 1) > 0
+    a = (f32(3, 4) * 10).astype(dtype)
+    b = (f32(1, 4) * 10).astype(dtype)
+    (got,) = run1(backend, Op.SELECT, ops.SelectAttrs(), [c, a, b])
+    close(got, np.where(c, a, b))
+
+
+CASTABLE = [np.float32, np.int32, np.int64, np.bool_, np.uint8, np.int8]
+
+
+@pytest.mark.parametrize("src", CASTABLE, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dst", CASTABLE, ids=lambda d: np.dtype(d).name)
+def test_cast(backend, src, dst):
+    base = np.array([0, 1, -1, 2.7, -2.7, 100.5, -100.5, 0.2], np.float32)
+    x = base.astype(src) if src in (np.float32, np.bool_) else np.trunc(base).astype(src)
+    if np.dtype(dst) in (np.dtype(np.uint8),) and np.dtype(src).kind == "f":
+        x = np.abs(x)  # float -> uint8 of negatives is platform-defined in NumPy
+    (got,) = run1(backend, Op.CAST, ops.CastAttrs(np.dtype(dst)), [x])
+    close(got, x.astype(dst))
+
+
+# -------------------------------------------------------------------------- reductions
+
+@pytest.mark.parametrize("fn,ref", [(ReduceFn.SUM, np.sum), (ReduceFn.MEAN, np.mean), (ReduceFn.MAX, np.max),
+                                    (ReduceFn.MIN, np.min), (ReduceFn.PROD, np.prod)], ids=lambda v: getattr(v, "value", ""))
+@pytest.mark.parametrize("axes", [(), (0,), (3,), (1, 2), (0, 2), (1, 3), (0, 1, 2, 3)], ids=str)
+@pytest.mark.parametrize("keepdims", [True, False])
+def test_reduce(backend, fn, ref, axes, keepdims):
+    x = f32(2, 3, 4, 5) * 0.9
+    (got,) = run1(backend, Op.REDUCE, ops.ReduceAttrs(fn, axes, keepdims), [x])
+    want = x.copy() if not axes else ref(x.astype(np.float64), axis=axes, keepdims=keepdims)
+    close(got, np.asarray(want, np.float32))
+
+
+def test_reduce_large_parallel(backend):
+    x = f32(300, 257)
+    (got,) = run1(backend, Op.REDUCE, ops.ReduceAttrs(ReduceFn.SUM, (1,), False), [x])
+    close(got, x.astype(np.float64).sum(1).astype(np.float32), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("last", [True, False])
+def test_arg_reduce(backend, axis, largest, last):
+    x = rng.integers(0, 3, (3, 4, 5)).astype(np.float32)  # many ties
+    (got,) = run1(backend, Op.ARG_REDUCE, ops.ArgReduceAttrs(axis, True, largest, last), [x])
+    f = np.argmax if largest else np.argmin
+    want = (x.shape[axis] - 1 - f(np.flip(x, axis), axis)) if last else f(x, axis)
+    close(got, np.expand_dims(want, axis).astype(np.int64))
+    (flat,) = run1(backend, Op.ARG_REDUCE, ops.ArgReduceAttrs(axis, False, largest, last), [x])
+    close(flat, want.astype(np.int64))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("exclusive", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_cumulative(backend, axis, exclusive, reverse):
+    x = f32(3, 4, 5)
+    (got,) = run1(backend, Op.CUMULATIVE, ops.CumulativeAttrs(axis, exclusive, reverse), [x])
+    xr = np.flip(x, axis) if reverse else x
+    want = np.cumsum(xr.astype(np.float64), axis)
+    if exclusive:
+        want = want - xr
+    if reverse:
+        want = np.flip(want, axis)
+    close(got, want.astype(np.float32))
+
+
+def test_topk_ties_keep_lower_index(backend):
+    x = np.array([[1, 3, 3, 2, 3], [4, 4, 0, 4, -1]], np.float32)
+    values, idx = run1(backend, Op.TOPK, ops.TopKAttrs(1, 3), [x])
+    close(values, np.array([[3, 3, 3], [4, 4, 4]], np.float32))
+    close(idx, np.array([[1, 2, 4], [0, 1, 3]], np.int64))
+    values, idx = run1(backend, Op.TOPK, ops.TopKAttrs(1, 2, largest=False), [x])
+    close(values, np.array([[1, 2], [-1, 0]], np.float32))
+    close(idx, np.array([[0, 3], [4, 2]], np.int64))
+
+
+@pytest.mark.parametrize("axis,k,largest", [(0, 2, True), (1, 4, False), (2, 5, True), (2, 0, True)])
+def test_topk_against_stable_sort(backend, axis, k, largest):
+    x = rng.integers(0, 4, (4, 6, 5)).astype(np.float32)
+    values, idx = run1(backend, Op.TOPK, ops.TopKAttrs(axis, k, largest), [x])
+    order = np.argsort(-x if largest else x, axis=axis, kind="stable")
+    want_idx = np.take(order, np.arange(k), axis=axis)
+    close(idx, want_idx.astype(np.int64))
+    close(values, np.take_along_axis(x, want_idx, axis))
+
+
+# ------------------------------------------------------------------------------ matmul
+
+def np_matmul(a, b, ta, tb):
+    a = np.swapaxes(a, -1, -2) if ta else a
+    b = np.swapaxes(b, -1, -2) if tb else b
+    return np.matmul(a.astype(np.float64), b.astype(np.float64))
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (13, 33, 47), (130, 300, 270), (1, 600, 40)], ids=str)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("const_b", [False, True], ids=["dyn", "packed"])
+def test_matmul_shapes(backend, m, k, n, ta, tb, const_b):
+    a = f32(k, m) if ta else f32(m, k)
+    b = f32(n, k) if tb else f32(k, n)
+    (got,) = run1(backend, Op.MATMUL, ops.MatMulAttrs(ta, tb), [a, b], const=(1,) if const_b else ())
+    close(got, np_matmul(a, b, ta, tb).astype(np.float32), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sa,sb,const", [((2, 1, 5, 7), (3, 7, 4), ()), ((4, 6, 9), (9, 10), (1,)),
+                                         ((6, 9), (2, 3, 9, 10), (0,)), ((2, 3, 4, 5), (2, 3, 5, 6), (0, 1))],
+                         ids=str)
+def test_matmul_batch_broadcast(backend, sa, sb, const):
+    a, b = f32(*sa), f32(*sb)
+    (got,) = run1(backend, Op.MATMUL, ops.MatMulAttrs(), [a, b], const=const)
+    close(got, np_matmul(a, b, False, False).astype(np.float32), atol=1e-4)
+
+
+@pytest.mark.parametrize("bias_shape", [(11,), (9, 1), (9, 11), (2, 1, 11), ()], ids=str)
+@pytest.mark.parametrize("fn", list(ACTIVATIONS), ids=lambda f: f.value)
+def test_matmul_bias_activation(backend, bias_shape, fn):
+    a, b, bias = f32(2, 9, 13), f32(13, 11), f32(*bias_shape)
+    (got,) = run1(backend, Op.MATMUL, ops.MatMulAttrs(activation=act_of(fn)), [a, b, bias], const=(1, 2))
+    want = ACTIVATIONS[fn][2](np_matmul(a, b, False, False) + bias)
+    close(got, want.astype(np.float32), atol=1e-4)
+
+
+# -------------------------------------------------------------------------------- conv
+
+CONV_CASES = [
+    # (x shape, w shape, strides, pads, dilations, groups)
+    ((1, 4, 7, 6), (5, 4, 3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    ((2, 3, 9, 8), (6, 3, 3, 2), (2, 1), (1, 2, 0, 1), (1, 2), 1),
+    ((1, 4, 7, 6), (6, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    ((2, 8, 10, 9), (8, 1, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),  # depthwise
+    ((1, 4, 9, 9), (8, 1, 3, 3), (1, 2), (2, 0, 1, 2), (2, 1), 4),  # depthwise, multiplier 2
+    ((2, 16, 5, 7), (40, 16, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 as a plain GEMM
+    ((1, 6, 5, 7), (9, 2, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),  # grouped 1x1
+    ((1, 3, 6, 6), (4, 3, 1, 1), (2, 2), (1, 1, 0, 0), (1, 1), 1),  # strided, padded 1x1
+    ((1, 40, 12, 12), (33, 40, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),  # K > 256: several k-blocks
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+@pytest.mark.parametrize("const_w", [True, False], ids=["packed", "dyn"])
+def test_conv2d(backend, case, const_w):
+    xs, ws, strides, pads, dil, groups = case
+    x, w = f32(*xs), f32(*ws)
+    attrs = ops.Conv2DAttrs(strides, pads, dil, groups)
+    (got,) = run1(backend, Op.CONV2D, attrs, [x, w], const=(1,) if const_w else ())
+    close(got, np_conv(x, w, None, strides, pads, dil, groups).astype(np.float32), atol=1e-4)
+
+
+@pytest.mark.parametrize("groups", [1, 4], ids=["dense", "depthwise"])
+@pytest.mark.parametrize("fn", list(ACTIVATIONS), ids=lambda f: f.value)
+def test_conv2d_bias_residual_activation(backend, groups, fn):
+    x, w, bias = f32(2, 4, 6, 5), f32(4, 4 // groups, 3, 3), f32(4)
+    res = f32(2, 4, 6, 5)
+    attrs = ops.Conv2DAttrs(pads=(1, 1, 1, 1), groups=groups, activation=act_of(fn), has_bias=True,
+                            has_residual=True)
+    (got,) = run1(backend, Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
+    want = ACTIVATIONS[fn][2](np_conv(x, w, bias, pads=(1, 1, 1, 1), groups=groups) + res)
+    close(got, want.astype(np.float32), atol=1e-4)
+
+
+# -------------------------------------------------------------------------------- pool
+
+POOL_CASES = [
+    ("max", (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (3, 3), False),
+    ("max", (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (4, 3), False),  # ceil mode: windows past the edge
+    ("max", (2, 3), (1, 2), (0, 1, 0, 1), (2, 1), (5, 3), False),  # dilated
+    ("avg", (3, 2), (1, 2), (1, 0, 1, 1), (1, 1), (7, 3), False),
+    ("avg", (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (4, 3), True),
+    ("avg", (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (4, 3), True),  # ceil mode cells never counted
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=[f"pool{i}" for i in range(len(POOL_CASES))])
+def test_pool2d(backend, case):
+    kind, k, s, pads, dil, out_hw, include = case
+    x = f32(2, 3, 7, 6)
+    attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, out_hw, include)
+    (got,) = run1(backend, Op.POOL2D, attrs, [x])
+    close(got, np_pool(x, kind, k, s, pads, dil, out_hw, include))
+
+
+# ---------------------------------------------------------------------------- indexing
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("idx_dtype", [np.int64, np.int32])
+def test_gather(backend, axis, idx_dtype):
+    x = f32(3, 4, 5)
+    n = x.shape[axis]
+    idx = np.array([[0, -1], [n - 1, -n], [1, 1]], idx_dtype)
+    (got,) = run1(backend, Op.GATHER, ops.GatherAttrs(axis), [x, idx])
+    close(got, np.take(x, idx.astype(np.int64), axis=axis))
+
+
+def test_gather_other_dtypes(backend):
+    for data in (np.arange(12, dtype=np.int8).reshape(3, 4), (f32(3, 4) > 0), f32(3, 4).astype(np.float16)):
+        (got,) = run1(backend, Op.GATHER, ops.GatherAttrs(1), [data, np.array([3, 0], np.int64)])
+        close(got, data[:, [3, 0]])
+
+
+@pytest.mark.parametrize("bad", [4, -5])
+def test_gather_out_of_range_is_a_clear_error(backend, bad):
+    x = f32(3, 4)
+    seg, _ = build(Op.GATHER, ops.GatherAttrs(1), [x, np.array([0, 1], np.int64)])
+    exe = backend.compile(seg)
+    with pytest.raises(BackendError, match=rf"gather.*index {bad} out of range for axis of size 4"):
+        exe.run([x, np.array([0, bad], np.int64)])
+    close(exe.run([x, np.array([3, -4], np.int64)])[0], x[:, [3, 0]])  # still usable
+
+
+@pytest.mark.parametrize("reduction", [None, BinaryFn.ADD, BinaryFn.MUL, BinaryFn.MAX, BinaryFn.MIN],
+                         ids=lambda r: r.value if r else "assign")
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_scatter(backend, reduction, dtype):
+    data = (f32(5, 3) * 4).astype(dtype)
+    idx = np.array([1, 3, -4, 0, 3], np.int64)  # duplicates: applied in order
+    upd = (f32(5, 3) * 4).astype(dtype)
+    (got,) = run1(backend, Op.SCATTER, ops.ScatterAttrs(reduction), [data, idx, upd])
+    want = data.copy()
+    for i, row in enumerate(np.where(idx < 0, idx + 5, idx)):
+        if reduction is None:
+            want[row] = upd[i]
+        else:
+            want[row] = {BinaryFn.ADD: np.add, BinaryFn.MUL: np.multiply, BinaryFn.MAX: np.maximum,
+                         BinaryFn.MIN: np.minimum}[reduction](want[row], upd[i])
+    close(got, want)
+
+
+def test_scatter_out_of_range_is_a_clear_error(backend):
+    seg, _ = build(Op.SCATTER, ops.ScatterAttrs(BinaryFn.ADD),
+                   [f32(3, 2), np.array([0], np.int64), f32(1, 2)])
+    with pytest.raises(BackendError, match="scatter.*index 3 out of range for axis of size 3"):
+        backend.compile(seg).run([f32(3, 2), np.array([3], np.int64), f32(1, 2)])
+
+
+# ------------------------------------------------------------------------- ISA levels
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_isa_level(monkeypatch, isa):
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    be = CpuX86Backend(threads=2)
+    a, b, bias = f32(37, 300), f32(300, 70), f32(70)
+    seg, feeds = build(Op.MATMUL, ops.MatMulAttrs(activation=Activation(UnaryFn.RELU)), [a, b, bias], const=(1,))
+    exe = be.compile(seg)
+    assert exe.plan.isa == isa
+    close(exe.run(feeds)[0], np.maximum(np_matmul(a, b, False, False) + bias, 0).astype(np.float32), atol=1e-4)
+    x, w = f32(1, 5, 9, 8), f32(7, 5, 3, 3)
+    (got,) = run1(be, Op.CONV2D, ops.Conv2DAttrs(pads=(1, 1, 1, 1)), [x, w], const=(1,))
+    close(got, np_conv(x, w, pads=(1, 1, 1, 1)).astype(np.float32), atol=1e-4)
+
+
+def test_unknown_isa_is_rejected(monkeypatch):
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", "sse9")
+    seg, _ = build(Op.UNARY, ops.UnaryAttrs(UnaryFn.EXP), [f32(3)])
+    with pytest.raises(BackendError, match="unknown ISA 'sse9'"):
+        CpuX86Backend().compile(seg)
+
+
+# ------------------------------------------------------------- threads and concurrency
+
+def test_many_python_threads_share_one_executable():
+    be = CpuX86Backend(threads=2)
+    b = f32(64, 48)
+    seg, _ = build(Op.MATMUL, ops.MatMulAttrs(activation=Activation(UnaryFn.TANH)), [f32(40, 64), b], const=(1,))
+    exe = be.compile(seg)
+
+    def worker(seed: int) -> int:
+        local = np.random.default_rng(seed)
+        for _ in range(30):
+            a = local.standard_normal((40, 64)).astype(np.float32)
+            (got,) = exe.run([a])
+            np.testing.assert_allclose(got, np.tanh(a.astype(np.float64) @ b), rtol=1e-4, atol=1e-4)
+        return seed
+
+    n_threads = 6
+    with ThreadPoolExecutor(n_threads) as ex:
+        assert sorted(f.result() for f in [ex.submit(worker, i) for i in range(n_threads)]) == list(range(n_threads))
+    assert 1 <= exe.plan.arenas_created <= n_threads  # arenas are reused, one per concurrent run at most
+
+
+def test_arena_is_reused_when_runs_are_sequential():
+    seg, feeds = build(Op.UNARY, ops.UnaryAttrs(UnaryFn.EXP), [f32(100)])
+    exe = CpuX86Backend().compile(seg)
+    for _ in range(5):
+        exe.run(feeds)
+    assert exe.plan.arenas_created == 1
+
+
+def test_gil_is_released_during_a_large_matmul():
+    be = CpuX86Backend(threads=1)
+    n = 768
+    seg, _ = build(Op.MATMUL, ops.MatMulAttrs(), [f32(n, n), f32(n, n)])
+    exe = be.compile(seg)
+    a, b = f32(n, n), f32(n, n)
+    start = time.perf_counter()
+    exe.run([a, b])
+    once = time.perf_counter() - start
+    ticks = 0
+    done = threading.Event()
+
+    def native() -> None:
+        for _ in range(5):
+            exe.run([a, b])
+        done.set()
+
+    t = threading.Thread(target=native)
+    t.start()
+    while not done.is_set():
+        ticks += 1
+        time.sleep(0)
+    t.join()
+    # with the GIL held for the whole native call, the counting loop could not run at all
+    assert ticks > 100, (ticks, once)
+
+
+# ------------------------------------------------------------------------- bad input
+
+def test_malformed_run_inputs_raise_value_error(backend):
+    seg, feeds = build(Op.BINARY, ops.BinaryAttrs(BinaryFn.ADD), [f32(2, 3), f32(3)])
+    exe = backend.compile(seg)
+    with pytest.raises(ValueError, match=r"input 'in0': shape \(3, 2\), expected \(2, 3\)"):
+        exe.run([f32(3, 2), feeds[1]])
+    with pytest.raises(ValueError, match="input 'in1': dtype float64, expected float32"):
+        exe.run([feeds[0], np.zeros(3)])
+    with pytest.raises(ValueError, match="expected 2 inputs, got 1"):
+        exe.run([feeds[0]])
+    got = exe.run([np.asfortranarray(feeds[0]), feeds[1]])[0]  # non-contiguous: converted, accepted
+    close(got, feeds[0] + feeds[1])
+
+
+def test_native_plan_validates_its_tables():
+    pool = _ext.ThreadPool(1)
+    f32_code = _ext.dtype_names().index("float32")
+    unary = _ext.op_names().index("unary")
+    exp = _ext.unary_fns().index("exp")
+    tensors = [(f32_code, 4, [3], 0, 0), (f32_code, 4, [3], 1, 0)]
+    good = [(unary, 0, "unary", [0], [1], [exp], [0.0, 0.0])]
+    _ext.Plan(tensors, [], [0], [1], good, 0, "", pool)
+    bad_cases = {
+        "input tensor id out of range": [(unary, 0, "unary", [7], [1], [exp], [0.0, 0.0])],
+        "unknown unary function": [(unary, 0, "unary", [0], [1], [999], [0.0, 0.0])],
+        "float attribute 0 missing": [(unary, 0, "unary", [0], [1], [exp], [])],
+        "writes an input": [(unary, 0, "unary", [0], [0], [exp], [0.0, 0.0])],
+    }
+    for message, records in bad_cases.items():
+        with pytest.raises(ValueError, match=message):
+            _ext.Plan(tensors, [], [0], [1], records, 0, "", pool)
+    with pytest.raises(ValueError, match="arena range outside the arena"):
+        _ext.Plan([(f32_code, 4, [3], 0, 0), (f32_code, 4, [3], 2, 64), (f32_code, 4, [3], 1, 0)], [], [0], [2],
+                  [(unary, 0, "u", [0], [1], [exp], [0.0, 0.0]), (unary, 1, "u", [1], [2], [exp], [0.0, 0.0])],
+                  64, "", pool)
+    raster = _ext.op_names().index("raster")
+    with pytest.raises(ValueError, match="region 0.*outside its buffer"):
+        _ext.Plan(tensors, [], [0], [1], [(raster, 0, "raster", [0], [1], [0, 1, 0, 1, 3, 1, 0, 1, 1], [])], 0, "",
+                  pool)
+
+
+# ------------------------------------------------------------------- whole segments
+
+def test_conv_relu_pool_matmul_in_one_executable(backend):
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float32), (2, 3, 8, 8)))
+    w, bias = f32(6, 3, 3, 3), f32(6)
+    c = b.emit1(Op.CONV2D, [x, b.constant(w), b.constant(bias)], ops.Conv2DAttrs(pads=(1, 1, 1, 1), has_bias=True))
+    r = b.emit1(Op.UNARY, [c], ops.UnaryAttrs(UnaryFn.RELU))
+    p = b.emit1(Op.POOL2D, [r], ops.Pool2DAttrs(PoolKind.MAX, (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), (4, 4)))
+    flat = b.emit1(Op.RASTER, [p], ops.RasterAttrs((2, 96), (region(0, (192,), 0, (1,), 0, (1,)),)))
+    fc = f32(96, 10)
+    y = b.emit1(Op.MATMUL, [flat, b.constant(fc)], ops.MatMulAttrs())
+    g = b.graph
+    seg = Segment(g.nodes, ["x"], [y, r], dict(g.types), dict(g.constants))  # r: also read later
+    exe = backend.compile(seg)
+    xv = f32(2, 3, 8, 8)
+    got_y, got_r = exe.run([xv])
+    want_r = np.maximum(np_conv(xv, w, bias, pads=(1, 1, 1, 1)), 0)
+    want_p = want_r.reshape(2, 6, 4, 2, 4, 2).max(axis=(3, 5))
+    close(got_r, want_r.astype(np.float32), atol=1e-4)
+    close(got_y, (want_p.reshape(2, 96) @ fc).astype(np.float32), atol=1e-4)
+    assert exe.plan.arena_bytes > 0
+
+
+def test_outputs_may_be_inputs_constants_or_repeated(backend):
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float32), (4,)))
+    k = b.constant(np.arange(4, dtype=np.float32))
+    y = b.emit1(Op.BINARY, [x, k], ops.BinaryAttrs(BinaryFn.MUL))
+    g = b.graph
+    seg = Segment(g.nodes, ["x"], [y, x, k, y], dict(g.types), dict(g.constants))
+    xv = f32(4)
+    got = backend.compile(seg).run([xv])
+    for out, want in zip(got, [xv * np.arange(4), xv, np.arange(4, dtype=np.float32), xv * np.arange(4)]):
+        close(out, want.astype(np.float32))
+    assert got[0] is not got[3]
