@@ -1,0 +1,356 @@
+"""The stream engine: validation, watermark, shared matching, features, durable state.
+
+One :class:`StreamEngine` serves every task on a device. Per input it
+
+1. validates the event (bad ones are counted and logged, never raised),
+2. applies the late-event policy against the watermark (newest ts - allowed lateness),
+3. adds the event to every feature window that wants it,
+4. advances the shared automaton of each partition field, and
+5. for every trigger that fires, reads the task's features and calls the sinks.
+
+Every ``commit_every`` inputs the changed state is committed to SQLite together with the
+input offset (see :mod:`walle_stream.state`), so a restarted engine resumes exactly where
+the last commit left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from walle_stream.automaton import TriggerAutomaton
+from walle_stream.errors import StreamConfigError
+from walle_stream.events import Event, EventValidator
+from walle_stream.pattern import EVENT_KEY, Trigger
+from walle_stream.sinks import FireSink
+from walle_stream.sources import read_jsonl
+from walle_stream.state import StateStore
+from walle_stream.tasks import StreamTask
+from walle_stream.windows import FeatureSpec, FeatureStore
+
+LATE_POLICIES = ("drop", "include")
+#: latency samples kept for percentiles; older ones are overwritten ring-wise
+_LATENCY_SAMPLES = 100_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """``key_name`` is what the event's own ``key`` field stands for: a trigger with
+    ``key = "user"`` partitions by ``event.key`` when ``key_name`` is ``"user"``.
+
+    ``allowed_lateness_ms`` sets the watermark; events older than it are dropped and
+    counted (``late_policy="drop"``) or processed like any other (``"include"``).
+    ``max_disorder_ms`` is the validator's hard limit beyond which events are rejected."""
+
+    key_name: str = "user"
+    allowed_lateness_ms: int = 5_000
+    late_policy: str = "drop"
+    max_disorder_ms: int = 3_600_000
+    commit_every: int = 1_000
+    evict_every: int = 10_000
+    record_fires: bool = False
+
+    def __post_init__(self) -> None:
+        if self.late_policy not in LATE_POLICIES:
+            raise StreamConfigError(f"[stream] late_policy must be one of {', '.join(LATE_POLICIES)}, "
+                                    f"got {self.late_policy!r}")
+        for name in ("allowed_lateness_ms", "max_disorder_ms"):
+            if getattr(self, name) < 0:
+                raise StreamConfigError(f"[stream] {name} must be >= 0")
+        for name in ("commit_every", "evict_every"):
+            if getattr(self, name) <= 0:
+                raise StreamConfigError(f"[stream] {name} must be positive")
+        if self.allowed_lateness_ms > self.max_disorder_ms:
+            raise StreamConfigError("[stream] allowed_lateness_ms must not exceed max_disorder_ms")
+
+
+@dataclass
+class Fire:
+    """One firing: the task, the key, its features and the event that completed the match."""
+
+    task: str
+    key: str
+    features: dict[str, Any]
+    event: Event
+    offset: int
+
+
+class StreamEngine:
+    def __init__(self, tasks: Iterable[StreamTask] = (), config: EngineConfig | None = None,
+                 sinks: Iterable[FireSink] = (), state_path: str | Path | None = None,
+                 source: str = "push") -> None:
+        self.config = config or EngineConfig()
+        self.sinks = list(sinks)
+        self.validator = EventValidator(self.config.max_disorder_ms)
+        self.automata: dict[str, TriggerAutomaton] = {}
+        self.features = FeatureStore()
+        self.tasks: dict[str, StreamTask] = {}
+        self._task_features: dict[str, list[tuple[str, str]]] = {}  # task -> [(feature name, state id)]
+        self.offset = 0
+        self.source = source
+        self.events = 0
+        self.late_dropped = 0
+        self.fired: dict[str, int] = {}
+        self.features_produced = 0
+        self.latencies: list[float] = []
+        self._dirty_matches: set[tuple[str, str]] = set()
+        self._pending_fires: list[tuple[int, str, str, int, Any]] = []
+        self.inputs = 0  # every input line / pushed object, valid or not
+        self._evict_bucket = 0
+        for task in tasks:
+            self.add_task(task)
+        self.store: StateStore | None = None
+        if state_path is not None:
+            self._open_state(Path(state_path))
+
+    # -- tasks -------------------------------------------------------------------------
+
+    def partition_field(self, name: str) -> str:
+        return EVENT_KEY if name in (EVENT_KEY, self.config.key_name) else name
+
+    def add_task(self, task: StreamTask) -> None:
+        """Register a task's trigger and features; other tasks' partial matches are kept."""
+        if task.name in self.tasks:
+            raise StreamConfigError(f"[stream] task '{task.name}' is already registered")
+        if task.trigger.name != task.name:
+            task = dataclasses.replace(task, trigger=dataclasses.replace(task.trigger, name=task.name))
+        field = self.partition_field(task.trigger.key)
+        automaton = self.automata.get(field)
+        if automaton is None:
+            automaton = self.automata[field] = TriggerAutomaton()
+        automaton.add(task.trigger)
+        self.tasks[task.name] = task
+        self._task_features[task.name] = [
+            (spec.name, self.features.register(dataclasses.replace(spec, key=field))) for spec in task.features
+        ]
+        self.fired.setdefault(task.name, 0)
+
+    def add_trigger(self, trigger: Trigger, features: Iterable[FeatureSpec] = ()) -> None:
+        """The Python-API way: a :class:`Trigger` (e.g. from ``Pattern...trigger(name)``)."""
+        self.add_task(StreamTask(trigger.name, trigger, tuple(features)))
+
+    def remove_task(self, name: str) -> None:
+        task = self.tasks.pop(name, None)
+        if task is None:
+            raise StreamConfigError(f"[stream] no task named '{name}' is registered")
+        self.automata[self.partition_field(task.trigger.key)].remove(name)
+        del self._task_features[name]
+        self.features.unregister_unused({sid for pairs in self._task_features.values() for _, sid in pairs})
+
+    # -- input -------------------------------------------------------------------------
+
+    def push(self, raw: Any, offset: int | None = None) -> list[Fire]:
+        """Process one event (an :class:`Event` or a decoded JSON object). ``offset`` is
+        the source position after it (default: one more than the previous one)."""
+        started = time.perf_counter()
+        event = self.validator.check(raw)
+        return self._after_validation(event, self.offset + 1 if offset is None else offset, started)
+
+    def push_line(self, line: str | bytes, offset: int | None = None) -> list[Fire]:
+        started = time.perf_counter()
+        event = self.validator.parse_line(line)
+        return self._after_validation(event, self.offset + 1 if offset is None else offset, started)
+
+    def run_jsonl(self, path: str | Path, limit: int | None = None) -> int:
+        """Process a JSONL file from the saved offset on (all of it on a new state);
+        returns the number of lines read. ``limit`` stops after that many lines."""
+        source = f"jsonl:{Path(path).name}"
+        if self.offset and self.source != source:
+            raise StreamConfigError(f"[stream] the state holds the offset of source '{self.source}', "
+                                    f"not of '{source}'; use a new --state file")
+        self.source = source
+        count = 0
+        for line, offset in read_jsonl(path, self.offset):
+            self.push_line(line, offset)
+            count += 1
+            if limit is not None and count >= limit:
+                break
+        return count
+
+    def run_queue(self, events: Iterable[Any]) -> int:
+        """Drain an iterable of events (e.g. a :class:`BoundedEventQueue`) until it ends."""
+        count = 0
+        for raw in events:
+            self.push(raw)
+            count += 1
+        return count
+
+    def _after_validation(self, event: Event | None, offset: int, started: float) -> list[Fire]:
+        self.offset = offset
+        fires: list[Fire] = []
+        if event is not None:
+            if event.ts < self.watermark and self.config.late_policy == "drop":
+                self.late_dropped += 1
+            else:
+                fires = self._process(event, offset)
+                if fires:
+                    self._deliver(fires, started)
+        self.inputs += 1
+        # commit and eviction points depend only on the input count, so a resumed run
+        # commits (and evicts) at exactly the same inputs as an uninterrupted one
+        if self.inputs % self.config.commit_every == 0:
+            self.commit()
+        return fires
+
+    @property
+    def watermark(self) -> int:
+        """Event time up to which the stream is considered complete."""
+        return self.validator.max_ts - self.config.allowed_lateness_ms
+
+    @property
+    def horizon(self) -> int:
+        """No accepted event will ever be older than this: state older is safe to evict."""
+        if self.config.late_policy == "drop":
+            return self.watermark
+        return self.validator.max_ts - self.config.max_disorder_ms
+
+    def _process(self, event: Event, offset: int) -> list[Fire]:
+        order = self.events
+        self.events += 1
+        keys = {}
+        for field in self.automata:
+            if field == EVENT_KEY:
+                keys[field] = event.key
+            else:
+                value = event.attrs.get(field)
+                keys[field] = None if value is None else str(value)
+        self.features.add(event, order, keys)
+        fires: list[Fire] = []
+        for field, automaton in self.automata.items():
+            key = keys[field]
+            if key is None:
+                continue
+            self._dirty_matches.add((field, key))
+            for trigger in automaton.process(key, event):
+                features = {name: self.features.value(sid, key, event.ts)
+                            for name, sid in self._task_features[trigger.name]}
+                fires.append(Fire(trigger.name, key, features, event, offset))
+        return fires
+
+    def _deliver(self, fires: list[Fire], started: float) -> None:
+        for fire in fires:
+            self.fired[fire.task] += 1
+            self.features_produced += len(fire.features)
+            if self.config.record_fires and self.store is not None:
+                self._pending_fires.append((fire.offset, fire.task, fire.key, fire.event.ts, fire.features))
+            for sink in self.sinks:
+                sink.on_fire(fire.task, fire.key, fire.features, fire.event)
+        latency = time.perf_counter() - started
+        if len(self.latencies) < _LATENCY_SAMPLES:
+            self.latencies.append(latency)
+        else:
+            self.latencies[self.events % _LATENCY_SAMPLES] = latency
+
+    # -- state -------------------------------------------------------------------------
+
+    def evict(self) -> None:
+        """Drop partial matches and windows that no future event can use."""
+        horizon = self.horizon
+        for field, automaton in self.automata.items():
+            for key in automaton.evict(horizon):
+                self._dirty_matches.add((field, key))
+        for sid, key in self.features.evict(horizon):
+            self.features.dirty.add((sid, key))
+
+    def commit(self) -> None:
+        """Write changed state, counters, offset and recorded firings in one transaction."""
+        bucket = self.inputs // self.config.evict_every
+        if bucket != self._evict_bucket:
+            self._evict_bucket = bucket
+            self.evict()
+        if self.store is None:
+            self._dirty_matches.clear()
+            self.features.dirty.clear()
+            return
+        matches = []
+        for field, key in self._dirty_matches:
+            automaton = self.automata.get(field)
+            matches.append((field, key, automaton.dump_key(key) if automaton else None))
+        windows = []
+        for sid, key in self.features.dirty:
+            feature = self.features.windows.get(sid)
+            windows.append((sid, key, feature.dump(key) if feature else None))
+        self.store.commit(self._meta(), matches, windows, self._pending_fires)
+        self._dirty_matches.clear()
+        self.features.dirty.clear()
+        self._pending_fires = []
+
+    def close(self) -> None:
+        self.commit()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "offset": self.offset,
+            "source": self.source,
+            "inputs": self.inputs,
+            "evict_bucket": self._evict_bucket,
+            "events": self.events,
+            "late_dropped": self.late_dropped,
+            "rejected": self.validator.rejected,
+            "max_ts": self.validator.max_ts,
+            "fired": self.fired,
+            "features_produced": self.features_produced,
+            "feature_skipped": {sid: w.skipped for sid, w in self.features.windows.items()},
+            "automata": {field: automaton.dump_meta() for field, automaton in self.automata.items()},
+        }
+
+    def _open_state(self, path: Path) -> None:
+        self.store = StateStore(path)
+        meta = self.store.meta()
+        if meta:
+            self.offset = int(meta["offset"])
+            self.source = meta["source"]
+            self.inputs = int(meta["inputs"])
+            self._evict_bucket = int(meta["evict_bucket"])
+            self.events = int(meta["events"])
+            self.late_dropped = int(meta["late_dropped"])
+            self.validator.rejected = dict(meta["rejected"])
+            self.validator.max_ts = int(meta["max_ts"])
+            self.features_produced = int(meta["features_produced"])
+            for name, count in meta["fired"].items():
+                if name in self.fired:
+                    self.fired[name] = int(count)
+            for sid, skipped in meta["feature_skipped"].items():
+                if sid in self.features.windows:
+                    self.features.windows[sid].skipped = int(skipped)
+            for field, data in meta["automata"].items():
+                if field in self.automata:
+                    self.automata[field].load_meta(data)
+        for field, key, data in self.store.match_rows():
+            automaton = self.automata.get(field)
+            if automaton is not None:
+                automaton.load_key(key, data)
+        for sid, key, data in self.store.window_rows():
+            feature = self.features.windows.get(sid)
+            if feature is not None:
+                feature.load(key, data)
+
+    # -- reporting ---------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e3, 4) if lat else None
+
+        return {
+            "events": self.events,
+            "rejected": self.validator.rejected_total,
+            "rejected_by_reason": dict(self.validator.rejected),
+            "late_dropped": self.late_dropped,
+            "offset": self.offset,
+            "watermark": self.watermark,
+            "tasks": {name: {"fired": count} for name, count in sorted(self.fired.items())},
+            "features_produced": self.features_produced,
+            "latency_ms": {"p50": pct(0.50), "p99": pct(0.99)},
+            "partial_matches": sum(a.state_size() for a in self.automata.values()),
+            "matcher_keys": sum(len(a.keys) for a in self.automata.values()),
+            "window_keys": self.features.size(),
+        }

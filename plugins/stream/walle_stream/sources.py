@@ -1,0 +1,54 @@
+"""Where events come from: JSONL files (resumable by byte offset) and a bounded queue.
+
+(The third source, ``StreamEngine.push``, is a method of the engine itself.)
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: str | Path, offset: int = 0) -> Iterator[tuple[bytes, int]]:
+    """Yield ``(line, offset after the line)`` from byte ``offset`` on. Offsets are byte
+    positions, so a restart seeks straight to the first unprocessed line."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        position = offset
+        for line in handle:
+            position += len(line)
+            if line.strip():
+                yield line, position
+
+
+class BoundedEventQueue:
+    """A thread-safe queue between an app (producers) and the engine (one consumer).
+
+    It is bounded so a stalled engine applies back-pressure instead of growing memory:
+    ``put`` blocks (or, with ``block=False``, raises ``queue.Full``). ``close`` lets
+    the consumer drain what is left and stop."""
+
+    _CLOSED = object()
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        if maxsize <= 0:
+            raise ValueError("[stream] queue maxsize must be positive")
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+
+    def put(self, event: Any, block: bool = True, timeout: float | None = None) -> None:
+        self._queue.put(event, block, timeout)
+
+    def close(self) -> None:
+        self._queue.put(self._CLOSED)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            item = self._queue.get()
+            if item is self._CLOSED:
+                return
+            yield item
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
