@@ -25,7 +25,7 @@ def region(inp, size, src_off, src_st, dst_off, dst_st):
 
 
 def np_conv(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
-    n, c, h, wd = x.shape
+    n = x.shape[0]
     o, cg, kh, kw = w.shape
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     oh = (xp.shape[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1

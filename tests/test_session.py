@@ -24,7 +24,7 @@ def _init(name, array):
 def small_cnn(batch: int | str = 1, blocks: int = 1, seed: int = 0) -> onnx.ModelProto:
     """conv/bn/relu/pool/gemm with a residual block; ``blocks`` extra conv+relu pairs."""
     rng = np.random.default_rng(seed)
-    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)  # noqa: E731
+    w = lambda *s: (rng.standard_normal(s) * 0.3).astype(np.float32)
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("BatchNormalization", ["c1", "g", "beta", "mean", "var"], ["bn"], epsilon=1e-5),
@@ -149,7 +149,7 @@ def test_run_is_thread_safe_on_a_shared_session():
         try:
             for _ in range(5):
                 got[i] = sess.run({"x": xs[i]})["prob"]
-        except Exception as exc:  # surfaced below
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]

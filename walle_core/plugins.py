@@ -10,8 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 import pluggy
 
@@ -50,7 +51,7 @@ def _build_manager() -> pluggy.PluginManager:
             continue
         try:
             pm.register(ep.load(), name=ep.name)
-        except Exception as exc:  # a broken plugin must not take the engine down
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not take the engine down
             pm.register(_BrokenPlugin(ep.name, exc), name=ep.name)
     return pm
 

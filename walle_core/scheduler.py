@@ -7,8 +7,9 @@ search plugs in as another :class:`Assigner`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from walle_core.backend import Backend, Segment
 from walle_core.errors import WalleError

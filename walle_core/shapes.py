@@ -6,7 +6,8 @@ backend sees them; backends still check them again natively.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

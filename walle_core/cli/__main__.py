@@ -1,0 +1,3 @@
+from walle_core.cli import main
+
+main()
