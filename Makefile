@@ -14,7 +14,7 @@ PIP := $(PY) -m pip
 BACKEND_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard backends/*/pyproject.toml))
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
 EXTRAS ?= cpu-x86,stream
-BUILD_DEPS := scikit-build-core nanobind ninja setuptools
+BUILD_DEPS := scikit-build-core nanobind ninja
 TEST_DEPS := pytest onnxruntime
 # One CMake build tree per backend and venv, reused between runs so rebuilds are incremental.
 VENV_TAG := $(subst /,_,$(abspath $(VENV)))
@@ -32,7 +32,7 @@ CONFORMANCE_DIR ?= $(BUILD)/conformance
 venv: $(VENV)/.walle-build-deps
 
 # The build tools live in the venv so that wheels build without isolation (fast, offline).
-$(VENV)/.walle-build-deps:
+$(VENV)/.walle-build-deps: Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install $(BUILD_DEPS)
 	touch $@

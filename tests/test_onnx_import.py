@@ -9,7 +9,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 from onnx_models import check_against_reference, lower_model, make_model
 
-from walle_core.errors import ModelError, UnsupportedOpError, WalleError
+from walle_core.errors import InputValueRequired, ModelError, UnsupportedOpError, WalleError
 from walle_core.ir import TensorType
 from walle_core.onnx import load_model, lower
 from walle_core.ops import Op
@@ -469,7 +469,7 @@ def test_unimported_domain() -> None:
 def test_missing_default_opset() -> None:
     model = _relu_model()
     del model.opset_import[:]
-    with pytest.raises(ModelError, match="opset"):
+    with pytest.raises(ModelError, match="uses domain '', which the model does not import"):
         load_model(model)
 
 
@@ -505,11 +505,15 @@ def test_model_without_graph() -> None:
 
 @pytest.mark.parametrize("node, feeds, inits, pattern", [
     (helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"), {"x": f32(2, 3), "s": i64(3, 2)}, {},
-     "Reshape node 'rs': input 1 \\(shape\\) must be a constant"),
+     "Reshape node 'rs': input 1 \\(shape\\) depends on graph input 's'"),
     (helper.make_node("Reshape", ["x", "s"], ["y"], name="rs"), {"x": f32(2, 3)}, {"s": i64(4, 2)},
      "Reshape node 'rs': cannot reshape"),
-    (helper.make_node("Conv", ["x", "w"], ["y"], name="c3d"), {"x": f32(1, 1, 2, 2, 2)},
-     {"w": f32(1, 1, 1, 1, 1)}, "Conv node 'c3d': only 1-D and 2-D"),
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="c3d"), {"x": f32(1, 1, 2, 2, 2)},
+     {"w": f32(1, 1, 1, 1, 1)}, "ConvTranspose node 'c3d': 3-D ConvTranspose is not supported"),
+    (helper.make_node("Conv", ["x", "w"], ["y"], name="c4d"), {"x": f32(1, 1, 2, 2, 2, 2)},
+     {"w": f32(1, 1, 1, 1, 1, 1)}, "Conv node 'c4d': only 1-D, 2-D and 3-D"),
+    (helper.make_node("NonZero", ["x"], ["y"], name="nz"), {"x": f32(4)}, {},
+     "NonZero node 'nz': input 0 \\(X\\) depends on graph input 'x'"),
     (helper.make_node("Conv", ["x", "w"], ["y"], name="cg"), {"x": f32(1, 3, 4, 4)}, {"w": f32(2, 2, 1, 1)},
      "conv2d.*groups.*Conv node 'cg'"),
     (helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], name="mp"), {"x": f32(1, 1, 4, 4)},
@@ -523,3 +527,259 @@ def test_bad_node_errors_name_the_node(node, feeds, inits, pattern) -> None:
     model = make_model([node], feeds, list(node.output), inits)
     with pytest.raises(WalleError, match=pattern):
         lower_model(model, feeds)
+
+
+# -- breadth: ops added by decomposition, each against onnx.reference (or ORT) ----------------
+
+def qcase(op: str, feeds: dict, inits: dict | None = None, opset: int = 21, **attrs):
+    return case(op, feeds, inits, opset=opset, **attrs)
+
+
+IDX = np.array([[0, 2, 1], [1, 0, 2]], dtype=np.int64)
+INDEXING_CASES = [
+    case("GatherElements", {"x": f32(2, 3)}, {"i": IDX}, axis=1, id="axis1"),
+    case("GatherElements", {"x": f32(3, 3), "i": np.array([[-1, 0, 2]], dtype=np.int64)}, id="negative"),
+    case("GatherND", {"x": f32(2, 3, 4)}, {"i": np.array([[0, 1], [1, 2]], dtype=np.int64)}, id="rows"),
+    case("GatherND", {"x": f32(2, 3, 4)}, {"i": np.array([[1], [2]], dtype=np.int64)}, batch_dims=1,
+         id="batch-dims"),
+    case("ScatterElements", {"x": f32(3, 3), "u": f32(2, 3, seed=1)}, {"i": IDX}, order=["x", "i", "u"],
+         axis=0, reduction="add", opset=18, id="add"),
+    case("ScatterElements", {"x": f32(3, 3), "u": f32(2, 3, seed=1)}, {"i": IDX}, order=["x", "i", "u"],
+         axis=1, id="assign"),
+    case("ScatterND", {"x": f32(4, 3), "u": f32(2, 3, seed=1)}, {"i": np.array([[3], [0]], dtype=np.int64)},
+         order=["x", "i", "u"], id="rows"),
+    case("ScatterND", {"x": f32(4, 3), "u": f32(2, seed=1)}, {"i": np.array([[3, 1], [3, 1]], dtype=np.int64)},
+         order=["x", "i", "u"], reduction="mul", opset=18, id="mul-duplicates"),
+    case("TensorScatter", {"c": f32(2, 2, 5, 3), "u": f32(2, 2, 2, 3, seed=1)},
+         {"w": np.array([1, 4], dtype=np.int64)}, mode="circular", opset=24, id="circular"),
+    case("OneHot", {"i": np.array([[0, 3], [-1, 5]], dtype=np.int64)},
+         {"d": np.array(4, dtype=np.int64), "v": np.array([-1.0, 2.0], dtype=np.float32)}, axis=0, opset=11),
+    case("Trilu", {"x": f32(2, 4, 5)}, {"k": np.array(1, dtype=np.int64)}, upper=0, opset=14),
+    case("EyeLike", {"x": f32(3, 4)}, k=-1, dtype=onnx.TensorProto.INT32),
+    case("CumProd", {"x": f32(2, 5)}, {"a": np.array(1, dtype=np.int64)}, exclusive=1, reverse=1, opset=26),
+    case("ReverseSequence", {"x": f32(4, 3, 2)}, {"l": np.array([4, 1, 3], dtype=np.int64)}, opset=10),
+    case("Compress", {"x": f32(3, 4)}, {"c": np.array([True, False, True])}, axis=0, opset=11),
+    case("Unique", {}, {"x": np.array([2, 1, 1, 3, 4, 3], dtype=np.float32)}, outputs=4, sorted=0, opset=11),
+]
+
+ACTIVATION_CASES = [
+    case("Mod", {"a": f32(6), "b": f32(6, seed=1)}, id="float-fmod0"),
+    case("IsInf", {}, {"x": np.array([1.0, np.inf, -np.inf, np.nan], dtype=np.float32)}, detect_negative=0,
+         opset=10),
+    case("BitwiseNot", {"x": ints(5, dtype=np.uint8, low=0, high=200)}, opset=18),
+    case("Shrink", {"x": f32(7)}, lambd=0.7, bias=0.2, opset=9),
+    case("ThresholdedRelu", {"x": f32(7)}, alpha=0.3, opset=10),
+    case("Celu", {"x": f32(7)}, alpha=2.0, opset=12),
+    case("Hardmax", {"x": f32(3, 4)}, axis=0, opset=13),
+    # onnx.reference sums x (not |x|) for p=1
+    case("LpNormalization", {"x": f32(3, 4)}, axis=0, p=1, oracle="onnxruntime"),
+    # onnx.reference's LRN walks the batch axis instead of the channels
+    case("LRN", {"x": f32(2, 5, 3, 3)}, size=3, alpha=1e-3, beta=0.6, bias=1.5, oracle="onnxruntime"),
+    case("Cast", {"x": np.array([1e5, -1e5, 3.3, -0.01], dtype=np.float32)},
+         to=onnx.TensorProto.FLOAT8E4M3FN, opset=19, id="float8-saturate"),
+    case("SpaceToDepth", {"x": f32(1, 2, 4, 6)}, blocksize=2, mode="CRD", opset=25, id="crd"),
+]
+
+RESIZE = {"x": f32(1, 2, 4, 5)}
+RESIZE_CASES = [
+    case("Resize", RESIZE, {"r": np.zeros(0, np.float32), "s": np.array([1, 1, 2, 1.5], np.float32)},
+         mode="nearest", opset=19, id="nearest-up"),
+    case("Resize", RESIZE, {"r": np.zeros(0, np.float32), "s": np.array([1, 1, 0.6, 0.8], np.float32)},
+         mode="linear", opset=19, id="linear-down"),
+    case("Resize", RESIZE, {"r": np.zeros(0, np.float32), "s": np.array([1, 1, 0.5, 0.6], np.float32)},
+         mode="cubic", antialias=1, opset=19, id="cubic-antialias"),
+    case("Resize", RESIZE, {"r": np.zeros(0, np.float32), "s": np.zeros(0, np.float32),
+                            "z": np.array([3, 7], np.int64)}, mode="cubic", axes=[2, 3],
+         coordinate_transformation_mode="align_corners", exclude_outside=1, opset=19, id="sizes-align"),
+    case("Resize", RESIZE, {"r": np.array([0.1, 0.2, 0.9, 0.7], np.float32), "s": np.zeros(0, np.float32),
+                            "z": np.array([3, 3], np.int64)}, mode="linear", axes=[2, 3],
+         coordinate_transformation_mode="tf_crop_and_resize", extrapolation_value=9.0, opset=19, id="crop"),
+    case("Resize", {"x": ints(1, 1, 3, 3, dtype=np.uint8, low=0, high=255)},
+         {"r": np.zeros(0, np.float32), "s": np.array([1, 1, 1.5, 1.5], np.float32)}, mode="linear", opset=19,
+         id="uint8-linear"),
+]
+
+Q_X = f32(2, 4, 3, low=-3, high=3)
+QUANT_CASES = [
+    qcase("QuantizeLinear", {"x": Q_X}, {"s": np.array(0.05, np.float32), "z": np.array(-3, np.int8)}),
+    qcase("QuantizeLinear", {"x": Q_X}, {"s": f32(2, 2, 3, low=0.01, high=0.1), "z": np.zeros((2, 2, 3), np.uint8)},
+          axis=1, block_size=2, id="blocked"),
+    qcase("DequantizeLinear", {"x": ints(2, 4, 3, dtype=np.int8)},
+          {"s": f32(4, low=0.1, high=1), "z": ints(4, dtype=np.int8)}, axis=1, id="per-axis"),
+    qcase("MatMulInteger", {"a": ints(3, 4, dtype=np.uint8, low=0, high=255)},
+          {"b": ints(4, 2, dtype=np.uint8, low=0, high=255), "az": np.array(12, np.uint8)}, opset=10),
+    qcase("QLinearMatMul", {"a": ints(3, 4, dtype=np.uint8, low=0, high=255)},
+          {"as": np.array(0.02, np.float32), "az": np.array(100, np.uint8),
+           "b": ints(4, 2, dtype=np.uint8, low=0, high=255), "bs": np.array(0.03, np.float32),
+           "bz": np.array(120, np.uint8), "ys": np.array(0.5, np.float32), "yz": np.array(7, np.uint8)}),
+    qcase("ConvInteger", {"x": ints(1, 2, 4, 4, dtype=np.uint8, low=0, high=255)},
+          {"w": ints(3, 2, 2, 2, dtype=np.uint8, low=0, high=255), "xz": np.array(9, np.uint8)}, opset=10,
+          pads=[1, 1, 0, 0]),
+]
+
+SPATIAL_CASES = [
+    case("Conv", {"x": f32(1, 2, 4, 5, 5)}, {"w": f32(4, 1, 2, 3, 2, seed=2), "b": f32(4, seed=3)}, group=2,
+         strides=[2, 1, 2], pads=[1, 0, 1, 0, 1, 1], dilations=[1, 2, 1], id="3d"),
+    case("MaxPool", {"x": f32(1, 2, 5, 4, 6)}, kernel_shape=[2, 3, 2], strides=[2, 1, 2], pads=[1, 1, 0, 0, 1, 1],
+         id="3d"),
+    case("AveragePool", {"x": f32(1, 2, 5, 4, 6)}, kernel_shape=[3, 2, 2], pads=[1, 0, 1, 1, 1, 0], id="3d"),
+    case("LpPool", {"x": f32(1, 2, 5, 5)}, kernel_shape=[2, 2], strides=[2, 2], p=3, opset=18),
+]
+
+RNN_X = f32(4, 2, 3)
+
+
+def _rnn_weights(gates: int, dirs: int = 1, hidden: int = 5) -> dict:
+    return {"w": f32(dirs, gates * hidden, 3, seed=2, low=-0.5, high=0.5),
+            "r": f32(dirs, gates * hidden, hidden, seed=3, low=-0.5, high=0.5),
+            "b": f32(dirs, 2 * gates * hidden, seed=4, low=-0.5, high=0.5)}
+
+
+RNN_CASES = [
+    case("RNN", {"x": RNN_X}, _rnn_weights(1), hidden_size=5, outputs=2, opset=14),
+    # onnx.reference ignores sequence_lens
+    case("GRU", {"x": RNN_X}, {**_rnn_weights(3, 2), "l": np.array([4, 2], np.int32)}, hidden_size=5,
+         direction="bidirectional", outputs=2, opset=14, linear_before_reset=1, oracle="onnxruntime",
+         id="bidirectional"),
+    case("LSTM", {"x": RNN_X}, _rnn_weights(4), hidden_size=5, outputs=3, opset=14, clip=2.0),
+]
+
+
+GRID = f32(2, 3, 4, 2, seed=5, low=-1.2, high=1.2)
+SIGNAL_CASES = [
+    case("DFT", {"x": f32(2, 6, 1)}, {"n": np.array(8, np.int64), "a": np.array(1, np.int64)}, onesided=1,
+         opset=20, id="rfft-padded"),
+    case("DFT", {"x": f32(2, 5, 2)}, {"n": np.array(5, np.int64), "a": np.array(-2, np.int64)}, inverse=1,
+         opset=20, id="inverse-complex"),
+    case("STFT", {"x": f32(1, 16, 1)}, {"s": np.array(4, np.int64), "w": np.hanning(8).astype(np.float32)},
+         opset=17),
+    case("GridSample", {"x": f32(2, 2, 3, 5), "g": GRID}, mode="linear", padding_mode="zeros", opset=20,
+         id="linear-zeros"),
+    case("GridSample", {"x": f32(2, 2, 3, 5), "g": GRID}, mode="cubic", padding_mode="border", opset=20,
+         id="cubic-border"),
+    case("GridSample", {"x": f32(2, 2, 3, 5), "g": GRID}, mode="nearest", padding_mode="reflection",
+         align_corners=1, opset=20, id="nearest-reflection"),
+    case("BatchNormalization", {"x": X4}, {"s": f32(4, seed=2), "b": f32(4, seed=3), "m": f32(4, seed=4),
+                                           "v": f32(4, seed=5, low=0.5)}, outputs=3, training_mode=1,
+         momentum=0.8, opset=15, id="training"),
+    case("MaxUnpool", {"x": f32(1, 1, 2, 2)}, {"i": np.array([[[[5, 7], [13, 15]]]], np.int64),
+                                               "o": np.array([1, 1, 5, 5], np.int64)}, kernel_shape=[2, 2],
+         strides=[2, 2], opset=11),
+    case("Col2Im", {"x": f32(1, 8, 6)}, {"i": np.array([4, 5], np.int64), "b": np.array([2, 2], np.int64)},
+         pads=[1, 0, 0, 1], strides=[2, 2], opset=18),
+    case("NonMaxSuppression", {}, {"b": f32(1, 6, 4, low=0, high=4), "s": f32(1, 2, 6, seed=1, low=0, high=1),
+                                   "m": np.array([3], np.int64), "i": np.array([0.3], np.float32),
+                                   "t": np.array([0.2], np.float32)}, opset=11),
+]
+
+
+def test_training_and_ml_domains() -> None:
+    """ai.onnx.preview.training and ai.onnx.ml rules, without the default domain imported."""
+    # two tensors: onnx.reference returns float64 for a single one
+    names = ["x1", "x2", "g1", "g2", "v1", "v2", "h1", "h2"]
+    feeds = {name: f32(4, seed=i, low=0.1) for i, name in enumerate(names)}
+    inits = {"r": np.array(0.1, np.float32), "t": np.array(3, np.int64)}
+    outs = ["x1n", "x2n", "v1n", "v2n", "h1n", "h2n"]
+    node = helper.make_node("Adam", ["r", "t", *names], outs, alpha=0.8, norm_coefficient=0.1,
+                            domain="ai.onnx.preview.training")
+    model = make_model([node], feeds, outs, inits)
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("ai.onnx.preview.training", 1))
+    check_against_reference(model, feeds)
+    node = helper.make_node("Binarizer", ["x"], ["y"], threshold=0.2, domain="ai.onnx.ml")
+    model = make_model([node], {"x": f32(5)}, ["y"])
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("ai.onnx.ml", 3))
+    check_against_reference(model, {"x": f32(5)})
+
+
+@pytest.mark.parametrize("model, feeds, oracle", INDEXING_CASES + ACTIVATION_CASES + RESIZE_CASES + QUANT_CASES
+                         + SPATIAL_CASES + RNN_CASES + SIGNAL_CASES)
+def test_breadth_op_matches_onnx_reference(model: onnx.ModelProto, feeds: dict, oracle: str) -> None:
+    check_against_reference(model, feeds, rtol=1e-4, atol=1e-5, oracle=oracle)
+
+
+def test_shape_input_is_value_specialised() -> None:
+    """A shape fed as a graph input is read from ``input_values`` and recorded in value_inputs;
+    without its value, lowering asks for it by name."""
+    feeds = {"x": f32(2, 6), "s": i64(3, 4)}
+    model = make_model([helper.make_node("Reshape", ["x", "s"], ["y"])], feeds, ["y"])
+    om = load_model(model)
+    types = {n: TensorType(v.dtype, v.shape) for n, v in feeds.items()}
+    with pytest.raises(InputValueRequired, match="graph input 's'") as info:
+        lower(om, types, decomposition_rules())
+    assert info.value.input_name == "s"
+    graph = lower(om, types, decomposition_rules(), input_values=feeds)
+    assert graph.value_inputs == ["s"]
+    np.testing.assert_array_equal(run_graph(graph, feeds)[0], feeds["x"].reshape(3, 4))
+
+
+def test_value_only_needed_inputs_are_specialised() -> None:
+    """A computed shape (Cast -> Add of an input) is evaluated from the input's value; a plain
+    data input stays a run-time input even when its value is offered."""
+    feeds = {"x": f32(2, 6), "n": np.array(2, dtype=np.int32)}
+    nodes = [helper.make_node("Cast", ["n"], ["n64"], to=onnx.TensorProto.INT64),
+             helper.make_node("Add", ["n64", "one"], ["rows"]),
+             helper.make_node("Concat", ["rows", "minus"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"]),
+             helper.make_node("Relu", ["y"], ["z"])]
+    model = make_model(nodes, feeds, ["z"], {"one": i64(1), "minus": i64(-1)})
+    om = load_model(model)
+    types = {n: TensorType(v.dtype, v.shape) for n, v in feeds.items()}
+    graph = lower(om, types, decomposition_rules(), input_values=feeds)
+    assert graph.value_inputs == ["n"]
+    assert graph.types[graph.outputs[0]].shape == (3, 4)
+    np.testing.assert_array_equal(run_graph(graph, feeds)[0], np.maximum(feeds["x"].reshape(3, 4), 0))
+
+
+def test_function_body_expands_an_op_without_a_rule() -> None:
+    """MeanVarianceNormalization has no rule: its schema's function body is inlined."""
+    assert ("", "MeanVarianceNormalization") not in decomposition_rules()
+    model = make_model([helper.make_node("MeanVarianceNormalization", ["x"], ["y"], axes=[0, 2])],
+                       {"x": f32(3, 2, 4)}, ["y"], opset=13)
+    graph = check_against_reference(model, {"x": f32(3, 2, 4)}, rtol=1e-4, atol=1e-5)
+    assert {n.origin_op for n in graph.nodes} - {"ReduceMean", "Sub", "Mul", "Sqrt", "Div", "Add", "Pow"} == set()
+
+
+def _branch(name: str, value: float) -> onnx.GraphProto:
+    node = helper.make_node("Mul", ["x", f"{name}_k"], [f"{name}_y"])
+    return helper.make_graph([node], name, [], [helper.make_empty_tensor_value_info(f"{name}_y")],
+                             [numpy_helper.from_array(np.array(value, np.float32), f"{name}_k")])
+
+
+def test_if_with_value_specialised_condition_inlines_one_branch() -> None:
+    feeds = {"c": np.array(False), "x": f32(3)}
+    node = helper.make_node("If", ["c"], ["y"], then_branch=_branch("then", 2.0), else_branch=_branch("else", -3.0))
+    model = make_model([node], feeds, ["y"])
+    om = load_model(model)
+    types = {n: TensorType(v.dtype, v.shape) for n, v in feeds.items()}
+    graph = lower(om, types, decomposition_rules(), input_values=feeds)
+    assert graph.value_inputs == ["c"]
+    np.testing.assert_allclose(run_graph(graph, feeds)[0], feeds["x"] * -3.0)
+
+
+def test_loop_and_scan_unroll() -> None:
+    # Loop: 3 iterations of acc = acc + x, scanning out each acc
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["acc", "x"], ["acc2"]),
+         helper.make_node("Identity", ["acc2"], ["scan"])], "body",
+        [helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", onnx.TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_empty_tensor_value_info(n) for n in ("cond_out", "acc2", "scan")])
+    loop = helper.make_node("Loop", ["m", "go", "a0"], ["acc_final", "accs"], body=body)
+    feeds = {"x": f32(2)}
+    model = make_model([loop], feeds, ["acc_final", "accs"],
+                       {"m": np.array(3, np.int64), "go": np.array(True), "a0": np.zeros(2, np.float32)})
+    check_against_reference(model, feeds, oracle="onnxruntime")
+    # Scan: running sum over axis 0 of a [4, 2] input
+    sbody = helper.make_graph(
+        [helper.make_node("Add", ["s", "row"], ["s2"]), helper.make_node("Identity", ["s2"], ["out"])], "sbody",
+        [helper.make_tensor_value_info("s", onnx.TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("row", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_empty_tensor_value_info(n) for n in ("s2", "out")])
+    scan = helper.make_node("Scan", ["s0", "xs"], ["total", "partial"], body=sbody, num_scan_inputs=1,
+                            scan_input_directions=[1])
+    feeds = {"xs": f32(4, 2)}
+    model = make_model([scan], feeds, ["total", "partial"], {"s0": np.zeros(2, np.float32)}, opset=16)
+    check_against_reference(model, feeds, oracle="onnxruntime")

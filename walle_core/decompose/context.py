@@ -8,14 +8,14 @@ Shape -> Gather -> Concat chains: by the time a rule asks, the chain has already
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper
 
-from walle_core.errors import ModelError, UnsupportedOpError, WalleError
+from walle_core.errors import InputValueRequired, ModelError, UnsupportedOpError, WalleError
 from walle_core.ir import GraphBuilder, TensorType
 from walle_core.ops import Op
 from walle_core.reference.kernels import evaluate
@@ -26,15 +26,29 @@ Rule = Callable[["LoweringContext", onnx.NodeProto], list[str]]
 #: constants folded during lowering are capped so an Expand/Tile of a constant cannot blow up
 #: memory at load time; past this the node is emitted and runs like any other
 MAX_FOLDED_ELEMENTS = 1 << 24
+#: how many emitted nodes a rule's request for a run-time value may evaluate
+_MAX_EVALUATED_NODES = 4096
 
 
 class LoweringContext:
     """Wraps a :class:`GraphBuilder` for the rules of one model lowering."""
 
-    def __init__(self, builder: GraphBuilder, opsets: dict[str, int] | None = None) -> None:
+    def __init__(self, builder: GraphBuilder, opsets: dict[str, int] | None = None,
+                 input_values: Mapping[str, np.ndarray] | None = None) -> None:
         self.builder = builder
         self.opsets = dict(opsets or {"": 17})
         self.names: dict[str, str] = {}  # ONNX tensor name -> IR tensor name
+        #: run-time values offered for graph inputs; one is only used once a rule needs it
+        self._offered = dict(input_values or {})
+        #: values known beyond the graph's constants: specialised graph inputs, and run-time
+        #: tensors evaluated from them because a rule needed their value
+        self._values: dict[str, np.ndarray] = {}
+        self._producer: dict[str, int] = {}  # IR tensor -> index of the node computing it
+        self._indexed = 0  # how many of the graph's nodes ``_producer`` covers
+        #: lowers a control-flow body: (GraphProto, {formal input: IR name}) -> IR outputs;
+        #: installed by the importer, which owns the rule table
+        self.subgraph_lowerer: Callable[[onnx.GraphProto, Mapping[str, str]], list[str]] | None = None
+        self.depth = 0  # nesting of function bodies and control-flow bodies being lowered
         self.node: onnx.NodeProto | None = None
         self.node_label = ""
 
@@ -61,6 +75,12 @@ class LoweringContext:
         op = self.node.op_type if self.node is not None else "?"
         return ModelError(f"{op} node {self.node_label!r}: {what}")
 
+    def lower_subgraph(self, graph: onnx.GraphProto, bindings: Mapping[str, str]) -> list[str]:
+        """Lower a body graph (If branch, Loop/Scan body) inline; returns its outputs' IR names."""
+        if self.subgraph_lowerer is None:
+            raise self.unsupported("control flow needs the ONNX importer")
+        return self.subgraph_lowerer(graph, bindings)
+
     # -- node inputs and attributes --------------------------------------------------
     def input(self, node: onnx.NodeProto, i: int) -> str:
         """IR name of input ``i``; "" when absent or omitted."""
@@ -75,14 +95,23 @@ class LoweringContext:
         return name
 
     def const_input(self, node: onnx.NodeProto, i: int, what: str) -> np.ndarray | None:
-        """Value of optional input ``i``, which must be a constant when present."""
+        """Value of optional input ``i``, which must be known while lowering when present."""
         name = self.input(node, i)
         if not name:
             return None
-        value = self.const_value(name)
-        if value is None:
-            raise self.unsupported(f"input {i} ({what}) must be a constant (it is computed at run time)")
-        return value
+        return self.required_value(name, f"input {i} ({what})")
+
+    def required_value(self, name: str, what: str) -> np.ndarray:
+        """The value of ``name``, which the current rule cannot do without: raises
+        InputValueRequired when it depends on a graph input whose value was not offered."""
+        value, missing = self._resolve(name)
+        if value is not None:
+            return value
+        op = self.node.op_type if self.node is not None else "?"
+        if missing is not None:
+            raise InputValueRequired(f"{op} node {self.node_label!r}: {what} depends on graph input "
+                                     f"{missing!r}; its run-time value is needed to plan the model", missing)
+        raise self.unsupported(f"{what} must be a constant (it is computed at run time)")
 
     @staticmethod
     def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
@@ -111,9 +140,89 @@ class LoweringContext:
     def rank(self, name: str) -> int:
         return len(self.shape(name))
 
+    def known_value(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` if it is already a constant (or a specialised input), else None.
+        Unlike :meth:`const_value` this never specialises a graph input."""
+        value = self.builder.graph.constants.get(name)
+        return self._values.get(name) if value is None else value
+
     def const_value(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is known at lowering time, else None."""
-        return self.builder.graph.constants.get(name)
+        """The value of ``name`` if it can be known at lowering time, else None.
+
+        A graph input whose run-time value was offered (``input_values`` of ``lower``) becomes
+        a constant here, and so does a run-time tensor computed only from constants and such
+        inputs (its producers are evaluated now). The plan is then only valid for those input
+        values, which is why the inputs are recorded in ``graph.value_inputs`` (the session
+        keys its plan cache on them).
+        """
+        return self._resolve(name)[0]
+
+    def _resolve(self, name: str) -> tuple[np.ndarray | None, str | None]:
+        """(value or None, a graph input whose missing value prevented it, or None)."""
+        value = self.known_value(name)
+        if value is not None:
+            return value, None
+        graph = self.builder.graph
+        if name in graph.inputs:
+            return self._specialise(name), (None if name in self._offered else name)
+        needed = self._producers_of(name)
+        if needed is None:
+            return None, None
+        leaves = {i for index in needed for i in graph.nodes[index].inputs if self.known_value(i) is None
+                  and i in graph.inputs}
+        missing = sorted(i for i in leaves if i not in self._offered)
+        if missing:
+            return None, missing[0]
+        for leaf in sorted(leaves):
+            self._specialise(leaf)
+        for index in needed:
+            node = graph.nodes[index]
+            try:
+                results = evaluate(node.op, node.attrs, [self.known_value(i) for i in node.inputs])
+            except WalleError as exc:
+                raise self.invalid(f"evaluating {node.origin_op} node {node.origin!r}: {exc}") from None
+            for out, result in zip(node.outputs, results):
+                ttype = self.type_of(out)
+                self._values[out] = np.asarray(result, dtype=ttype.dtype).reshape(ttype.shape)
+        return self._values.get(name), None
+
+    def _producers_of(self, name: str) -> list[int] | None:
+        """Indices (in graph order) of the nodes computing ``name`` from constants and graph
+        inputs, or None when that is too much work to do while lowering."""
+        nodes = self.builder.graph.nodes
+        for index in range(self._indexed, len(nodes)):
+            for out in nodes[index].outputs:
+                self._producer[out] = index
+        self._indexed = len(nodes)
+        needed: set[int] = set()
+        stack = [name]
+        elements = 0
+        while stack:
+            current = stack.pop()
+            index = self._producer.get(current)
+            if index is None or index in needed or self.known_value(current) is not None:
+                continue
+            needed.add(index)
+            elements += sum(self.type_of(out).size for out in nodes[index].outputs)
+            if len(needed) > _MAX_EVALUATED_NODES or elements > MAX_FOLDED_ELEMENTS:
+                return None
+            stack.extend(nodes[index].inputs)
+        return sorted(needed) if needed else None
+
+    def _specialise(self, name: str) -> np.ndarray | None:
+        """Bake the offered run-time value of graph input ``name`` into the plan."""
+        if name in self._values:
+            return self._values[name]
+        if name not in self._offered:
+            return None
+        value = np.asarray(self._offered[name], order="C")
+        ttype = self.type_of(name)
+        if value.dtype != ttype.dtype or tuple(value.shape) != ttype.shape:
+            raise ModelError(f"graph input {name!r}: value of {value.dtype}{list(value.shape)} does not "
+                             f"match its type {ttype}")
+        self._values[name] = value
+        self.builder.graph.value_inputs.append(name)
+        return value
 
     def constant(self, value: Any, dtype: Any = None) -> str:
         """A new IR constant (``dtype`` defaults to the array's own)."""
@@ -133,7 +242,7 @@ class LoweringContext:
     # -- emitting ----------------------------------------------------------------------
     def emit(self, op: Op, inputs: list[str], attrs: Any, n_outputs: int = 1) -> list[str]:
         """Emit an atomic node, or evaluate it right away when all its inputs are constants."""
-        values = [self.const_value(name) for name in inputs]
+        values = [self.known_value(name) for name in inputs]
         if all(v is not None for v in values):
             try:
                 out_types = infer_types(op, [self.type_of(n) for n in inputs], attrs)

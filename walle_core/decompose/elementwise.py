@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 import onnx
 
 from walle_core.decompose.context import LoweringContext, Rule
 from walle_core.onnx.dtypes import onnx_to_numpy
 from walle_core.ops import BinaryAttrs, BinaryFn, CastAttrs, Op, SelectAttrs, UnaryAttrs, UnaryFn
+from walle_core.reference.kernels import is_float
 
 
 def unary(ctx: LoweringContext, x: str, fn: UnaryFn, alpha: float = 0.0, beta: float = 0.0) -> str:
@@ -129,7 +131,7 @@ def _clip(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
         lo, hi = ctx.attr(node, "min", -math.inf), ctx.attr(node, "max", math.inf)
         return [unary(ctx, x, UnaryFn.CLIP, lo, hi)]
     lo_name, hi_name = ctx.input(node, 1), ctx.input(node, 2)
-    bounds = [ctx.const_value(n) if n else None for n in (lo_name, hi_name)]
+    bounds = [ctx.known_value(n) if n else None for n in (lo_name, hi_name)]
     if all(n == "" or v is not None for n, v in zip((lo_name, hi_name), bounds)):
         lo = -math.inf if bounds[0] is None else bounds[0].item()
         hi = math.inf if bounds[1] is None else bounds[1].item()
@@ -175,9 +177,7 @@ def _pow(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
 def _mod(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     a, b = ctx.required_input(node, 0), ctx.required_input(node, 1)
     _same_dtype(ctx, a, b)
-    fmod = ctx.attr(node, "fmod", 0)
-    if not fmod and np.issubdtype(ctx.dtype(a), np.floating):
-        raise ctx.invalid("fmod must be 1 for floating-point inputs")
+    fmod = ctx.attr(node, "fmod", 0)  # fmod=0 on floats: the divisor's sign, like numpy.mod
     return [binary(ctx, BinaryFn.FMOD if fmod else BinaryFn.MOD, a, b)]
 
 
@@ -211,17 +211,73 @@ def _is_nan(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     return [binary(ctx, BinaryFn.NE, x, x)]
 
 
+def _is_inf(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    found = ctx.constant(np.zeros(ctx.shape(x), dtype=bool))
+    for attr, sign in (("detect_positive", 1.0), ("detect_negative", -1.0)):
+        if ctx.attr(node, attr, 1):
+            found = binary(ctx, BinaryFn.OR, found, binary(ctx, BinaryFn.EQ, x, ctx.scalar(sign * math.inf, x)))
+    return [found]
+
+
+def _bitwise_not(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    if not np.issubdtype(ctx.dtype(x), np.integer):
+        raise ctx.invalid(f"input must be an integer tensor, got {ctx.dtype(x)}")
+    ones = np.array(-1).astype(ctx.dtype(x)) if np.issubdtype(ctx.dtype(x), np.signedinteger) \
+        else np.array(np.iinfo(ctx.dtype(x)).max, dtype=ctx.dtype(x))
+    return [binary(ctx, BinaryFn.BIT_XOR, x, ctx.constant(ones))]
+
+
+def _shrink(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    lambd, bias = ctx.attr(node, "lambd", 0.5), ctx.attr(node, "bias", 0.0)
+    low = select(ctx, binary(ctx, BinaryFn.LT, x, ctx.scalar(-lambd, x)),
+                 binary(ctx, BinaryFn.ADD, x, ctx.scalar(bias, x)), ctx.scalar(0, x))
+    return [select(ctx, binary(ctx, BinaryFn.GT, x, ctx.scalar(lambd, x)),
+                   binary(ctx, BinaryFn.SUB, x, ctx.scalar(bias, x)), low)]
+
+
+def _thresholded_relu(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    x = ctx.required_input(node, 0)
+    above = binary(ctx, BinaryFn.GT, x, ctx.scalar(ctx.attr(node, "alpha", 1.0), x))
+    return [select(ctx, above, x, ctx.scalar(0, x))]
+
+
+def _celu(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    """alpha * elu(x / alpha)."""
+    x = ctx.required_input(node, 0)
+    alpha = ctx.attr(node, "alpha", 1.0)
+    inner = unary(ctx, binary(ctx, BinaryFn.DIV, x, ctx.scalar(alpha, x)), UnaryFn.ELU, 1.0)
+    return [binary(ctx, BinaryFn.MUL, inner, ctx.scalar(alpha, x))]
+
+
 # -- types and selection -------------------------------------------------------------------
+
+#: float8 types that ONNX Cast saturates to their largest finite value (attribute saturate=1)
+_SATURATING = frozenset({"float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz"})
+
+
+def cast_saturating(ctx: LoweringContext, x: str, dtype: np.dtype, saturate: bool = True) -> str:
+    """Cast, clipping to the target's finite range first when ONNX asks to saturate."""
+    dtype = np.dtype(dtype)
+    if saturate and dtype.name in _SATURATING and is_float(ctx.dtype(x)) and ctx.dtype(x) != dtype:
+        info = ml_dtypes.finfo(dtype)
+        x = unary(ctx, x, UnaryFn.CLIP, float(info.min), float(info.max))
+    return cast(ctx, x, dtype)
+
 
 def _cast(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     to = ctx.attr(node, "to")
     if to is None:
         raise ctx.invalid("attribute 'to' is missing")
-    return [cast(ctx, ctx.required_input(node, 0), onnx_to_numpy(int(to), f"Cast node {ctx.node_label!r}"))]
+    dtype = onnx_to_numpy(int(to), f"Cast node {ctx.node_label!r}")
+    return [cast_saturating(ctx, ctx.required_input(node, 0), dtype, bool(ctx.attr(node, "saturate", 1)))]
 
 
 def _cast_like(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-    return [cast(ctx, ctx.required_input(node, 0), ctx.dtype(ctx.required_input(node, 1)))]
+    dtype = ctx.dtype(ctx.required_input(node, 1))
+    return [cast_saturating(ctx, ctx.required_input(node, 0), dtype, bool(ctx.attr(node, "saturate", 1)))]
 
 
 def _where(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
@@ -240,5 +296,6 @@ RULES: dict[str, Rule] = {
     "PRelu": _prelu, "Clip": _clip, "Pow": _pow, "Mod": _mod, "BitShift": _bit_shift,
     "Sum": _variadic_rule(BinaryFn.ADD), "Mean": _variadic_rule(BinaryFn.ADD, mean=True),
     "Max": _variadic_rule(BinaryFn.MAX), "Min": _variadic_rule(BinaryFn.MIN),
-    "IsNaN": _is_nan, "Cast": _cast, "CastLike": _cast_like, "Where": _where,
+    "IsNaN": _is_nan, "IsInf": _is_inf, "BitwiseNot": _bitwise_not, "Shrink": _shrink,
+    "ThresholdedRelu": _thresholded_relu, "Celu": _celu, "Cast": _cast, "CastLike": _cast_like, "Where": _where,
 }

@@ -1,7 +1,8 @@
-"""Neural-network ONNX ops: convolutions, pooling, normalisation, Gemm/MatMul and Einsum.
+"""Neural-network ONNX ops: convolutions, pooling, normalisation, Gemm/MatMul.
 
-1-D convolutions and pools run as 2-D ones over an inserted unit height, so CONV2D and
-POOL2D are the only spatial kernels a backend writes.
+1-D convolutions and pools run as 2-D ones over an inserted unit height, and 3-D ones as
+several 2-D ones (``volumetric``), so CONV2D and POOL2D are the only spatial kernels a backend
+writes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from walle_core.decompose import raster
+from walle_core.decompose import raster, volumetric
 from walle_core.decompose.context import LoweringContext, Rule
 from walle_core.decompose.elementwise import binary, cast, unary
 from walle_core.ops import (
@@ -52,8 +53,8 @@ class Window:
 
 def _spatial_rank(ctx: LoweringContext, x: str) -> int:
     rank = ctx.rank(x)
-    if rank not in (3, 4):
-        raise ctx.unsupported(f"only 1-D and 2-D spatial inputs are supported, got rank {rank}")
+    if rank not in (3, 4, 5):
+        raise ctx.unsupported(f"only 1-D, 2-D and 3-D spatial inputs are supported, got rank {rank}")
     return rank - 2
 
 
@@ -96,21 +97,30 @@ def _to_2d(ctx: LoweringContext, x: str) -> str:
 # -- convolution ---------------------------------------------------------------------------
 
 def _conv(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-    x, w, b = ctx.required_input(node, 0), ctx.required_input(node, 1), ctx.input(node, 2)
+    return [conv(ctx, node, ctx.required_input(node, 0), ctx.required_input(node, 1), ctx.input(node, 2))]
+
+
+def conv(ctx: LoweringContext, node: onnx.NodeProto, x: str, w: str, b: str) -> str:
+    """An ONNX Conv with ``node``'s attributes on the given tensors (also for ConvInteger and
+    QLinearConv, which convolve integers after removing zero points)."""
     nd = _spatial_rank(ctx, x)
     if ctx.rank(w) != nd + 2:
         raise ctx.invalid(f"weight rank {ctx.rank(w)} does not match input rank {ctx.rank(x)}")
     kernel = ctx.ints_attr(node, "kernel_shape", list(ctx.shape(w)[2:]))
     if kernel != list(ctx.shape(w)[2:]):
         raise ctx.invalid(f"kernel_shape {kernel} differs from the weight's {ctx.shape(w)[2:]}")
-    win = _window(ctx, node, ctx.shape(x)[2:], kernel).lifted()
+    win = _window(ctx, node, ctx.shape(x)[2:], kernel)
+    if nd == 3:
+        return volumetric.conv3d(ctx, x, w, b, win.kernel, win.strides, win.dilations, win.begins, win.ends,
+                                 int(ctx.attr(node, "group", 1)))
+    win = win.lifted()
     inputs = [_to_2d(ctx, x), _to_2d(ctx, w)]
     if b:
         inputs.append(b)
     attrs = Conv2DAttrs(strides=tuple(win.strides), pads=win.pads, dilations=tuple(win.dilations),
                         groups=int(ctx.attr(node, "group", 1)), has_bias=bool(b))
     y = ctx.emit1(Op.CONV2D, inputs, attrs)
-    return [raster.squeeze(ctx, y, [2]) if nd == 1 else y]
+    return raster.squeeze(ctx, y, [2]) if nd == 1 else y
 
 
 def _conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
@@ -118,6 +128,8 @@ def _conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     in/out-swapped kernel; explicit pads crop the full output (negative conv pads)."""
     x, w, b = ctx.required_input(node, 0), ctx.required_input(node, 1), ctx.input(node, 2)
     nd = _spatial_rank(ctx, x)
+    if nd == 3:
+        raise ctx.unsupported("3-D ConvTranspose is not supported")
     if ctx.rank(w) != nd + 2:
         raise ctx.invalid(f"weight rank {ctx.rank(w)} does not match input rank {ctx.rank(x)}")
     group = int(ctx.attr(node, "group", 1))
@@ -198,11 +210,23 @@ def _flipped_kernel(ctx: LoweringContext, w: str, group: int, og: int) -> str:
 
 # -- pooling -------------------------------------------------------------------------------
 
-def _pool_rule(kind: PoolKind) -> Rule:
+def _pool_rule(kind: PoolKind, lp: bool = False) -> Rule:
+    """MaxPool / AveragePool, and LpPool (``lp``): (sum of |x|^p over the window)^(1/p), the
+    sum being an average with the pads counted times the window size."""
+
     def rule(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
         if len(node.output) > 1 and node.output[1]:
             raise ctx.unsupported("the Indices output of MaxPool is not supported")
         x = ctx.required_input(node, 0)
+        if lp:
+            p = ctx.scalar(float(ctx.attr(node, "p", 2)), x)
+            y = rule_body(ctx, node, binary(ctx, BinaryFn.POW, unary(ctx, x, UnaryFn.ABS), p), True)
+            size = ctx.scalar(float(math.prod(ctx.ints_attr(node, "kernel_shape") or [1])), x)
+            inv_p = binary(ctx, BinaryFn.DIV, ctx.scalar(1.0, x), p)
+            return [binary(ctx, BinaryFn.POW, binary(ctx, BinaryFn.MUL, y, size), inv_p)]
+        return [rule_body(ctx, node, x, bool(ctx.attr(node, "count_include_pad", 0)))]
+
+    def rule_body(ctx: LoweringContext, node: onnx.NodeProto, x: str, include_pad: bool) -> str:
         nd = _spatial_rank(ctx, x)
         kernel = ctx.ints_attr(node, "kernel_shape")
         if kernel is None:
@@ -221,11 +245,14 @@ def _pool_rule(kind: PoolKind) -> Rule:
             if ceil_mode and (count - 1) * win.strides[i] >= size + win.begins[i]:
                 count -= 1  # the last window must start inside the input or its leading pad
             out.append(count)
+        if nd == 3:
+            return volumetric.pool3d(ctx, x, kind, win.kernel, win.strides, win.dilations, win.begins, win.ends,
+                                     out, include_pad)
         win, out = win.lifted(), ([1, *out] if nd == 1 else out)
         attrs = Pool2DAttrs(kind, tuple(win.kernel), tuple(win.strides), win.pads, tuple(win.dilations),
-                            (out[0], out[1]), bool(ctx.attr(node, "count_include_pad", 0)))
+                            (out[0], out[1]), include_pad)
         y = ctx.emit1(Op.POOL2D, [_to_2d(ctx, x)], attrs)
-        return [raster.squeeze(ctx, y, [2]) if nd == 1 else y]
+        return raster.squeeze(ctx, y, [2]) if nd == 1 else y
 
     return rule
 
@@ -261,7 +288,7 @@ def _per_channel(ctx: LoweringContext, v: str, x: str) -> str:
 def _batch_norm(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     """Inference form: y = x * s + t with s = gamma / sqrt(var + eps), t = beta - mean * s."""
     if ctx.attr(node, "training_mode", 0):
-        raise ctx.unsupported("training_mode=1 (only inference is supported)")
+        return _batch_norm_training(ctx, node)
     if any(out for out in node.output[1:]):
         raise ctx.unsupported("the running mean/variance outputs (training) are not supported")
     x = ctx.required_input(node, 0)
@@ -270,6 +297,30 @@ def _batch_norm(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     scale = binary(ctx, BinaryFn.MUL, gamma, unary(ctx, binary(ctx, BinaryFn.ADD, var, eps), UnaryFn.RSQRT))
     shift = binary(ctx, BinaryFn.SUB, beta, binary(ctx, BinaryFn.MUL, mean, scale))
     return [binary(ctx, BinaryFn.ADD, binary(ctx, BinaryFn.MUL, x, scale), shift)]
+
+
+def _batch_norm_training(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    """Normalise with the batch statistics; the running statistics move towards them by
+    (1 - momentum)."""
+    x = ctx.required_input(node, 0)
+    rank = ctx.rank(x)
+    if rank < 2:
+        raise ctx.invalid(f"input must be at least 2-D, got {ctx.shape(x)}")
+    gamma, beta = (_per_channel(ctx, ctx.required_input(node, i), x) for i in (1, 2))
+    y, mean, _ = _normalise(ctx, x, (0, *range(2, rank)), ctx.attr(node, "epsilon", 1e-5))
+    y = binary(ctx, BinaryFn.ADD, binary(ctx, BinaryFn.MUL, y, gamma), beta)
+    c = ctx.shape(x)[1]
+    momentum = ctx.attr(node, "momentum", 0.9)
+    batch_mean = raster.reshape(ctx, mean, [c])
+    centred = binary(ctx, BinaryFn.SUB, x, mean)
+    batch_var = raster.reshape(ctx, ctx.emit1(Op.REDUCE, [binary(ctx, BinaryFn.MUL, centred, centred)],
+                                              ReduceAttrs(ReduceFn.MEAN, (0, *range(2, rank)), True)), [c])
+    outs = [y]
+    for i, batch in ((3, batch_mean), (4, batch_var)):
+        running = ctx.required_input(node, i)
+        outs.append(binary(ctx, BinaryFn.ADD, binary(ctx, BinaryFn.MUL, running, ctx.scalar(momentum, running)),
+                           binary(ctx, BinaryFn.MUL, batch, ctx.scalar(1 - momentum, batch))))
+    return outs
 
 
 def _normalise(ctx: LoweringContext, x: str, axes: tuple[int, ...], eps: float) -> tuple[str, str, str]:
@@ -348,6 +399,7 @@ def _matmul(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
 RULES: dict[str, Rule] = {
     "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _pool_rule(PoolKind.MAX), "AveragePool": _pool_rule(PoolKind.AVG),
+    "LpPool": _pool_rule(PoolKind.AVG, lp=True),
     "GlobalAveragePool": _global_pool_rule(ReduceFn.MEAN), "GlobalMaxPool": _global_pool_rule(ReduceFn.MAX),
     "BatchNormalization": _batch_norm, "InstanceNormalization": _instance_norm,
     "LayerNormalization": _layer_norm, "Gemm": _gemm, "MatMul": _matmul,

@@ -9,7 +9,7 @@ import onnx
 
 from walle_core.decompose import raster
 from walle_core.decompose.context import LoweringContext, Rule
-from walle_core.decompose.elementwise import binary, unary
+from walle_core.decompose.elementwise import binary, cast, unary
 from walle_core.decompose.raster import numpy_shape
 from walle_core.ops import (
     ArgReduceAttrs,
@@ -118,6 +118,29 @@ def softmax(ctx: LoweringContext, x: str, axis: int, log: bool = False) -> str:
     return binary(ctx, BinaryFn.DIV, exp, total)
 
 
+def _hardmax(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    """One at the first maximum along the axis: argmax compared with an index ramp."""
+    x = ctx.required_input(node, 0)
+    shape = ctx.shape(x)
+    if ctx.opset < 13:  # coerced to 2-D at axis, like Softmax
+        axis = int(ctx.attr(node, "axis", 1))
+        axis = axis + len(shape) if axis < 0 else axis
+        if not 0 <= axis <= len(shape):
+            raise ctx.invalid(f"axis {axis} is out of range for rank {len(shape)}")
+        flat = raster.reshape(ctx, x, [math.prod(shape[:axis]), math.prod(shape[axis:])])
+        return [raster.reshape(ctx, hardmax(ctx, flat, 1), shape)]
+    return [hardmax(ctx, x, ctx.axis(ctx.attr(node, "axis", -1), len(shape)))]
+
+
+def hardmax(ctx: LoweringContext, x: str, axis: int) -> str:
+    shape = ctx.shape(x)
+    best = ctx.emit1(Op.ARG_REDUCE, [x], ArgReduceAttrs(axis, keepdims=True, largest=True))
+    view = [1] * len(shape)
+    view[axis] = shape[axis]
+    ramp = ctx.constant(np.arange(shape[axis], dtype=np.int64).reshape(view))
+    return cast(ctx, binary(ctx, BinaryFn.EQ, best, ramp), ctx.dtype(x))
+
+
 def _topk(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     x = ctx.required_input(node, 0)
     if ctx.opset < 10:
@@ -149,5 +172,5 @@ RULES: dict[str, Rule] = {
        ("Sum", "Mean", "Max", "Min", "Prod", "L1", "L2", "SumSquare", "LogSum", "LogSumExp")},
     "ArgMax": _arg_rule(True), "ArgMin": _arg_rule(False),
     "Softmax": _softmax_rule(False), "LogSoftmax": _softmax_rule(True),
-    "TopK": _topk, "CumSum": _cumsum,
+    "TopK": _topk, "CumSum": _cumsum, "Hardmax": _hardmax,
 }

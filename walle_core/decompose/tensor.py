@@ -22,12 +22,15 @@ def _identity(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
 
 
 def _dropout(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-    """Inference: the data passes through and the mask is all true."""
+    """Inference (or training with ratio 0): the data passes through, the mask is all true.
+    Training with a positive ratio draws random numbers, which has no atomic op."""
     x = ctx.required_input(node, 0)
     if ctx.opset >= 12:
         training = ctx.const_input(node, 2, "training_mode")
-        if training is not None and bool(np.asarray(training).reshape(-1)[0]):
-            raise ctx.unsupported("training_mode=1 (only inference is supported)")
+        ratio = ctx.const_input(node, 1, "ratio")
+        ratio = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+        if training is not None and bool(np.asarray(training).reshape(-1)[0]) and ratio != 0.0:
+            raise ctx.unsupported("training_mode=1 with a positive ratio (random dropout) is not supported")
     outs = [x]
     if len(node.output) > 1 and node.output[1]:
         outs.append(ctx.constant(np.ones(ctx.shape(x), dtype=bool)))
@@ -205,7 +208,7 @@ def _gather(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     axis = ctx.axis(ctx.attr(node, "axis", 0), ctx.rank(data))
     if ctx.dtype(indices) not in (np.dtype(np.int32), np.dtype(np.int64)):
         raise ctx.invalid(f"indices must be int32 or int64, got {ctx.dtype(indices)}")
-    value = ctx.const_value(indices)
+    value = ctx.known_value(indices)
     if value is not None:
         n = ctx.shape(data)[axis]
         if np.any((value < -n) | (value >= n)):
@@ -316,7 +319,10 @@ def _space_to_depth(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     if not b or b <= 0 or h % b or w % b:
         raise ctx.invalid(f"blocksize {b} does not divide spatial size {(h, w)}")
     y = raster.reshape(ctx, x, [n, c, h // b, b, w // b, b])
-    y = raster.transpose(ctx, y, [0, 3, 5, 1, 2, 4])
+    mode = ctx.attr(node, "mode", "DCR")
+    if mode not in ("DCR", "CRD"):
+        raise ctx.invalid(f"mode={mode!r} is not DCR or CRD")
+    y = raster.transpose(ctx, y, [0, 3, 5, 1, 2, 4] if mode == "DCR" else [0, 1, 3, 5, 2, 4])
     return [raster.reshape(ctx, y, [n, c * b * b, h // b, w // b])]
 
 

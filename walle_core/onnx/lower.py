@@ -9,19 +9,29 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
 from walle_core.decompose.context import LoweringContext
 from walle_core.decompose.raster import make_region, raster
 from walle_core.errors import ModelError, UnsupportedOpError, WalleError
 from walle_core.ir import Graph, GraphBuilder, TensorType
+from walle_core.onnx import functions
 from walle_core.onnx.model import OnnxModel, node_label
 
 
 def lower(model: OnnxModel, input_types: Mapping[str, TensorType],
-          rules: Mapping[tuple[str, str], Callable[..., list[str]]]) -> Graph:
-    """The IR graph of ``model`` for inputs of ``input_types`` (keyed by ONNX input name)."""
+          rules: Mapping[tuple[str, str], Callable[..., list[str]]],
+          input_values: Mapping[str, np.ndarray] | None = None) -> Graph:
+    """The IR graph of ``model`` for inputs of ``input_types`` (keyed by ONNX input name).
+
+    ``input_values`` optionally holds the run-time values of graph inputs. A rule that needs
+    the value of an input (a shape fed as an input, say) gets it from there and the input is
+    listed in ``graph.value_inputs``; without it such a rule raises ``InputValueRequired``.
+    """
     builder = GraphBuilder()
-    ctx = LoweringContext(builder, model.opsets)
+    ctx = LoweringContext(builder, model.opsets, input_values)
+    ctx.subgraph_lowerer = lambda graph, bindings: _lower_subgraph(ctx, model, rules, graph, bindings)
     for spec in model.inputs:
         ttype = input_types.get(spec.name)
         if ttype is None:
@@ -53,13 +63,14 @@ def _check_input_type(name: str, dtype: np.dtype, shape: tuple, ttype: TensorTyp
         raise ModelError(f"graph input {name!r}: negative dimension in {ttype.shape}")
 
 
-def _lower_node(ctx: LoweringContext, model: OnnxModel, rules: Mapping, node, index: int) -> None:
+def _lower_node(ctx: LoweringContext, model: OnnxModel, rules: Mapping, node, index: int | str,
+                depth: int = 0) -> None:
     domain = "" if node.domain == "ai.onnx" else node.domain
-    label = node_label(node, index)
+    label = node_label(node, index) if isinstance(index, int) else index
     rule = rules.get((domain, node.op_type))
     if rule is None:
-        raise UnsupportedOpError(f"unsupported op {node.op_type!r} (domain {domain!r}, opset "
-                                 f"{model.opsets.get(domain)}) at node {label!r}")
+        _lower_function(ctx, model, rules, node, label, depth)
+        return
     ctx.begin_node(node, label)
     try:
         outs = rule(ctx, node)
@@ -73,6 +84,70 @@ def _lower_node(ctx: LoweringContext, model: OnnxModel, rules: Mapping, node, in
         if slot >= len(outs) or not outs[slot]:
             raise UnsupportedOpError(f"{node.op_type} node {label!r}: output {slot} ({name!r}) is not supported")
         ctx.names[name] = outs[slot]
+
+
+#: function bodies may use ops that are functions themselves; this bounds the nesting
+_MAX_FUNCTION_DEPTH = 8
+
+
+def _lower_function(ctx: LoweringContext, model: OnnxModel, rules: Mapping, node, label: str,
+                    depth: int) -> None:
+    """Lower a node without a rule by inlining its schema's function body, if it has one."""
+    domain = "" if node.domain == "ai.onnx" else node.domain
+    types = [_type_proto(ctx, ctx.names[name]) if name else None for name in node.input]
+    expanded = None if depth >= _MAX_FUNCTION_DEPTH else functions.expand(
+        node, ctx.opsets, types, f"{label}/")
+    if expanded is None:
+        raise UnsupportedOpError(f"unsupported op {node.op_type!r} (domain {domain!r}, opset "
+                                 f"{ctx.opsets.get(domain)}) at node {label!r}")
+    body, body_opsets = expanded
+    saved = ctx.opsets
+    ctx.opsets = {**saved, **body_opsets}
+    try:
+        for i, inner in enumerate(body):
+            _lower_node(ctx, model, rules, inner, f"{label}/{inner.name or f'#{i} ({inner.op_type})'}",
+                        depth + 1)
+    finally:
+        ctx.opsets = saved
+    for name in node.output:
+        if name and name not in ctx.names:
+            raise UnsupportedOpError(f"{node.op_type} node {label!r}: its function body does not "
+                                     f"produce output {name!r}")
+
+
+def _lower_subgraph(ctx: LoweringContext, model: OnnxModel, rules: Mapping, graph: onnx.GraphProto,
+                    bindings: Mapping[str, str]) -> list[str]:
+    """Lower the nodes of a control-flow body in the current scope, with its formal inputs bound
+    to IR tensors; returns the IR names of its outputs. Names it defines do not leak out."""
+    label, node = ctx.node_label, ctx.node
+    saved = dict(ctx.names)
+    ctx.depth += 1
+    try:
+        if ctx.depth > _MAX_FUNCTION_DEPTH:
+            raise UnsupportedOpError(f"node {label!r}: control flow nested too deeply")
+        for init in graph.initializer:
+            ctx.names[init.name] = ctx.constant(numpy_helper.to_array(init))
+        ctx.names.update(bindings)
+        for i, inner in enumerate(graph.node):
+            _lower_node(ctx, model, rules, inner, f"{label}/{inner.name or f'#{i} ({inner.op_type})'}", ctx.depth)
+        missing = [out.name for out in graph.output if out.name not in ctx.names]
+        if missing:
+            raise ModelError(f"node {label!r}: subgraph outputs {missing} are not produced")
+        return [ctx.names[out.name] for out in graph.output]
+    finally:
+        ctx.names = saved
+        ctx.depth -= 1
+        if node is not None:
+            ctx.begin_node(node, label)
+
+
+def _type_proto(ctx: LoweringContext, name: str):
+    ttype = ctx.type_of(name)
+    try:
+        elem = helper.np_dtype_to_tensor_dtype(np.dtype(ttype.dtype))
+    except (KeyError, ValueError, TypeError):
+        return None
+    return functions.tensor_type(elem, ttype.shape)
 
 
 def _unique_outputs(ctx: LoweringContext, outputs: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from walle_core.errors import ModelError, UnsupportedOpError
+from walle_core.onnx import functions
 from walle_core.onnx.dtypes import onnx_to_numpy
 from walle_core.shapes import MAX_ELEMENTS, MAX_RANK
 
@@ -68,11 +69,12 @@ class OnnxModel:
         return dict(Counter(_qualified(node) for node in self.nodes))
 
     def check_supported(self, rules: Mapping[tuple[str, str], Callable[..., Any]]) -> None:
-        """Raise UnsupportedOpError listing every node whose op has no decomposition rule."""
+        """Raise UnsupportedOpError listing every node whose op has neither a decomposition rule
+        nor a function body in its ONNX schema (which the importer inlines)."""
         problems = []
         for i, node in enumerate(self.nodes):
             domain = _canonical_domain(node.domain)
-            if (domain, node.op_type) not in rules:
+            if (domain, node.op_type) not in rules and not functions.has_function(node, self.opsets):
                 problems.append(
                     f"unsupported op {node.op_type!r} (domain {domain!r}, opset {self.opsets[domain]}) "
                     f"at node {node_label(node, i)!r}"
@@ -141,10 +143,8 @@ def _read_opsets(proto: onnx.ModelProto) -> dict[str, int]:
         if imp.version <= 0:
             raise ModelError(f"opset import for domain {domain!r} has invalid version {imp.version}")
         opsets[domain] = int(imp.version)
-    if "" not in opsets:
-        raise ModelError("model does not import the default ONNX opset (opset_import is missing '')")
     latest = onnx.defs.onnx_opset_version()
-    if opsets[""] > latest:
+    if opsets.get("", 0) > latest:
         raise ModelError(f"default-domain opset {opsets['']} is newer than the newest known ({latest})")
     return opsets
 
@@ -246,6 +246,29 @@ def _read_inputs(graph: onnx.GraphProto, initializers: Mapping[str, np.ndarray])
     return specs
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    graphs = []
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attr.g)
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attr.graphs)
+    return graphs
+
+
+def outer_names(node: onnx.NodeProto) -> set[str]:
+    """Tensors that ``node``'s subgraphs (recursively) read from the enclosing scope."""
+    free: set[str] = set()
+    for graph in subgraphs(node):
+        defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+        for inner in graph.node:
+            used = {name for name in inner.input if name} | outer_names(inner)
+            free |= used - defined
+            defined |= {name for name in inner.output if name}
+        free |= {out.name for out in graph.output} - defined
+    return free
+
+
 def _topological_order(graph: onnx.GraphProto, opsets: Mapping[str, int], initializers: set[str],
                        inputs: list[str]) -> list[onnx.NodeProto]:
     """Check names and return the nodes sorted so every tensor is produced before its use."""
@@ -273,7 +296,9 @@ def _topological_order(graph: onnx.GraphProto, opsets: Mapping[str, int], initia
     waiting = [0] * len(nodes)
     users: dict[int, list[int]] = {}
     for i, node in enumerate(nodes):
-        for slot, name in enumerate(node.input):
+        # a control-flow body may read outer tensors by name: those are inputs of the node too
+        implicit = [name for name in sorted(outer_names(node)) if name in producer]
+        for slot, name in enumerate([*node.input, *implicit]):
             if not name:
                 continue
             if name not in producer:

@@ -4,7 +4,8 @@ backend declines, and the evaluator for constant folding. Clarity over speed."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -16,6 +17,16 @@ from walle_core.ops import BinaryFn, Op, PoolKind, ReduceFn, UnaryFn
 Kernel = Callable[[Any, list[np.ndarray]], list[np.ndarray]]
 
 _erf_scalar = np.frompyfunc(math.erf, 1, 1)
+
+#: ml_dtypes' floating types: NumPy files them under kind "V", outside ``np.floating``
+_ML_FLOATS = frozenset({"bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz",
+                        "float8_e8m0fnu", "float4_e2m1fn"})
+
+
+def is_float(dtype: Any) -> bool:
+    """True for every floating dtype, the ml_dtypes ones (bfloat16, float8 ...) included."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name in _ML_FLOATS
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -140,7 +151,7 @@ def _reduce(a: ops.ReduceAttrs, xs: list[np.ndarray]) -> list[np.ndarray]:
     elif f is ReduceFn.PROD:
         y = np.prod(x, axis=axes, keepdims=a.keepdims, dtype=x.dtype)
     else:
-        if np.issubdtype(x.dtype, np.floating):
+        if is_float(x.dtype):
             init = -np.inf if f is ReduceFn.MAX else np.inf
         elif x.dtype == np.dtype(bool):
             init = f is not ReduceFn.MAX
@@ -234,7 +245,7 @@ def _conv2d(a: ops.Conv2DAttrs, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 def _pool2d(a: ops.Pool2DAttrs, xs: list[np.ndarray]) -> list[np.ndarray]:
     x = xs[0]
-    n, c, h, w = x.shape
+    h, w = x.shape[2:]
     top, left, bottom, right = a.pads
     span_h = (a.out_hw[0] - 1) * a.strides[0] + a.dilations[0] * (a.kernel[0] - 1) + 1
     span_w = (a.out_hw[1] - 1) * a.strides[1] + a.dilations[1] * (a.kernel[1] - 1) + 1
@@ -245,7 +256,7 @@ def _pool2d(a: ops.Pool2DAttrs, xs: list[np.ndarray]) -> list[np.ndarray]:
     inside = np.zeros((1, 1, h + top + ext_b, w + left + ext_r), np.float64)
     inside[..., top : top + h, left : left + w] = 1.0
     if a.kind is PoolKind.MAX:
-        low = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
+        low = -np.inf if is_float(x.dtype) else np.iinfo(x.dtype).min
         xp = np.pad(x, pad, constant_values=low)
         y = _windows(xp, a.kernel, a.strides, a.dilations, a.out_hw).max(axis=(4, 5))
         return [np.asarray(y, x.dtype, order="C")]
