@@ -192,7 +192,11 @@ class SelectAttrs:
 
 @dataclass(frozen=True)
 class CastAttrs:
+    """Convert to ``to``. With ``bitcast`` the bytes are reinterpreted instead (ONNX BitCast):
+    ``to`` must have the input's element size and the shape is unchanged."""
+
     to: np.dtype
+    bitcast: bool = False
 
 
 @dataclass(frozen=True)

@@ -208,12 +208,19 @@ def _cumulative(t: list, a: ops.CumulativeAttrs) -> list[OutType]:
     return [(t[0].dtype, t[0].shape)]
 
 
+def _cast(t: list, a: ops.CastAttrs) -> list[OutType]:
+    to = np.dtype(a.to)
+    if a.bitcast and (to.itemsize != t[0].dtype.itemsize or to.kind in "OUS" or t[0].dtype.kind in "OUS"):
+        raise _fail(Op.CAST, f"bitcast from {t[0].dtype} to {to} needs two fixed-size types of one element size")
+    return [(to, t[0].shape)]
+
+
 _RULES: dict[Op, Any] = {
     Op.RASTER: _raster,
     Op.UNARY: lambda t, a: [(t[0].dtype, t[0].shape)],
     Op.BINARY: _binary,
     Op.SELECT: _select,
-    Op.CAST: lambda t, a: [(np.dtype(a.to), t[0].shape)],
+    Op.CAST: _cast,
     Op.REDUCE: _reduce,
     Op.ARG_REDUCE: _arg_reduce,
     Op.CUMULATIVE: _cumulative,

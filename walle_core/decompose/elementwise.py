@@ -280,6 +280,19 @@ def _cast_like(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     return [cast_saturating(ctx, ctx.required_input(node, 0), dtype, bool(ctx.attr(node, "saturate", 1)))]
 
 
+def _bit_cast(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    """BitCast reinterprets bytes, so it is a CAST flagged ``bitcast`` (same element size only)."""
+    to = ctx.attr(node, "to")
+    if to is None:
+        raise ctx.invalid("attribute 'to' is missing")
+    x = ctx.required_input(node, 0)
+    dtype = onnx_to_numpy(int(to), f"BitCast node {ctx.node_label!r}")
+    if dtype.itemsize != ctx.dtype(x).itemsize:
+        raise ctx.invalid(f"cannot reinterpret {ctx.dtype(x)} ({ctx.dtype(x).itemsize} bytes) as {dtype} "
+                          f"({dtype.itemsize} bytes)")
+    return [ctx.emit1(Op.CAST, [x], CastAttrs(dtype, bitcast=True))]
+
+
 def _where(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     cond, a, b = (ctx.required_input(node, i) for i in range(3))
     if ctx.dtype(cond) != np.dtype(bool):
@@ -298,4 +311,5 @@ RULES: dict[str, Rule] = {
     "Max": _variadic_rule(BinaryFn.MAX), "Min": _variadic_rule(BinaryFn.MIN),
     "IsNaN": _is_nan, "IsInf": _is_inf, "BitwiseNot": _bitwise_not, "Shrink": _shrink,
     "ThresholdedRelu": _thresholded_relu, "Celu": _celu, "Cast": _cast, "CastLike": _cast_like, "Where": _where,
+    "BitCast": _bit_cast,
 }

@@ -306,7 +306,7 @@ KERNELS: dict[Op, Kernel] = {
     Op.UNARY: lambda a, xs: [apply_unary(a.fn, xs[0], a.alpha, a.beta)],
     Op.BINARY: lambda a, xs: [apply_binary(a.fn, xs[0], xs[1])],
     Op.SELECT: lambda a, xs: [np.where(xs[0], xs[1], xs[2]).astype(xs[1].dtype, copy=False)],
-    Op.CAST: lambda a, xs: [xs[0].astype(a.to)],
+    Op.CAST: lambda a, xs: [xs[0].view(a.to) if a.bitcast else xs[0].astype(a.to)],
     Op.REDUCE: _reduce,
     Op.ARG_REDUCE: _arg_reduce,
     Op.CUMULATIVE: _cumulative,

@@ -66,7 +66,7 @@ def _dtype_ok(node: Node, t: list[TensorType], o: list[TensorType]) -> bool:
     if op is Op.SELECT:
         return _movable(t[1].dtype)
     if op is Op.CAST:
-        return t[0].dtype in _CASTABLE and o[0].dtype in _CASTABLE
+        return t[0].dtype in _CASTABLE and o[0].dtype in _CASTABLE and not a.bitcast
     if op is Op.GATHER:
         return _movable(t[0].dtype) and t[1].dtype in _INTS
     if op is Op.SCATTER:
