@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BACKEND_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard backends/*/pyproject.toml))
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
-EXTRAS ?= cpu-x86,stream
+EXTRAS ?= cpu-x86,stream,deploy
 BUILD_DEPS := scikit-build-core nanobind ninja
 TEST_DEPS := pytest onnxruntime
 # One CMake build tree per backend and venv, reused between runs so rebuilds are incremental.

@@ -6,6 +6,7 @@ import random
 
 import pytest
 from oracle import OracleMatcher
+
 from walle_stream.automaton import TriggerAutomaton
 from walle_stream.errors import StreamConfigError
 from walle_stream.events import Event

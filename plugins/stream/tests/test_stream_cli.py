@@ -7,11 +7,11 @@ import json
 import click
 from click.testing import CliRunner
 from oracle import OracleMatcher
+
+from walle_core.cli.terminal import Terminal
 from walle_stream import Event, plugin
 from walle_stream.cli import stream_group
 from walle_stream.pattern import trigger_from_table
-
-from walle_core.cli.terminal import Terminal
 
 TASK = """
 name = "cart"

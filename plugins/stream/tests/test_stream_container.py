@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
+from walle_core.container import Container
 from walle_stream import EngineConfig, StreamEngine
 from walle_stream.container import ContainerSink
 from walle_stream.errors import StreamConfigError
 from walle_stream.tasks import load_task, task_from_table
-
-from walle_core.container import Container
 
 TASK = """
 name = "cart"

@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+
+import walle_core
 import walle_stream
 from walle_stream import EngineConfig, StreamEngine
 from walle_stream.gen import generate_events, write_jsonl
 from walle_stream.state import StateStore
 from walle_stream.tasks import load_tasks
-
-import walle_core
 
 TASK = """
 name = "{name}"

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 from oracle import OracleMatcher
-from test_automaton import random_trigger
-from test_windows import naive_value
+from test_stream_automaton import random_trigger
+from test_stream_windows import naive_value
+
 from walle_stream import EngineConfig, Event, ListSink, Pattern, StreamEngine
 from walle_stream.errors import StreamConfigError
 from walle_stream.gen import generate_events

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from walle_stream.errors import StreamConfigError
 from walle_stream.events import Event
 from walle_stream.windows import FeatureSpec, FeatureWindows, feature_from_table

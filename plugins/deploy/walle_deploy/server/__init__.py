@@ -1,0 +1,1 @@
+"""The deploy server: bundle store, release policies, push channels and the HTTP API."""
