@@ -189,3 +189,19 @@ def test_duplicate_and_unknown_trigger_names():
         Pattern.begin("x", type="a").followed_by("x", type="b")
     with pytest.raises(StreamConfigError, match="within"):
         Pattern.begin("x", type="a").trigger("t")
+
+
+def test_evict_reports_keys_that_lost_a_partial_match():
+    """A key that keeps other state but lost an expired match must be rewritten in durable
+    state, or a restart would bring the expired match back."""
+    short = Pattern.begin("a", type="a").followed_by("b", type="b").within(10).trigger("short")
+    long = Pattern.begin("c", type="c").followed_by("d", type="d").within(1000).trigger("long")
+    auto = TriggerAutomaton([short, long])
+    auto.process("u", Event("a", 0, "u"))
+    auto.process("u", Event("c", 5, "u"))
+    before = auto.dump_key("u")
+    assert len(before["active"]) == 2
+    assert auto.evict(horizon=100) == ["u"]
+    after = auto.dump_key("u")
+    assert [sig for sig, _, _ in after["active"]] == [sig for sig, _, _ in before["active"] if "|c" in sig]
+    assert auto.evict(horizon=101) == []  # nothing more to drop: no rewrite needed

@@ -329,14 +329,16 @@ class TriggerAutomaton:
     def evict(self, horizon: int, keys: Iterable[str] | None = None) -> list[str]:
         """Drop partial matches that can no longer complete, given that no future event of
         any key will have a clock below ``horizon``; forget keys left without state.
-        Returns the forgotten keys (so durable state can delete them too)."""
-        forgotten = []
+        Returns every key whose state changed (forgotten ones included), so durable state
+        can rewrite or delete them: a restart must not bring back what was evicted."""
+        changed = []
         for key in list(self.keys if keys is None else keys):
             ks = self.keys.get(key)
             if ks is None:
                 continue
             if ks.version != self.version:
                 self._reindex(ks)
+            before = len(ks.active) + len(ks.fresh)
             for node, state in list(ks.active.items()):
                 if horizon - state[1] > node.max_within:
                     self._drop(ks, node)
@@ -348,8 +350,10 @@ class TriggerAutomaton:
                 # a new KeyState behaves identically (any future start is after any past
                 # firing anyway)
                 del self.keys[key]
-                forgotten.append(key)
-        return forgotten
+                changed.append(key)
+            elif len(ks.active) + len(ks.fresh) != before:
+                changed.append(key)
+        return changed
 
     # -- durable state -----------------------------------------------------------------
 
