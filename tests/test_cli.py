@@ -137,7 +137,14 @@ def test_bench_json_reports_ordered_latencies(mlp_path):
 
 
 def test_demo_json_matches_onnx_reference():
-    report = invoke_json("demo")
+    """The core's own demo (the deploy plugin, when installed, replaces `walle demo` with the
+    whole device-cloud loop; that one is tested in plugins/deploy)."""
+    from walle_core.cli.demo import demo
+    from walle_core.cli.terminal import Terminal
+
+    result = CliRunner().invoke(demo, ["--json"], obj=Terminal(), catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
     image = np.random.default_rng(0).standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
     (expected,) = onnx.reference.ReferenceEvaluator(example_cnn(seed=0)).run(None, {"image": image})
     assert report["predictions"] == expected.argmax(axis=1).tolist()

@@ -35,7 +35,9 @@ from walle_deploy.task import check_name, check_version
 
 log = logging.getLogger("walle_deploy.agent")
 #: a hook the compute container will implement: called with the new ``current`` task
-#: directory; returning True means the task started, which is reported as ``running``
+#: directory before ``installed`` is reported; returning True means the task started, which
+#: is then reported as ``running``; raising :class:`TaskStartError` means it cannot start:
+#: the previous version is switched back and ``failed`` is reported instead
 InstallHook = Callable[[Path], Any]
 DOWNLOAD_ATTEMPTS = 4
 #: a report lost to an overloaded server would stall a stage that waits for it, so retry
@@ -44,6 +46,13 @@ REPORT_ATTEMPTS = 5
 
 class DownloadError(DeployError):
     """A bundle could not be pulled (HTTP error, network failure after retries)."""
+
+
+class TaskStartError(DeployError):
+    """Raised by an ``on_installed`` hook when the new version installed but cannot start
+    (its health check failed). The agent switches the previous version back in and reports
+    ``failed`` with this message, which is what lets the server's abort rule see a broken
+    release that verified and unpacked perfectly well."""
 
 
 @dataclass
@@ -349,14 +358,29 @@ class DeviceAgent:
             self._emit("failed", task=task, version=version, reason=str(exc))
             await self.report(release, "failed", str(exc))
             return
+        # the start hook runs before "installed" is reported: a version that cannot start
+        # must count as a failure, never as a success the stage may advance on
+        started = False
+        if self.on_installed is not None:
+            try:
+                started = self.on_installed(installed.path)
+                if inspect.isawaitable(started):
+                    started = await started
+            except TaskStartError as exc:
+                await self._start_failed(task, version, release, str(exc))
+                return
         self._emit("installed", task=task, version=version, digest=digest)
         await self.report(release, "installed")
-        if self.on_installed is not None:
-            started = self.on_installed(installed.path)
-            if inspect.isawaitable(started):
-                started = await started
-            if started:
-                await self.report(release, "running")
+        if started:
+            await self.report(release, "running")
+
+    async def _start_failed(self, task: str, version: str, release: int, reason: str) -> None:
+        """A version that cannot start must not stay current: go back to the one before it
+        (kept on disk, so no download), then report the failure."""
+        if self.installer.previous(task) is not None:
+            self.installer.rollback(task)
+        self._emit("failed", task=task, version=version, reason=reason)
+        await self.report(release, "failed", reason)
 
     async def download(self, url: str, digest: str) -> Path:
         """Pull a bundle into ``downloads/<digest>.part``, resuming a partial file with a
