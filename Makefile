@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BACKEND_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard backends/*/pyproject.toml))
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
-EXTRAS ?= cpu-x86,stream,deploy
+EXTRAS ?= cpu-x86,opencl,stream,deploy
 BUILD_DEPS := scikit-build-core nanobind ninja
 TEST_DEPS := pytest onnxruntime
 # One CMake build tree per backend and venv, reused between runs so rebuilds are incremental.
@@ -27,7 +27,11 @@ BENCH_THREADS ?= 1,2
 BENCH_MODELS ?=
 CONFORMANCE_DIR ?= $(BUILD)/conformance
 
-.PHONY: venv wheels install test demo bench conformance lint clean
+.PHONY: system-deps venv wheels install test demo bench conformance lint clean
+
+# apt packages the native builds and the tests need (a no-op when present)
+system-deps:
+	bash .ci/system-deps
 
 venv: $(VENV)/.walle-build-deps
 
@@ -37,7 +41,7 @@ $(VENV)/.walle-build-deps: Makefile
 	$(PIP) install $(BUILD_DEPS)
 	touch $@
 
-wheels: venv
+wheels: venv system-deps
 	rm -rf $(DIST)
 	$(PIP) wheel --no-deps --no-build-isolation --wheel-dir $(DIST) .
 	for dir in $(BACKEND_DIRS); do \
