@@ -60,3 +60,39 @@ def check_against_reference(model: onnx.ModelProto, feeds: Mapping[str, np.ndarr
         else:
             np.testing.assert_array_equal(g, e, err_msg=f"output {i}")
     return graph
+
+
+def assert_same_value(got, expected, where: str, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Compare one model output: an array, a list of arrays (sequence) or None (empty optional)."""
+    if expected is None:
+        assert got is None, f"{where}: expected None, got {type(got).__name__}"
+        return
+    if isinstance(expected, list):
+        assert isinstance(got, list), f"{where}: expected a list, got {type(got).__name__}"
+        assert len(got) == len(expected), f"{where}: {len(got)} elements, expected {len(expected)}"
+        for i, (g, e) in enumerate(zip(got, expected)):
+            assert_same_value(g, e, f"{where}[{i}]", rtol, atol)
+        return
+    e = np.asarray(expected)
+    assert isinstance(got, np.ndarray), f"{where}: expected an array, got {type(got).__name__}"
+    if e.dtype.kind in "OU":  # strings: onnx.reference may return NumPy unicode, ONNX has object arrays
+        assert got.dtype == object and got.shape == e.shape, f"{where}: {got.dtype}{got.shape} != strings{e.shape}"
+        assert got.tolist() == e.astype(object).tolist(), f"{where}: {got.tolist()} != {e.tolist()}"
+        return
+    assert got.dtype == e.dtype and got.shape == e.shape, f"{where}: {got.dtype}{got.shape} != {e.dtype}{e.shape}"
+    if np.issubdtype(e.dtype, np.floating):
+        np.testing.assert_allclose(got, e, rtol=rtol, atol=atol, err_msg=where)
+    else:
+        np.testing.assert_array_equal(got, e, err_msg=where)
+
+
+def check_session_against_reference(model: onnx.ModelProto, feeds: Mapping, backend: str = "auto",
+                                    rtol: float = 1e-5, atol: float = 1e-6, oracle: str = "reference") -> None:
+    """Run ``model`` through a session (sequence and optional values included) and compare every
+    output with onnx.reference (or ONNX Runtime: ``oracle="onnxruntime"``)."""
+    import walle_core as wc
+
+    expected = run_oracle(model, feeds, oracle)
+    got = wc.load(model, backend=backend).run(dict(feeds))
+    for name, e in zip([o.name for o in model.graph.output], expected):
+        assert_same_value(got[name], e, f"output {name!r}", rtol, atol)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from walle_core.decompose import raster
+from walle_core.decompose import linalg, raster
 from walle_core.decompose.context import LoweringContext
-from walle_core.errors import ModelError, UnsupportedOpError
+from walle_core.errors import ModelError, UnsupportedOpError, WalleError
 from walle_core.ir import GraphBuilder, TensorType
-from walle_core.ops import Op
+from walle_core.ops import CastAttrs, Op
 from walle_core.plugins import decomposition_rules
 from walle_core.reference import run_graph
 
@@ -200,3 +200,40 @@ def test_builtin_rules_come_through_the_plugin_hook() -> None:
     rules = decomposition_rules()
     for op_type in ("Conv", "ConvTranspose", "Gemm", "Softmax", "Pad", "Einsum", "TopK", "CumSum"):
         assert ("", op_type) in rules
+
+
+@pytest.mark.parametrize("src, dst", [(np.float32, np.int32), (np.int64, np.float64), (np.uint8, np.int8),
+                                      (bool, np.uint8), (np.float16, np.int16)])
+def test_cast_bitcast_reinterprets_bytes(src, dst) -> None:
+    x = data(2, 3).astype(src)
+    ctx, (name,) = runtime_ctx(x)
+    out = ctx.emit1(Op.CAST, [name], CastAttrs(np.dtype(dst), bitcast=True))
+    assert ctx.type_of(out) == TensorType(np.dtype(dst), (2, 3))
+    np.testing.assert_array_equal(run(ctx, out, x), x.view(dst))
+
+
+@pytest.mark.parametrize("src, dst", [(np.float32, np.int64), (np.int8, np.int16), (np.int64, object)])
+def test_cast_bitcast_needs_equal_element_sizes(src, dst) -> None:
+    ctx, (name,) = runtime_ctx(data(3).astype(src))
+    with pytest.raises(WalleError, match="bitcast"):
+        ctx.emit1(Op.CAST, [name], CastAttrs(np.dtype(dst), bitcast=True))
+
+
+def test_cpu_x86_declines_bitcast_but_takes_cast() -> None:
+    from walle_core.scheduler import schedule
+    from walle_core.session import resolve_backends
+
+    x = data(4)
+    for bitcast, backend in ((True, "reference"), (False, "cpu_x86")):
+        ctx, (name,) = runtime_ctx(x)
+        ctx.builder.graph.outputs = [ctx.emit1(Op.CAST, [name], CastAttrs(np.dtype(np.int32), bitcast=bitcast))]
+        segments = schedule(ctx.builder.graph, resolve_backends("cpu_x86", 1)).segments
+        assert [s.backend.name for s in segments] == [backend]
+
+
+def test_det_permutation_table() -> None:
+    """Leibniz terms: every permutation once, with the sign of its inversion count."""
+    index, signs = linalg._permutation_table(3)
+    assert index.shape == (6, 3) and len({tuple(r) for r in index.tolist()}) == 6
+    m = np.arange(9.0).reshape(3, 3) ** 2
+    assert np.isclose((m.reshape(-1)[index].prod(axis=1) * signs).sum(), np.linalg.det(m))

@@ -32,6 +32,7 @@ PASSING: dict[str, str] = {
     "Attention": "attention_.*",
     "AveragePool": "averagepool_2d_.* averagepool_1d_default",
     "BatchNormalization": "batchnorm_epsilon batchnorm_example",
+    "BitCast": "bitcast_.*",
     "BitShift": "bitshift_.*",
     "BitwiseAnd": "bitwise_and_.*",
     "BitwiseNot": "bitwise_not_.*",
@@ -45,7 +46,8 @@ PASSING: dict[str, str] = {
         "cast_FLOAT8E4M3FNUZ_to_FLOAT16 cast_FLOAT8E4M3FN_to_FLOAT "
         "cast_FLOAT8E4M3FN_to_FLOAT16 cast_FLOAT8E5M2FNUZ_to_FLOAT "
         "cast_FLOAT8E5M2FNUZ_to_FLOAT16 cast_FLOAT8E5M2_to_FLOAT cast_FLOAT8E5M2_to_FLOAT16 "
-        "cast_e8m0_FLOAT8E8M0_to_FLOAT cast_e8m0_FLOAT8E8M0_to_FLOAT16"
+        "cast_e8m0_FLOAT8E8M0_to_FLOAT cast_e8m0_FLOAT8E8M0_to_FLOAT16 cast_e8m0_FLOAT_to_FLOAT8E8M0 "
+        "cast_e8m0_FLOAT16_to_FLOAT8E8M0"
     ),
     "CastLike": "castlike_.*",
     "CausalConvWithState": "causal_conv_with_state_.*",
@@ -60,9 +62,9 @@ PASSING: dict[str, str] = {
     "Conv": "conv_.* basic_conv_with_padding basic_conv_without_padding",
     "ConvInteger": "convinteger_with.*",
     "ConvTranspose": (
-        "convtranspose convtranspose_1d convtranspose_autopad_same convtranspose_dilations "
+        "convtranspose convtranspose_1d convtranspose_3d convtranspose_autopad_same convtranspose_dilations "
         "convtranspose_group_2 convtranspose_group_2_image_3 convtranspose_kernel_shape "
-        "convtranspose_pad convtranspose_pads"
+        "convtranspose_output_shape convtranspose_pad convtranspose_pads"
     ),
     "Cos": "cos cos_example",
     "Cosh": "cosh.*",
@@ -70,17 +72,19 @@ PASSING: dict[str, str] = {
     "CumSum": "cumsum_.*",
     "DepthToSpace": "depthtospace_.*",
     "DequantizeLinear": "dequantizelinear.*",
+    "DeformConv": "basic_deform_conv_.* deform_conv_.*",
+    "Det": "det_.*",
     "Div": "div.*",
     "Dropout": "dropout_.*",
     "DynamicQuantizeLinear": "dynamicquantizelinear.*",
     "Einsum": (
-        "einsum_batch_matmul einsum_batch_matmul_bfloat16 einsum_inner_prod einsum_scalar "
+        "einsum_batch_diagonal einsum_batch_matmul einsum_batch_matmul_bfloat16 einsum_inner_prod einsum_scalar "
         "einsum_sum einsum_sum_bfloat16 einsum_transpose einsum_transpose_bfloat16"
     ),
     "Elu": "elu.*",
     "Equal": (
         "equal equal_bcast equal_int16 equal_int8 equal_uint16 equal_uint32 equal_uint64 "
-        "equal_uint8"
+        "equal_uint8 equal_string equal_string_broadcast"
     ),
     "Erf": "erf",
     "Exp": "exp exp_example",
@@ -106,13 +110,15 @@ PASSING: dict[str, str] = {
     "HardSigmoid": "hardsigmoid.*",
     "HardSwish": "hardswish.*",
     "Hardmax": "hardmax_.*",
-    "Identity": "identity",
+    "Identity": "identity identity_opt identity_sequence",
+    "If": "if if_opt if_seq",
     "InstanceNormalization": "instancenorm_e.*",
     "IsInf": "isinf.*",
     "IsNaN": "isnan.*",
     "LRN": "lrn.*",
     "LayerNormalization": "layer_normalization_.*",
     "LeakyRelu": "leakyrelu.*",
+    "Loop": "loop11 loop13_seq",
     "Less": "less less_bcast less_int16 less_int8 less_uint16 less_uint32 less_uint64 less_uint8",
     "LessOrEqual": "less_equal.*",
     "Log": "log log_example",
@@ -124,7 +130,8 @@ PASSING: dict[str, str] = {
     "MatMul": "matmul_.*",
     "MatMulInteger": "matmulinteger",
     "Max": "max_.*",
-    "MaxPool": "maxpool_2d_.* maxpool_1d_default",
+    "MaxPool": "maxpool_2d_.* maxpool_1d_default maxpool_with_argmax_.*",
+    "MelWeightMatrix": "melweightmatrix",
     "Mean": "mean_.*",
     "MeanVarianceNormalization": "mvn.*",
     "Min": "min_.*",
@@ -136,6 +143,8 @@ PASSING: dict[str, str] = {
     "NonZero": "nonzero_example",
     "Not": "not_.*",
     "OneHot": "onehot_.*",
+    "OptionalGetElement": "optional_get_element_.*",
+    "OptionalHasElement": "optional_has_element_.*",
     "Or": "or.*",
     "PRelu": "prelu_.*",
     "Pad": "constant_.* edge_pad reflect_pad wrap_pad",
@@ -177,10 +186,14 @@ PASSING: dict[str, str] = {
     "ReverseSequence": "reversesequence_.*",
     "RotaryEmbedding": "rotary_embedding.*",
     "Round": "round",
+    "Scan": "scan_sum scan9_.*",
+    "RoiAlign": "roialign_.*",
     "Scatter": "scatter_with.*",
     "ScatterElements": "scatter_elements_with.*",
     "ScatterND": "scatternd.*",
     "Selu": "selu.*",
+    "SequenceInsert": "sequence_insert_.*",
+    "SequenceMap": "sequence_map_.*",
     "Shape": "shape.*",
     "Shrink": "shrink_.*",
     "Sigmoid": "sigmoid.*",
@@ -199,8 +212,11 @@ PASSING: dict[str, str] = {
         "split_2d_uneven_split_opset18 split_zero_size_splits_opset13 "
         "split_zero_size_splits_opset18"
     ),
+    "SplitToSequence": "split_to_sequence_.*",
     "Sqrt": "sqrt.*",
     "Squeeze": "squeeze.*",
+    "StringConcat": "string_concat.*",
+    "StringNormalizer": "strnormalizer_nostopwords_nochangecase",
     "Sub": "sub.*",
     "Sum": "sum_.*",
     "SwiGLU": "swiglu.*",
@@ -208,6 +224,7 @@ PASSING: dict[str, str] = {
     "Tan": "tan tan_example",
     "Tanh": "tanh.*",
     "TensorScatter": "tensorscatter.*",
+    "TfIdfVectorizer": "tfidfvectorizer_.*",
     "ThresholdedRelu": "thresholdedrelu.*",
     "Tile": "tile.*",
     "TopK": "top_k.*",
@@ -218,6 +235,8 @@ PASSING: dict[str, str] = {
     "Upsample": "upsample_nearest",
     "Where": "where_.*",
     "Xor": "xor.*",
+    "ai.onnx.ml.LabelEncoder": "ai_onnx_ml_label_encoder_.*",
+    "ai.onnx.ml.TreeEnsemble": "ai_onnx_ml_tree_ensemble_.*",
     "ai.onnx.preview.FlexAttention": "flexattention.*",
 }
 

@@ -180,3 +180,56 @@ def test_info_reports_decompositions():
     assert "conv2d" in info["atomic_ops"]
     assert set(info["decompositions"]) <= set(info["onnx_ops"])
     assert info["outputs"] == ["prob"]
+
+
+def _sequence_model() -> onnx.ModelProto:
+    """y = concat(seq, axis 0) + t; also returns the sequence with t appended, and o passed through."""
+    opt = helper.make_optional_type_proto(helper.make_tensor_type_proto(TensorProto.INT64, [2]))
+    graph = helper.make_graph(
+        [helper.make_node("ConcatFromSequence", ["seq"], ["cat"], axis=0),
+         helper.make_node("Add", ["cat", "t"], ["y"]),
+         helper.make_node("SequenceInsert", ["seq", "t"], ["more"]),
+         helper.make_node("Identity", ["o"], ["o_out"])],
+        "seq",
+        [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 3]),
+         helper.make_value_info("o", opt)],
+        [helper.make_empty_tensor_value_info(n) for n in ("y", "more", "o_out")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_sequence_and_optional_inputs_and_outputs():
+    sess = wc.load(_sequence_model())
+    assert [(s.name, s.kind) for s in sess.inputs] == [("seq", "sequence"), ("t", "tensor"), ("o", "optional")]
+    t = np.arange(3, dtype=np.float32).reshape(1, 3)
+    seq = [np.ones((2, 3), np.float32), np.full((1, 3), 2, np.float32)]
+    out = sess.run({"seq": seq, "t": t, "o": np.array([4, 5], np.int64)})
+    np.testing.assert_array_equal(out["y"], np.concatenate(seq) + t)
+    assert [a.tolist() for a in out["more"]] == [a.tolist() for a in [*seq, t]]
+    assert out["o_out"].tolist() == [4, 5]
+    assert sess.run({"seq": seq, "t": t, "o": None})["o_out"] is None
+
+
+def test_sequence_plans_are_keyed_by_length_and_element_shapes():
+    sess = wc.load(_sequence_model(), backend="reference")
+    t = np.zeros((1, 3), np.float32)
+    first = sess.plan_for({"seq": [np.zeros((2, 3), np.float32)], "t": t, "o": None})
+    assert first.graph.inputs == ["seq[0]", "t"]  # the IR holds tensors only
+    assert sess.plan_for({"seq": [np.ones((2, 3), np.float32)], "t": t, "o": None}) is first
+    longer = sess.plan_for({"seq": [np.zeros((2, 3), np.float32)] * 2, "t": t, "o": None})
+    wider = sess.plan_for({"seq": [np.zeros((4, 3), np.float32)], "t": t, "o": None})
+    present = sess.plan_for({"seq": [np.zeros((2, 3), np.float32)], "t": t, "o": np.zeros(2, np.int64)})
+    assert len({id(first), id(longer), id(wider), id(present)}) == 4
+    assert longer.graph.inputs == ["seq[0]", "seq[1]", "t"] and "o" in present.graph.inputs
+
+
+@pytest.mark.parametrize("feeds,message", [
+    ({"seq": np.zeros((1, 3), np.float32)}, "'seq': a sequence input takes a list of arrays"),
+    ({"seq": [np.zeros((1, 3), np.float64)]}, "'seq\\[0\\]': dtype float64 does not match float32"),
+    ({"seq": [], "t": None}, "'t': None given for a tensor input"),
+    ({"o": np.zeros(2, np.float32)}, "'o': dtype float32 does not match int64"),
+])
+def test_bad_sequence_and_optional_feeds_are_clear_errors(feeds, message):
+    good = {"seq": [np.zeros((1, 3), np.float32)], "t": np.zeros((1, 3), np.float32), "o": None}
+    with pytest.raises(WalleError, match=message):
+        wc.load(_sequence_model(), backend="reference").run({**good, **feeds})

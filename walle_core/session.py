@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,14 +22,26 @@ from walle_core.ir import Graph, TensorType
 from walle_core.optimize import optimize
 from walle_core.scheduler import Schedule, schedule
 
+if TYPE_CHECKING:
+    from walle_core.onnx.lower import OutputSlot
+
 BackendChoice = str | Sequence[str]
 
 
 @dataclass(frozen=True)
 class InputSpec:
+    """A model input. ``kind`` says what to feed: "tensor" an array; "sequence" a list of
+    arrays; "optional" an array or None; "optional_sequence" a list or None. ``dtype`` and
+    ``shape`` describe the tensor (or each element); element shapes are not enforced."""
+
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...]  # str / None: a symbolic dimension
+    kind: str = "tensor"
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.kind in ("sequence", "optional_sequence")
 
 
 @dataclass
@@ -39,6 +51,8 @@ class Plan:
     graph: Graph
     schedule: Schedule
     executables: list[Executable]
+    #: how the flat graph outputs form the model's outputs; None: one tensor each
+    layout: list[OutputSlot] | None = None
 
     @property
     def segments(self) -> list[tuple[str, list]]:
@@ -48,7 +62,20 @@ class Plan:
     def copies(self) -> int:
         return self.schedule.copies
 
+    def outputs(self, flat: list[np.ndarray]) -> list[Any]:
+        """The model's outputs from the flat graph outputs: arrays, lists (sequences) or None."""
+        if self.layout is None:
+            return flat
+        result: list[Any] = []
+        at = 0
+        for slot in self.layout:
+            part = flat[at:at + slot.count]
+            at += slot.count
+            result.append(part[0] if slot.kind == "tensor" else part if slot.kind == "sequence" else None)
+        return result
+
     def execute(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run with ``feeds`` keyed by IR input name; returns the flat graph outputs."""
         graph = self.graph
         # every value, per memory domain it currently lives in (a tensor crosses at most once)
         values: dict[str, dict[str, Any]] = {name: {"host": v} for name, v in feeds.items()}
@@ -109,6 +136,23 @@ class _ValuePlans:
             self.plans[key] = plan
 
 
+def _array(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype != dtype:
+        raise WalleError(f"input {name!r}: dtype {array.dtype} does not match {dtype}")
+    return np.asarray(array, order="C")
+
+
+def _signature(spec: InputSpec, value: Any) -> Any:
+    """The part of a plan's key one input contributes: its shape; for a sequence its length
+    and element shapes; for an optional whether it is present."""
+    if value is None:
+        return None
+    if spec.is_sequence:
+        return ("sequence", tuple(tuple(getattr(item, "shape", item)) for item in value))
+    return tuple(getattr(value, "shape", value))
+
+
 def resolve_backends(backend: BackendChoice, threads: int) -> list[Backend]:
     """Instantiate the backends named by ``backend``, in preference order. The reference
     backend always comes last, as the fallback for ops the others decline."""
@@ -136,7 +180,8 @@ def resolve_backends(backend: BackendChoice, threads: int) -> list[Backend]:
 class Session:
     """A loaded model. ``run`` is thread-safe; plans are shared between threads."""
 
-    def __init__(self, model: Any, backend: BackendChoice = "auto", threads: int = 1) -> None:
+    def __init__(self, model: Any, backend: BackendChoice = "auto", threads: int = 1,
+                 search: str = "first") -> None:
         from walle_core.onnx import load_model
 
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
@@ -144,11 +189,18 @@ class Session:
         self._rules = plugins.decomposition_rules()
         self.model.check_supported(self._rules)
         self.backends = resolve_backends(backend, self.threads)
-        self.inputs = [InputSpec(s.name, np.dtype(s.dtype), tuple(s.shape)) for s in self.model.inputs]
+        if search not in ("first", "cost"):
+            raise WalleError(f"search must be 'first' or 'cost', got {search!r}")
+        self._assigner = None
+        if search == "cost":
+            from walle_core.search import CostAssigner
+
+            self._assigner = CostAssigner()
+        self.inputs = [InputSpec(s.name, np.dtype(s.dtype), tuple(s.shape), s.kind) for s in self.model.inputs]
         self.output_names = list(self.model.output_names)
         self._plans: dict[tuple, Plan | _ValuePlans] = {}
         self._lock = threading.Lock()
-        if all(isinstance(d, int) for spec in self.inputs for d in spec.shape):
+        if all(spec.kind == "tensor" and all(isinstance(d, int) for d in spec.shape) for spec in self.inputs):
             # static model: plan now, so every error surfaces at load time (unless the plan
             # depends on input values, which only a run provides)
             try:
@@ -158,9 +210,10 @@ class Session:
 
     # -- planning ---------------------------------------------------------------------
     def _plan(self, feeds: Mapping[str, Any]) -> Plan:
-        """The plan for ``feeds`` (arrays, or bare shapes when no value is needed)."""
-        shapes = {name: tuple(getattr(v, "shape", v)) for name, v in feeds.items()}
-        key = tuple(shapes[spec.name] for spec in self.inputs)
+        """The plan for ``feeds`` (arrays, or bare shapes when no value is needed; a list of
+        those for a sequence, None for an absent optional), keyed by ONNX input name."""
+        key = tuple(_signature(spec, feeds[spec.name]) for spec in self.inputs)
+        feeds = self._flatten(feeds)
         entry = self._plans.get(key)
         if isinstance(entry, Plan):
             return entry
@@ -174,7 +227,7 @@ class Session:
                 return entry
             if isinstance(entry, _ValuePlans) and entry.get(feeds) is not None:
                 return entry.get(feeds)  # type: ignore[return-value]
-            plan = self._build_plan(shapes, feeds)
+            plan = self._build_plan(key, feeds)
             if plan.graph.value_inputs:
                 if not isinstance(entry, _ValuePlans):
                     entry = self._plans[key] = _ValuePlans(tuple(plan.graph.value_inputs))
@@ -183,52 +236,86 @@ class Session:
                 self._plans[key] = plan
         return plan
 
-    def _build_plan(self, shapes: Mapping[str, tuple[int, ...]], feeds: Mapping[str, Any]) -> Plan:
-        from walle_core.onnx import lower
+    def _build_plan(self, key: tuple, feeds: Mapping[str, Any]) -> Plan:
+        from walle_core.onnx import lower_with_layout
 
-        types = {spec.name: TensorType(spec.dtype, tuple(shapes[spec.name])) for spec in self.inputs}
+        types: dict[str, Any] = {}
+        for spec, sig in zip(self.inputs, key):
+            if sig is None:
+                types[spec.name] = None
+            elif spec.is_sequence:
+                types[spec.name] = [TensorType(spec.dtype, shape) for shape in sig[1]]
+            else:
+                types[spec.name] = TensorType(spec.dtype, sig)
         values = {name: v for name, v in feeds.items() if isinstance(v, np.ndarray)}
-        graph = optimize(lower(self.model, types, self._rules, input_values=values))
-        sched = schedule(graph, self.backends)
+        graph, layout = lower_with_layout(self.model, types, self._rules, input_values=values)
+        graph = optimize(graph)
+        sched = schedule(graph, self.backends, self._assigner)
         executables = [s.backend.compile(s.segment) for s in sched.segments]
-        return Plan(graph, sched, executables)
+        return Plan(graph, sched, executables, layout)
+
+    def _flatten(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Feeds keyed by IR input: sequence elements get their own inputs, absent optionals none."""
+        from walle_core.onnx import element_name
+
+        flat: dict[str, Any] = {}
+        for spec in self.inputs:
+            value = feeds[spec.name]
+            if value is None:
+                continue
+            if spec.is_sequence:
+                flat.update({element_name(spec.name, i): item for i, item in enumerate(value)})
+            else:
+                flat[spec.name] = value
+        return flat
 
     def plan_for(self, feeds: Mapping[str, Any]) -> Plan:
         """The plan that ``run(feeds)`` would use (arrays or bare shapes accepted)."""
-        self._check_shapes({name: tuple(getattr(v, "shape", v)) for name, v in feeds.items()})
+        self._check_feeds(feeds)
         return self._plan(feeds)
 
     # -- running ----------------------------------------------------------------------
-    def _check_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> None:
         expected = {spec.name for spec in self.inputs}
-        missing = expected - set(shapes)
-        extra = set(shapes) - expected
+        missing = expected - set(feeds)
+        extra = set(feeds) - expected
         if missing or extra:
             raise WalleError(f"inputs mismatch: missing {sorted(missing)}, unexpected {sorted(extra)}")
         for spec in self.inputs:
-            shape = shapes[spec.name]
-            if len(shape) != len(spec.shape) or any(
+            value = feeds[spec.name]
+            if value is None:
+                if not spec.kind.startswith("optional"):
+                    raise WalleError(f"input {spec.name!r}: None given for a {spec.kind} input")
+                continue
+            if spec.is_sequence:
+                if not isinstance(value, (list, tuple)):
+                    raise WalleError(f"input {spec.name!r}: a sequence input takes a list of arrays, "
+                                     f"got {type(value).__name__}")
+                continue
+            shape = tuple(getattr(value, "shape", value))
+            if spec.kind == "tensor" and (len(shape) != len(spec.shape) or any(
                 isinstance(d, int) and d != s for d, s in zip(spec.shape, shape)
-            ):
+            )):
                 raise WalleError(f"input {spec.name!r}: shape {tuple(shape)} does not match {spec.shape}")
 
-    def _prepare(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        arrays = {}
+    def _prepare(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Feeds as C-contiguous arrays of the declared dtype (lists of them for sequences)."""
+        prepared: dict[str, Any] = dict(feeds)
         for spec in self.inputs:
-            if spec.name not in feeds:
+            value = feeds.get(spec.name)
+            if value is None:
                 continue
-            value = np.asarray(feeds[spec.name])
-            if value.dtype != spec.dtype:
-                raise WalleError(f"input {spec.name!r}: dtype {value.dtype} does not match {spec.dtype}")
-            arrays[spec.name] = np.asarray(value, order="C")
-        for name in feeds:
-            arrays.setdefault(name, feeds[name])
-        return arrays
+            if spec.is_sequence and isinstance(value, (list, tuple)):
+                prepared[spec.name] = [_array(f"{spec.name}[{i}]", item, spec.dtype) for i, item in enumerate(value)]
+            elif not spec.is_sequence:
+                prepared[spec.name] = _array(spec.name, value, spec.dtype)
+        return prepared
 
-    def run(self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def run(self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Run the model. Sequence outputs come back as lists of arrays, absent optionals as None."""
         arrays = self._prepare(feeds)
         plan = self.plan_for(arrays)
-        outputs = dict(zip(self.output_names, plan.execute(arrays)))
+        outputs = dict(zip(self.output_names, plan.outputs(plan.execute(self._flatten(arrays)))))
         if output_names is None:
             return outputs
         unknown = [n for n in output_names if n not in outputs]
@@ -240,8 +327,9 @@ class Session:
     def info(self, feeds: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Op histograms and how each ONNX op type decomposed (at ``feeds``' shapes, or the
         static / all-ones shapes)."""
-        if feeds is None:
-            feeds = {s.name: tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in self.inputs}
+        if feeds is None:  # sequences empty, optionals absent
+            feeds = {s.name: [] if s.kind == "sequence" else None if s.kind.startswith("optional")
+                     else tuple(d if isinstance(d, int) else 1 for d in s.shape) for s in self.inputs}
         plan = self.plan_for(feeds)
         decompositions: dict[str, dict[str, int]] = {}
         for node in plan.graph.nodes:
@@ -258,7 +346,9 @@ class Session:
         }
 
 
-def load(model: Any, backend: BackendChoice = "auto", threads: int = 1) -> Session:
+def load(model: Any, backend: BackendChoice = "auto", threads: int = 1, search: str = "first") -> Session:
     """Load an ONNX model (path, bytes or ``onnx.ModelProto``) for ``backend`` ("auto", a
-    backend name, or a list of names in preference order)."""
-    return Session(model, backend=backend, threads=threads)
+    backend name, or a list of names in preference order). ``search="first"`` gives each op
+    to the first backend that supports it; ``"cost"`` minimises the estimated time across
+    the backends, transfers included (see ``walle_core.search``)."""
+    return Session(model, backend=backend, threads=threads, search=search)

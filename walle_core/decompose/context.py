@@ -9,6 +9,7 @@ Shape -> Gather -> Concat chains: by the time a rule asks, the chain has already
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,26 @@ from walle_core.ops import Op
 from walle_core.reference.kernels import evaluate
 from walle_core.shapes import infer_types
 
-Rule = Callable[["LoweringContext", onnx.NodeProto], list[str]]
+
+@dataclass(frozen=True)
+class SequenceValue:
+    """An ONNX sequence while lowering: the IR tensors it holds, in order. Sequences never
+    reach the IR; sequence ops only rearrange this list, so their positions must be known."""
+
+    items: tuple[str, ...]
+    dtype: np.dtype  # element type, needed when the sequence is empty
+
+
+@dataclass(frozen=True)
+class NoneValue:
+    """An ONNX optional without a value. An optional *with* a value is just that value."""
+
+
+#: what an ONNX value is while lowering: an IR tensor name, a sequence, or an empty optional
+Value = str | SequenceValue | NoneValue
+NONE = NoneValue()
+
+Rule = Callable[["LoweringContext", onnx.NodeProto], list[Value]]
 
 #: constants folded during lowering are capped so an Expand/Tile of a constant cannot blow up
 #: memory at load time; past this the node is emitted and runs like any other
@@ -37,7 +57,7 @@ class LoweringContext:
                  input_values: Mapping[str, np.ndarray] | None = None) -> None:
         self.builder = builder
         self.opsets = dict(opsets or {"": 17})
-        self.names: dict[str, str] = {}  # ONNX tensor name -> IR tensor name
+        self.names: dict[str, Value] = {}  # ONNX value name -> IR tensor name (or sequence/optional)
         #: run-time values offered for graph inputs; one is only used once a rule needs it
         self._offered = dict(input_values or {})
         #: values known beyond the graph's constants: specialised graph inputs, and run-time
@@ -83,10 +103,26 @@ class LoweringContext:
 
     # -- node inputs and attributes --------------------------------------------------
     def input(self, node: onnx.NodeProto, i: int) -> str:
-        """IR name of input ``i``; "" when absent or omitted."""
-        if i >= len(node.input) or not node.input[i]:
+        """IR name of tensor input ``i``; "" when absent or omitted."""
+        value = self.value(node, i)
+        if value is None:
             return ""
+        if not isinstance(value, str):
+            kind = "a sequence" if isinstance(value, SequenceValue) else "an empty optional"
+            raise self.invalid(f"input {i} ({node.input[i]!r}) is {kind}, a tensor is expected")
+        return value
+
+    def value(self, node: onnx.NodeProto, i: int) -> Value | None:
+        """Input ``i`` whatever its kind (tensor, sequence, empty optional); None when omitted."""
+        if i >= len(node.input) or not node.input[i]:
+            return None
         return self.names[node.input[i]]
+
+    def sequence_input(self, node: onnx.NodeProto, i: int) -> SequenceValue:
+        value = self.value(node, i)
+        if not isinstance(value, SequenceValue):
+            raise self.invalid(f"input {i} must be a sequence")
+        return value
 
     def required_input(self, node: onnx.NodeProto, i: int) -> str:
         name = self.input(node, i)

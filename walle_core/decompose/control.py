@@ -46,7 +46,9 @@ def _stack(ctx: LoweringContext, items: list[str], axis: int = 0) -> str:
 def _loop(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     body = _graph(ctx, node, "body")
     trip, cond = ctx.input(node, 0), ctx.input(node, 1)
-    carried = [ctx.required_input(node, i) for i in range(2, len(node.input))]
+    carried = [ctx.value(node, i) for i in range(2, len(node.input))]
+    if any(v is None for v in carried):
+        raise ctx.invalid("a loop-carried input is missing")
     limit = int(_scalar(ctx, trip, "the trip count M")) if trip else None
     running = bool(_scalar(ctx, cond, "the loop condition")) if cond else True
     n_carried = len(carried)
@@ -75,22 +77,53 @@ def _loop(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
 
 
 def _scan(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-    if ctx.opset < 9:
-        raise ctx.unsupported("Scan-8 (batched, with sequence_lens) is not supported")
     body = _graph(ctx, node, "body")
     n_scan = ctx.attr(node, "num_scan_inputs")
     if n_scan is None:
         raise ctx.invalid("attribute 'num_scan_inputs' is missing")
+    if ctx.opset < 9:
+        return _scan8(ctx, node, body, n_scan)
     inputs = [ctx.required_input(node, i) for i in range(len(node.input))]
     n_state = len(inputs) - n_scan
     if n_state < 0 or len(body.input) != len(inputs):
         raise ctx.invalid("the body's inputs do not match the node's")
-    states, seqs = inputs[:n_state], inputs[n_state:]
-    in_axes = ctx.ints_attr(node, "scan_input_axes", [0] * n_scan)
-    in_dirs = ctx.ints_attr(node, "scan_input_directions", [0] * n_scan)
     n_out = len(body.output) - n_state
-    out_axes = ctx.ints_attr(node, "scan_output_axes", [0] * n_out)
-    out_dirs = ctx.ints_attr(node, "scan_output_directions", [0] * n_out)
+    return _unroll(ctx, body, inputs[:n_state], inputs[n_state:],
+                   ctx.ints_attr(node, "scan_input_axes", [0] * n_scan),
+                   ctx.ints_attr(node, "scan_input_directions", [0] * n_scan),
+                   ctx.ints_attr(node, "scan_output_axes", [0] * n_out),
+                   ctx.ints_attr(node, "scan_output_directions", [0] * n_out))
+
+
+def _scan8(ctx: LoweringContext, node: onnx.NodeProto, body: onnx.GraphProto, n_scan: int) -> list[str]:
+    """Scan-8: every input has a leading batch axis (scan inputs are [batch, steps, ...]); each
+    batch element is scanned on its own and the results are stacked back along the batch."""
+    inputs = [ctx.required_input(node, i) for i in range(1, len(node.input))]
+    n_state = len(inputs) - n_scan
+    if n_state < 0 or len(body.input) != len(inputs) or any(ctx.rank(x) < 2 for x in inputs[n_state:]):
+        raise ctx.invalid("the body's inputs do not match the node's")
+    if ctx.input(node, 0):  # only full-length sequences: a shorter one would need masking per step
+        lens = ctx.required_value(ctx.input(node, 0), "input 0 (sequence_lens)")
+        steps = {ctx.shape(x)[1] for x in inputs[n_state:]}
+        if lens.size and (len(steps) != 1 or (lens != next(iter(steps))).any()):
+            raise ctx.unsupported(f"sequence_lens {lens.tolist()} shorter than the scan inputs")
+    batches = {ctx.shape(x)[0] for x in inputs}
+    if len(batches) != 1:
+        raise ctx.invalid(f"inputs have different batch sizes {sorted(batches)}")
+    directions = ctx.ints_attr(node, "directions", [0] * n_scan)
+    n_out = len(body.output) - n_state
+    per_batch = []
+    for b in range(batches.pop()):
+        row = [raster.squeeze(ctx, raster.slice_axes(ctx, x, [b], [b + 1], [0]), [0]) for x in inputs]
+        per_batch.append(_unroll(ctx, body, row[:n_state], row[n_state:], [0] * n_scan, directions,
+                                 [0] * n_out, [0] * n_out))
+    return [_stack(ctx, list(outs)) if all(outs) else "" for outs in zip(*per_batch)]
+
+
+def _unroll(ctx: LoweringContext, body: onnx.GraphProto, states: list[str], seqs: list[str],
+            in_axes: list[int], in_dirs: list[int], out_axes: list[int], out_dirs: list[int]) -> list[str]:
+    """Run ``body`` once per step along the scan inputs' axes: final states, then scan outputs."""
+    n_state, n_out = len(states), len(body.output) - len(states)
     in_axes = [ctx.axis(a, ctx.rank(x)) for a, x in zip(in_axes, seqs)]
     lengths = {ctx.shape(x)[a] for x, a in zip(seqs, in_axes)}
     if len(lengths) != 1:

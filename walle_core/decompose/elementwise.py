@@ -267,17 +267,58 @@ def cast_saturating(ctx: LoweringContext, x: str, dtype: np.dtype, saturate: boo
     return cast(ctx, x, dtype)
 
 
+def cast_to_e8m0(ctx: LoweringContext, x: str, saturate: bool, round_mode: str) -> str:
+    """float -> float8_e8m0fnu (a bare power-of-two exponent) with ONNX's rounding modes.
+
+    The e8m0 byte is float32's biased exponent field, so the cast works on float32's bits:
+    the exponent is bumped when the fraction rounds up ("up": any fraction; "nearest": guard
+    bit set and round/sticky/lsb set), never past the largest finite value when saturating;
+    NaN and infinity keep the all-ones exponent, which is e8m0's NaN.
+    """
+    if round_mode not in ("up", "down", "nearest"):
+        raise ctx.invalid(f"round_mode {round_mode!r} must be 'up', 'down' or 'nearest'")
+    i32 = np.dtype(np.int32)
+    bits = ctx.emit1(Op.CAST, [cast(ctx, x, np.dtype(np.float32))], CastAttrs(i32, bitcast=True))
+
+    def masked(mask: int) -> str:
+        return binary(ctx, BinaryFn.BIT_AND, bits, ctx.constant(np.array(mask, i32)))
+
+    def nonzero(v: str) -> str:
+        return binary(ctx, BinaryFn.NE, v, ctx.constant(np.array(0, i32)))
+
+    exponent = binary(ctx, BinaryFn.BIT_AND, binary(ctx, BinaryFn.SHR, bits, ctx.constant(np.array(23, i32))),
+                      ctx.constant(np.array(0xFF, i32)))
+    if round_mode != "down":
+        if round_mode == "up":
+            up = nonzero(masked(0x7FFFFF))
+        else:
+            tail = binary(ctx, BinaryFn.OR, nonzero(masked(0x200000)), nonzero(masked(0x1FFFFF)))
+            tail = binary(ctx, BinaryFn.OR, tail, binary(ctx, BinaryFn.GT, exponent, ctx.constant(np.array(0, i32))))
+            up = binary(ctx, BinaryFn.AND, nonzero(masked(0x400000)), tail)
+        # never round NaN/infinity, nor (when saturating) the largest exponent past itself
+        ceiling = 0xFE if saturate else 0xFF
+        up = binary(ctx, BinaryFn.AND, up, binary(ctx, BinaryFn.LT, exponent, ctx.constant(np.array(ceiling, i32))))
+        exponent = binary(ctx, BinaryFn.ADD, exponent, cast(ctx, up, i32))
+    byte = cast(ctx, exponent, np.dtype(np.uint8))
+    return ctx.emit1(Op.CAST, [byte], CastAttrs(np.dtype(ml_dtypes.float8_e8m0fnu), bitcast=True))
+
+
+def _cast_node(ctx: LoweringContext, node: onnx.NodeProto, dtype: np.dtype) -> str:
+    x, saturate = ctx.required_input(node, 0), bool(ctx.attr(node, "saturate", 1))
+    if dtype == np.dtype(ml_dtypes.float8_e8m0fnu) and is_float(ctx.dtype(x)):
+        return cast_to_e8m0(ctx, x, saturate, ctx.attr(node, "round_mode", "up"))
+    return cast_saturating(ctx, x, dtype, saturate)
+
+
 def _cast(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     to = ctx.attr(node, "to")
     if to is None:
         raise ctx.invalid("attribute 'to' is missing")
-    dtype = onnx_to_numpy(int(to), f"Cast node {ctx.node_label!r}")
-    return [cast_saturating(ctx, ctx.required_input(node, 0), dtype, bool(ctx.attr(node, "saturate", 1)))]
+    return [_cast_node(ctx, node, onnx_to_numpy(int(to), f"Cast node {ctx.node_label!r}"))]
 
 
 def _cast_like(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-    dtype = ctx.dtype(ctx.required_input(node, 1))
-    return [cast_saturating(ctx, ctx.required_input(node, 0), dtype, bool(ctx.attr(node, "saturate", 1)))]
+    return [_cast_node(ctx, node, ctx.dtype(ctx.required_input(node, 1)))]
 
 
 def _bit_cast(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from walle_core.decompose import raster, volumetric
+from walle_core.decompose import pool_indices, raster, volumetric
 from walle_core.decompose.context import LoweringContext, Rule
 from walle_core.decompose.elementwise import binary, cast, unary
 from walle_core.ops import (
@@ -128,8 +128,6 @@ def _conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     in/out-swapped kernel; explicit pads crop the full output (negative conv pads)."""
     x, w, b = ctx.required_input(node, 0), ctx.required_input(node, 1), ctx.input(node, 2)
     nd = _spatial_rank(ctx, x)
-    if nd == 3:
-        raise ctx.unsupported("3-D ConvTranspose is not supported")
     if ctx.rank(w) != nd + 2:
         raise ctx.invalid(f"weight rank {ctx.rank(w)} does not match input rank {ctx.rank(x)}")
     group = int(ctx.attr(node, "group", 1))
@@ -152,9 +150,11 @@ def _conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     auto_pad = ctx.attr(node, "auto_pad", "NOTSET")
     if output_shape is not None or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         target = output_shape[-nd:] if output_shape is not None else [i * s for i, s in zip(spatial, strides)]
+        # a target beyond the full output gives negative pads: the conv then reaches further,
+        # adding outputs that only see zeros (and the bias), as ONNX's padding formula implies
         totals = [f - t for f, t in zip(full, target)]
-        if any(t < 0 for t in totals):
-            raise ctx.unsupported(f"output_shape {target} is larger than the full output {full}")
+        if len(target) != nd or any(t <= 0 for t in target):
+            raise ctx.invalid(f"output_shape {output_shape} must end in {nd} positive sizes")
         upper = auto_pad == "SAME_UPPER"
         begins = [t // 2 if upper else t - t // 2 for t in totals]
         ends = [t - bg for t, bg in zip(totals, begins)]
@@ -168,44 +168,47 @@ def _conv_transpose(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     if nd == 1:
         strides, dilations, kernel, spatial = [1, *strides], [1, *dilations], [1, *kernel], [1, *spatial]
         out_pad, begins, ends = [0, *out_pad], [0, *begins], [0, *ends]
-    x4 = _zero_insert(ctx, _to_2d(ctx, x), strides)
-    w4 = _flipped_kernel(ctx, _to_2d(ctx, w), group, og)
+    xz = _zero_insert(ctx, x if nd == 3 else _to_2d(ctx, x), strides)
+    wf = _flipped_kernel(ctx, w if nd == 3 else _to_2d(ctx, w), group, og)
     # conv pads around the zero-inserted input: full reach of the kernel, minus the crop
     conv_begin = [(k - 1) * d - bg for k, d, bg in zip(kernel, dilations, begins)]
     conv_end = [(k - 1) * d - e + p for k, d, e, p in zip(kernel, dilations, ends, out_pad)]
-    attrs = Conv2DAttrs(pads=(max(conv_begin[0], 0), max(conv_begin[1], 0), max(conv_end[0], 0),
-                              max(conv_end[1], 0)),
-                        dilations=(dilations[0], dilations[1]), groups=group, has_bias=bool(b))
-    y = ctx.emit1(Op.CONV2D, [x4, w4, b] if b else [x4, w4], attrs)
+    pad_begin, pad_end = [max(v, 0) for v in conv_begin], [max(v, 0) for v in conv_end]
+    if nd == 3:
+        y = volumetric.conv3d(ctx, xz, wf, b, kernel, [1, 1, 1], dilations, pad_begin, pad_end, group)
+    else:
+        attrs = Conv2DAttrs(pads=(pad_begin[0], pad_begin[1], pad_end[0], pad_end[1]),
+                            dilations=(dilations[0], dilations[1]), groups=group, has_bias=bool(b))
+        y = ctx.emit1(Op.CONV2D, [xz, wf, b] if b else [xz, wf], attrs)
     if min(conv_begin + conv_end) < 0:
-        h, wd = ctx.shape(y)[2:]
-        y = raster.slice_axes(ctx, y, [max(-conv_begin[0], 0), max(-conv_begin[1], 0)],
-                              [h - max(-conv_end[0], 0), wd - max(-conv_end[1], 0)], [2, 3])
+        sizes = ctx.shape(y)[2:]
+        y = raster.slice_axes(ctx, y, [max(-v, 0) for v in conv_begin],
+                              [n - max(-v, 0) for n, v in zip(sizes, conv_end)], list(range(2, 2 + len(sizes))))
     return [raster.squeeze(ctx, y, [2]) if nd == 1 else y]
 
 
 def _zero_insert(ctx: LoweringContext, x: str, strides: list[int]) -> str:
-    """[N, C, H, W] -> [N, C, (H-1)*sh+1, (W-1)*sw+1] with the input on the stride grid."""
-    if strides == [1, 1]:
+    """[N, C, *S] -> [N, C, *((S - 1) * stride + 1)] with the input on the stride grid."""
+    if all(s == 1 for s in strides):
         return x
-    n, c, h, w = ctx.shape(x)
-    out = [n, c, (h - 1) * strides[0] + 1, (w - 1) * strides[1] + 1]
+    shape = ctx.shape(x)
+    out = [*shape[:2], *((d - 1) * s + 1 for d, s in zip(shape[2:], strides))]
     dst = raster.contiguous_strides(out)
-    dst = (dst[0], dst[1], dst[2] * strides[0], dst[3] * strides[1])
-    region = raster.make_region(0, (n, c, h, w), 0, raster.contiguous_strides((n, c, h, w)), 0, dst)
+    dst = (*dst[:2], *(d * s for d, s in zip(dst[2:], strides)))
+    region = raster.make_region(0, shape, 0, raster.contiguous_strides(shape), 0, dst)
     return raster.raster(ctx, [x], out, [region], fill=0.0)
 
 
 def _flipped_kernel(ctx: LoweringContext, w: str, group: int, og: int) -> str:
-    """[C, O/g, KH, KW] -> [O, C/g, KH, KW], spatially flipped: one region over a 5-D view."""
-    c, _, kh, kw = ctx.shape(w)
+    """[C, O/g, *K] -> [O, C/g, *K], spatially flipped: one region over a (group, C/g, O/g, *K) view."""
+    c, _, *kernel = ctx.shape(w)
     cg = c // group
-    five = (group, cg, og, kh, kw)
-    offset, strides = raster.flip_strides(five, [3, 4])
-    size = (group, og, cg, kh, kw)
-    src = (strides[0], strides[2], strides[1], strides[3], strides[4])
+    view = (group, cg, og, *kernel)
+    offset, strides = raster.flip_strides(view, list(range(3, len(view))))
+    size = (group, og, cg, *kernel)
+    src = (strides[0], strides[2], strides[1], *strides[3:])
     region = raster.make_region(0, size, offset, src, 0, raster.contiguous_strides(size))
-    return raster.raster(ctx, [w], (group * og, cg, kh, kw), [region])
+    return raster.raster(ctx, [w], (group * og, cg, *kernel), [region])
 
 
 # -- pooling -------------------------------------------------------------------------------
@@ -215,9 +218,13 @@ def _pool_rule(kind: PoolKind, lp: bool = False) -> Rule:
     sum being an average with the pads counted times the window size."""
 
     def rule(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-        if len(node.output) > 1 and node.output[1]:
-            raise ctx.unsupported("the Indices output of MaxPool is not supported")
         x = ctx.required_input(node, 0)
+        if len(node.output) > 1 and node.output[1]:
+            _spatial_rank(ctx, x)
+            win, out = _pool_geometry(ctx, node, x)
+            return list(pool_indices.max_pool_with_indices(
+                ctx, x, win.kernel, win.strides, win.dilations, win.begins, out,
+                column_major=bool(ctx.attr(node, "storage_order", 0))))
         if lp:
             p = ctx.scalar(float(ctx.attr(node, "p", 2)), x)
             y = rule_body(ctx, node, binary(ctx, BinaryFn.POW, unary(ctx, x, UnaryFn.ABS), p), True)
@@ -228,23 +235,7 @@ def _pool_rule(kind: PoolKind, lp: bool = False) -> Rule:
 
     def rule_body(ctx: LoweringContext, node: onnx.NodeProto, x: str, include_pad: bool) -> str:
         nd = _spatial_rank(ctx, x)
-        kernel = ctx.ints_attr(node, "kernel_shape")
-        if kernel is None:
-            raise ctx.invalid("attribute 'kernel_shape' is missing")
-        spatial = ctx.shape(x)[2:]
-        # ONNX sizes SAME pads for pools without the dilation
-        win = _window(ctx, node, spatial, kernel, dilate_auto_pad=False)
-        ceil_mode = bool(ctx.attr(node, "ceil_mode", 0))
-        out = []
-        for i, size in enumerate(spatial):
-            span = (win.kernel[i] - 1) * win.dilations[i] + 1
-            padded = size + win.begins[i] + win.ends[i] - span
-            if padded < 0:
-                raise ctx.invalid(f"window {span} does not fit spatial size {size} with its pads")
-            count = (-(-padded // win.strides[i]) if ceil_mode else padded // win.strides[i]) + 1
-            if ceil_mode and (count - 1) * win.strides[i] >= size + win.begins[i]:
-                count -= 1  # the last window must start inside the input or its leading pad
-            out.append(count)
+        win, out = _pool_geometry(ctx, node, x)
         if nd == 3:
             return volumetric.pool3d(ctx, x, kind, win.kernel, win.strides, win.dilations, win.begins, win.ends,
                                      out, include_pad)
@@ -255,6 +246,28 @@ def _pool_rule(kind: PoolKind, lp: bool = False) -> Rule:
         return raster.squeeze(ctx, y, [2]) if nd == 1 else y
 
     return rule
+
+
+def _pool_geometry(ctx: LoweringContext, node: onnx.NodeProto, x: str) -> tuple[Window, list[int]]:
+    """The pooling window of ``node`` and its output spatial sizes (ceil_mode included)."""
+    kernel = ctx.ints_attr(node, "kernel_shape")
+    if kernel is None:
+        raise ctx.invalid("attribute 'kernel_shape' is missing")
+    spatial = ctx.shape(x)[2:]
+    # ONNX sizes SAME pads for pools without the dilation
+    win = _window(ctx, node, spatial, kernel, dilate_auto_pad=False)
+    ceil_mode = bool(ctx.attr(node, "ceil_mode", 0))
+    out = []
+    for i, size in enumerate(spatial):
+        span = (win.kernel[i] - 1) * win.dilations[i] + 1
+        padded = size + win.begins[i] + win.ends[i] - span
+        if padded < 0:
+            raise ctx.invalid(f"window {span} does not fit spatial size {size} with its pads")
+        count = (-(-padded // win.strides[i]) if ceil_mode else padded // win.strides[i]) + 1
+        if ceil_mode and (count - 1) * win.strides[i] >= size + win.begins[i]:
+            count -= 1  # the last window must start inside the input or its leading pad
+        out.append(count)
+    return win, out
 
 
 def _global_pool_rule(fn: ReduceFn) -> Rule:

@@ -15,7 +15,11 @@ import onnx
 from walle_core.decompose import raster
 from walle_core.decompose.context import LoweringContext, Rule
 from walle_core.decompose.elementwise import binary
+from walle_core.onnx.dtypes import onnx_to_numpy
 from walle_core.ops import BinaryFn, MatMulAttrs, Op
+
+#: a mel filter bank is a weight table; past this many entries the inputs are surely wrong
+MAX_MEL_ELEMENTS = 1 << 24
 
 
 def fourier_matrices(length: int, n: int, inverse: bool, onesided: bool) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -113,4 +117,57 @@ def _stft(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
     return [dft(ctx, framed, 2, length, False, bool(ctx.attr(node, "onesided", 1)))]
 
 
-RULES: dict[str, Rule] = {"DFT": _dft, "STFT": _stft}
+def mel_weight_matrix(num_mel_bins: int, dft_length: int, sample_rate: float, lower_hz: float,
+                      upper_hz: float) -> np.ndarray:
+    """Triangular mel filters, [dft_length // 2 + 1, num_mel_bins], in float64.
+
+    Follows the ONNX reference evaluator bin for bin, including its choice of dividing the mel
+    range into ``num_mel_bins + 2`` steps and flooring each band edge to a spectrogram bin.
+    """
+    edges_mel = np.arange(num_mel_bins + 2)
+    # the same float expressions as the reference, so band edges floor to the same bins
+    low_mel = 2595 * np.log1p(lower_hz / 700) / np.log(10)
+    high_mel = 2595 * np.log1p(upper_hz / 700) / np.log(10)
+    step = (high_mel - low_mel) / (num_mel_bins + 2)
+    edges_hz = 700 * np.expm1((edges_mel * step + low_mel) / 2595 * np.log(10))
+    edges = (((dft_length + 1) * edges_hz) // sample_rate).astype(np.int64)
+    n_bins = dft_length // 2 + 1
+    if edges.min() < 0 or edges.max() >= n_bins:
+        raise ValueError(f"band edges {edges.min()}..{edges.max()} fall outside the {n_bins} spectrogram bins")
+    out = np.zeros((n_bins, num_mel_bins))
+    for i in range(num_mel_bins):
+        left, center, right = edges[i], edges[i + 1], edges[i + 2]
+        if center == left:
+            out[center, i] = 1.0
+        else:
+            out[left:center + 1, i] = (np.arange(left, center + 1) - left) / (center - left)
+        if right > center:
+            out[center:right, i] = (right - np.arange(center, right)) / (right - center)
+    return out
+
+
+def _mel_weight_matrix(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
+    """The matrix depends only on its five scalar inputs (its shape too), so it is a constant
+    of the plan: built here once those values are known (value-specialised if fed as inputs)."""
+    names = ("num_mel_bins", "dft_length", "sample_rate", "lower_edge_hertz", "upper_edge_hertz")
+    values = []
+    for i, what in enumerate(names):
+        value = ctx.const_input(node, i, what)
+        if value is None or value.size != 1:
+            raise ctx.invalid(f"input {i} ({what}) must be a scalar")
+        values.append(value.reshape(-1)[0])
+    mel_bins, dft_length, sample_rate = int(values[0]), int(values[1]), values[2]
+    if mel_bins <= 0 or dft_length <= 0 or sample_rate <= 0:
+        raise ctx.invalid(f"num_mel_bins={mel_bins}, dft_length={dft_length} and sample_rate={sample_rate} "
+                          "must be positive")
+    if mel_bins * (dft_length // 2 + 1) > MAX_MEL_ELEMENTS:
+        raise ctx.unsupported(f"a {dft_length // 2 + 1}x{mel_bins} mel matrix is too large")
+    try:
+        table = mel_weight_matrix(mel_bins, dft_length, sample_rate, values[3], values[4])
+    except ValueError as exc:
+        raise ctx.invalid(str(exc)) from None
+    to = ctx.attr(node, "output_datatype", onnx.TensorProto.FLOAT)
+    return [ctx.constant(table, onnx_to_numpy(int(to), f"MelWeightMatrix node {ctx.node_label!r}"))]
+
+
+RULES: dict[str, Rule] = {"DFT": _dft, "STFT": _stft, "MelWeightMatrix": _mel_weight_matrix}

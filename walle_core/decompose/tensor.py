@@ -10,15 +10,19 @@ import onnx
 from onnx import numpy_helper
 
 from walle_core.decompose import raster
-from walle_core.decompose.context import LoweringContext, Rule
+from walle_core.decompose.context import LoweringContext, Rule, Value
 from walle_core.decompose.raster import numpy_shape
 from walle_core.errors import WalleError
 from walle_core.ops import GatherAttrs, Op
 from walle_core.shapes import broadcast_shapes
 
 
-def _identity(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:
-    return [ctx.required_input(node, 0)]
+def _identity(ctx: LoweringContext, node: onnx.NodeProto) -> list[Value]:
+    """Passes any value through: a tensor, a sequence or an optional."""
+    value = ctx.value(node, 0)
+    if value is None:
+        raise ctx.invalid("required input 0 is missing")
+    return [value]
 
 
 def _dropout(ctx: LoweringContext, node: onnx.NodeProto) -> list[str]:

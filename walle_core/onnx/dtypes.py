@@ -10,17 +10,17 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from walle_core.errors import ModelError, UnsupportedOpError
+from walle_core.errors import ModelError
 
-#: element types that have no numeric NumPy counterpart
-_NON_NUMERIC = {onnx.TensorProto.UNDEFINED, onnx.TensorProto.STRING}
+#: strings are NumPy object arrays of ``str``: only the reference backend computes on them
+STRING = np.dtype(object)
 
 
 def onnx_to_numpy(elem_type: int, where: str) -> np.dtype:
     """NumPy dtype of ONNX ``elem_type``; ``where`` names the model element for the error."""
     if elem_type == onnx.TensorProto.STRING:
-        raise UnsupportedOpError(f"{where}: string tensors are not supported")
-    if elem_type in _NON_NUMERIC:
+        return STRING
+    if elem_type == onnx.TensorProto.UNDEFINED:
         raise ModelError(f"{where}: element type is undefined")
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))

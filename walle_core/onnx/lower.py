@@ -7,25 +7,54 @@ shape computations (Shape -> Gather -> Concat -> Reshape) fold to constants as t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from walle_core.decompose.context import LoweringContext
+from walle_core.decompose.context import NONE, LoweringContext, NoneValue, SequenceValue, Value
 from walle_core.decompose.raster import make_region, raster
 from walle_core.errors import ModelError, UnsupportedOpError, WalleError
 from walle_core.ir import Graph, GraphBuilder, TensorType
 from walle_core.onnx import functions
-from walle_core.onnx.model import OnnxModel, node_label
+from walle_core.onnx.model import InputSpec, OnnxModel, node_label
+
+#: the type of a graph input at one run: a tensor, a sequence of tensors, or None for an
+#: optional input without a value
+InputType = TensorType | list[TensorType] | None
 
 
-def lower(model: OnnxModel, input_types: Mapping[str, TensorType],
+@dataclass(frozen=True)
+class OutputSlot:
+    """How one ONNX graph output maps onto the flat IR outputs: ``count`` consecutive IR
+    tensors, returned as one tensor ("tensor"), a list ("sequence") or None ("none")."""
+
+    kind: str
+    count: int
+
+
+def element_name(name: str, index: int) -> str:
+    """IR input name of element ``index`` of sequence graph input ``name``."""
+    return f"{name}[{index}]"
+
+
+def lower(model: OnnxModel, input_types: Mapping[str, InputType],
           rules: Mapping[tuple[str, str], Callable[..., list[str]]],
           input_values: Mapping[str, np.ndarray] | None = None) -> Graph:
-    """The IR graph of ``model`` for inputs of ``input_types`` (keyed by ONNX input name).
+    """The IR graph of ``model`` for inputs of ``input_types`` (keyed by ONNX input name);
+    sequence outputs are flattened into ``graph.outputs`` (see :func:`lower_with_layout`)."""
+    return lower_with_layout(model, input_types, rules, input_values)[0]
 
-    ``input_values`` optionally holds the run-time values of graph inputs. A rule that needs
+
+def lower_with_layout(model: OnnxModel, input_types: Mapping[str, InputType],
+                      rules: Mapping[tuple[str, str], Callable[..., list[str]]],
+                      input_values: Mapping[str, np.ndarray] | None = None) -> tuple[Graph, list[OutputSlot]]:
+    """The IR graph of ``model`` and how its flat outputs form the ONNX outputs.
+
+    The IR holds tensors only: element ``i`` of a sequence input ``s`` is the IR input
+    ``element_name(s, i)``, and an absent optional input has no IR input at all.
+    ``input_values`` optionally holds the run-time values of IR inputs. A rule that needs
     the value of an input (a shape fed as an input, say) gets it from there and the input is
     listed in ``graph.value_inputs``; without it such a rule raises ``InputValueRequired``.
     """
@@ -33,31 +62,63 @@ def lower(model: OnnxModel, input_types: Mapping[str, TensorType],
     ctx = LoweringContext(builder, model.opsets, input_values)
     ctx.subgraph_lowerer = lambda graph, bindings: _lower_subgraph(ctx, model, rules, graph, bindings)
     for spec in model.inputs:
-        ttype = input_types.get(spec.name)
-        if ttype is None:
-            raise ModelError(f"no type given for graph input {spec.name!r}")
-        _check_input_type(spec.name, spec.dtype, spec.shape, ttype)
-        ctx.names[spec.name] = builder.add_input(spec.name, ttype)
+        ctx.names[spec.name] = _add_input(builder, spec, input_types)
     for name, value in model.initializers.items():
         ir_name = builder.constant(value, name=None if name.startswith("%") else name)
         ctx.names[name] = ir_name
     for index, node in enumerate(model.nodes):
         _lower_node(ctx, model, rules, node, index)
-    outputs = _unique_outputs(ctx, [ctx.names[name] for name in model.output_names])
+    flat: list[str] = []
+    layout: list[OutputSlot] = []
+    for name in model.output_names:
+        value = ctx.names[name]
+        if isinstance(value, SequenceValue):
+            flat.extend(value.items)
+            layout.append(OutputSlot("sequence", len(value.items)))
+        elif isinstance(value, NoneValue):
+            layout.append(OutputSlot("none", 0))
+        else:
+            flat.append(value)
+            layout.append(OutputSlot("tensor", 1))
+    outputs = _unique_outputs(ctx, flat)
     builder.origin = builder.origin_op = ""
     graph = builder.graph
     graph.outputs = outputs
     graph.output_names = list(model.output_names)
     _drop_unused_constants(graph)
-    return graph
+    return graph, layout
 
 
-def _check_input_type(name: str, dtype: np.dtype, shape: tuple, ttype: TensorType) -> None:
+def _add_input(builder: GraphBuilder, spec: InputSpec, input_types: Mapping[str, InputType]) -> Value:
+    if spec.name not in input_types or (input_types[spec.name] is None and spec.kind == "tensor"):
+        raise ModelError(f"no type given for graph input {spec.name!r}")
+    given = input_types[spec.name]
+    if given is None:
+        if not spec.kind.startswith("optional"):
+            raise ModelError(f"graph input {spec.name!r} ({spec.kind}) needs a value")
+        return NONE
+    if isinstance(given, TensorType):
+        if spec.kind not in ("tensor", "optional"):
+            raise ModelError(f"graph input {spec.name!r} is a {spec.kind}, a tensor was given")
+        _check_input_type(spec.name, spec.dtype, spec.shape if spec.kind == "tensor" else None, given)
+        return builder.add_input(spec.name, given)
+    if spec.kind not in ("sequence", "optional_sequence"):
+        raise ModelError(f"graph input {spec.name!r} is a {spec.kind}, a sequence was given")
+    items = []
+    for i, ttype in enumerate(given):
+        name = element_name(spec.name, i)
+        _check_input_type(name, spec.dtype, None, ttype)
+        items.append(builder.add_input(name, ttype))
+    return SequenceValue(tuple(items), spec.dtype)
+
+
+def _check_input_type(name: str, dtype: np.dtype, shape: tuple | None, ttype: TensorType) -> None:
+    """``shape`` None: only the dtype is checked (sequence and optional elements)."""
     if np.dtype(ttype.dtype) != dtype:
         raise ModelError(f"graph input {name!r}: dtype {np.dtype(ttype.dtype)} given, the model declares {dtype}")
-    if len(ttype.shape) != len(shape) or any(
+    if shape is not None and (len(ttype.shape) != len(shape) or any(
         isinstance(d, int) and d != g for d, g in zip(shape, ttype.shape)
-    ):
+    )):
         raise ModelError(f"graph input {name!r}: shape {ttype.shape} does not match the declared {shape}")
     if any(int(d) < 0 for d in ttype.shape):
         raise ModelError(f"graph input {name!r}: negative dimension in {ttype.shape}")
@@ -116,7 +177,7 @@ def _lower_function(ctx: LoweringContext, model: OnnxModel, rules: Mapping, node
 
 
 def _lower_subgraph(ctx: LoweringContext, model: OnnxModel, rules: Mapping, graph: onnx.GraphProto,
-                    bindings: Mapping[str, str]) -> list[str]:
+                    bindings: Mapping[str, Value]) -> list[Value]:
     """Lower the nodes of a control-flow body in the current scope, with its formal inputs bound
     to IR tensors; returns the IR names of its outputs. Names it defines do not leak out."""
     label, node = ctx.node_label, ctx.node
@@ -141,7 +202,9 @@ def _lower_subgraph(ctx: LoweringContext, model: OnnxModel, rules: Mapping, grap
             ctx.begin_node(node, label)
 
 
-def _type_proto(ctx: LoweringContext, name: str):
+def _type_proto(ctx: LoweringContext, name: Value):
+    if not isinstance(name, str):
+        return None
     ttype = ctx.type_of(name)
     try:
         elem = helper.np_dtype_to_tensor_dtype(np.dtype(ttype.dtype))

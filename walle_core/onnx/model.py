@@ -33,13 +33,22 @@ if _FP4 is not None:
     _SUB_BYTE.add(_FP4)
 
 
+#: kinds of graph input: a tensor, a sequence of tensors, an optional tensor, an optional sequence
+INPUT_KINDS = ("tensor", "sequence", "optional", "optional_sequence")
+
+
 @dataclass(frozen=True)
 class InputSpec:
-    """A graph input: ``shape`` holds ints, dim_param strings for symbolic dims, or None."""
+    """A graph input: ``shape`` holds ints, dim_param strings for symbolic dims, or None.
+
+    For the non-tensor kinds ``dtype`` and ``shape`` describe the (innermost) tensor element;
+    the shape is only advisory there, as exporters often declare element shapes loosely.
+    """
 
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...]
+    kind: str = "tensor"
 
 
 def node_label(node: onnx.NodeProto, index: int) -> str:
@@ -183,6 +192,11 @@ def _read_initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
 def _check_payload(tensor: onnx.TensorProto, dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
     """The stored element count must match ``dims`` before anything reshapes it."""
     count = int(np.prod(dims, dtype=np.int64))
+    if tensor.data_type == onnx.TensorProto.STRING:
+        if len(tensor.string_data) != count:
+            raise ModelError(f"{where}: string_data holds {len(tensor.string_data)} strings, dims {list(dims)} "
+                             f"need {count}")
+        return
     if tensor.HasField("raw_data"):
         if tensor.data_type in _SUB_BYTE:
             expected = (count + 1) // 2
@@ -225,25 +239,39 @@ def _read_inputs(graph: onnx.GraphProto, initializers: Mapping[str, np.ndarray])
         seen.add(value.name)
         if value.name in initializers:
             continue  # old IR versions list initializers as inputs too; they are constants here
-        if value.type.WhichOneof("value") != "tensor_type":
-            raise UnsupportedOpError(f"{where}: only tensor inputs are supported")
-        ttype = value.type.tensor_type
+        kind, ttype = _input_kind(value.type, where)
         dtype = onnx_to_numpy(ttype.elem_type, where)
         if not ttype.HasField("shape"):
+            if kind != "tensor":
+                specs.append(InputSpec(value.name, dtype, (), kind))
+                continue
             raise ModelError(f"{where}: has no shape (rank is needed to plan the model)")
         dims: list[int | str | None] = []
         for dim in ttype.shape.dim:
-            kind = dim.WhichOneof("value")
-            if kind == "dim_value":
+            which = dim.WhichOneof("value")
+            if which == "dim_value":
                 dims.append(_check_dims([dim.dim_value], where)[0])
-            elif kind == "dim_param":
+            elif which == "dim_param":
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)
         if len(dims) > MAX_RANK:
             raise ModelError(f"{where}: rank {len(dims)} exceeds {MAX_RANK}")
-        specs.append(InputSpec(value.name, dtype, tuple(dims)))
+        specs.append(InputSpec(value.name, dtype, tuple(dims), kind))
     return specs
+
+
+def _input_kind(tp: onnx.TypeProto, where: str) -> tuple[str, onnx.TypeProto.Tensor]:
+    """(kind, tensor type of the element) of a graph input's type."""
+    kind = ""
+    if tp.WhichOneof("value") == "optional_type":
+        kind, tp = "optional", tp.optional_type.elem_type
+    if tp.WhichOneof("value") == "sequence_type":
+        kind, tp = ("optional_sequence" if kind else "sequence"), tp.sequence_type.elem_type
+    if tp.WhichOneof("value") != "tensor_type":
+        raise UnsupportedOpError(f"{where}: only tensors, sequences of tensors and optionals of those "
+                                 "are supported as inputs")
+    return kind or "tensor", tp.tensor_type
 
 
 def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
