@@ -9,6 +9,7 @@ import numpy as np
 
 from walle_core.ir import Graph, Node
 from walle_core.ops import Activation, BinaryFn, Op, UnaryFn
+from walle_core.raster_fusion import fuse_raster_chains
 
 #: unary functions a MATMUL / CONV2D epilogue applies (everything in ``Activation``)
 FUSABLE_ACTIVATIONS = frozenset({
@@ -147,6 +148,7 @@ def fold_affine_into_conv(graph: Graph) -> Graph:
 def optimize(graph: Graph) -> Graph:
     """The default pipeline, in an order where each pass exposes work for the next."""
     graph = eliminate_dead_code(graph)
+    graph = fuse_raster_chains(graph)
     graph = fold_affine_into_conv(graph)
     graph = fuse_epilogues(graph)
     return eliminate_dead_code(graph)
