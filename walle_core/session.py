@@ -182,20 +182,21 @@ class Session:
 
     def __init__(self, model: Any, backend: BackendChoice = "auto", threads: int = 1,
                  search: str = "first") -> None:
+        from walle_core.compiled import CompiledModel, is_compiled
         from walle_core.onnx import load_model
 
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
-        self.model = load_model(model)
+        self.model = CompiledModel(model) if is_compiled(model) else load_model(model)
         self._rules = plugins.decomposition_rules()
         self.model.check_supported(self._rules)
         self.backends = resolve_backends(backend, self.threads)
-        if search not in ("first", "cost"):
-            raise WalleError(f"search must be 'first' or 'cost', got {search!r}")
+        if search not in ("first", "cost", "measure"):
+            raise WalleError(f"search must be 'first', 'cost' or 'measure', got {search!r}")
         self._assigner = None
-        if search == "cost":
-            from walle_core.search import CostAssigner
+        if search != "first":
+            from walle_core.search import make_assigner
 
-            self._assigner = CostAssigner()
+            self._assigner = make_assigner(search)
         self.inputs = [InputSpec(s.name, np.dtype(s.dtype), tuple(s.shape), s.kind) for s in self.model.inputs]
         self.output_names = list(self.model.output_names)
         self._plans: dict[tuple, Plan | _ValuePlans] = {}
@@ -248,8 +249,11 @@ class Session:
             else:
                 types[spec.name] = TensorType(spec.dtype, sig)
         values = {name: v for name, v in feeds.items() if isinstance(v, np.ndarray)}
-        graph, layout = lower_with_layout(self.model, types, self._rules, input_values=values)
-        graph = optimize(graph)
+        if hasattr(self.model, "lowered"):  # a compiled model: already lowered and optimised
+            graph, layout = self.model.lowered(types), None
+        else:
+            graph, layout = lower_with_layout(self.model, types, self._rules, input_values=values)
+            graph = optimize(graph)
         sched = schedule(graph, self.backends, self._assigner)
         executables = [s.backend.compile(s.segment) for s in sched.segments]
         return Plan(graph, sched, executables, layout)
@@ -347,8 +351,10 @@ class Session:
 
 
 def load(model: Any, backend: BackendChoice = "auto", threads: int = 1, search: str = "first") -> Session:
-    """Load an ONNX model (path, bytes or ``onnx.ModelProto``) for ``backend`` ("auto", a
+    """Load an ONNX model (path, bytes or ``onnx.ModelProto``) or a compiled ``.walle`` file
+    (see ``walle_core.compiled``) for ``backend`` ("auto", a
     backend name, or a list of names in preference order). ``search="first"`` gives each op
     to the first backend that supports it; ``"cost"`` minimises the estimated time across
-    the backends, transfers included (see ``walle_core.search``)."""
+    the backends, transfers included; ``"measure"`` times the candidate plans once and keeps
+    the fastest, caching the decision on disk (see ``walle_core.search``)."""
     return Session(model, backend=backend, threads=threads, search=search)

@@ -11,8 +11,10 @@ import click
 from walle_core import __version__
 from walle_core.cli.backends import backends
 from walle_core.cli.bench import bench
+from walle_core.cli.convert import convert
 from walle_core.cli.demo import demo
 from walle_core.cli.info import info
+from walle_core.cli.plan import plan
 from walle_core.cli.run import run
 from walle_core.cli.task import task_group
 from walle_core.cli.terminal import Terminal
@@ -42,7 +44,7 @@ def build_cli() -> click.Group:
         """Walle: run ONNX models on pluggable backends through 14 atomic ops."""
         ctx.obj = Terminal()
 
-    for command in (backends, info, run, bench, demo, task_group):
+    for command in (backends, info, run, bench, convert, demo, plan, task_group):
         root.add_command(command)
     plugins.get_plugin_manager().hook.walle_register_commands(cli=root)
     return root

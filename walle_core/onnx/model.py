@@ -7,6 +7,7 @@ the node, op type and field at fault; the lowering step then only deals with sem
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -120,7 +121,34 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{what} is not a valid ONNX protobuf: {exc}") from None
+    _check_text(proto, what)
     return proto
+
+
+def _check_text(message: Any, what: str) -> None:
+    """Every string field must be valid UTF-8: the parser accepts anything in a proto2 string
+    field and then hands back ``bytes``, which would surface far away as a TypeError."""
+    for name, is_string, repeated in _text_fields(message.DESCRIPTOR):
+        if not repeated and not message.HasField(name):
+            continue
+        value = getattr(message, name)
+        values = value if repeated else [value]
+        if is_string:
+            if any(isinstance(v, bytes) for v in values):
+                raise ModelError(f"{what}: field {name!r} of a {message.DESCRIPTOR.name} is not valid UTF-8")
+        else:
+            for item in values:
+                _check_text(item, what)
+
+
+@functools.cache
+def _text_fields(descriptor: Any) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, is a string, is repeated) of the string and message fields of a message type;
+    read by descriptor rather than ListFields, which would copy every tensor's raw_data."""
+    return tuple(
+        (f.name, f.type == f.TYPE_STRING, f.is_repeated) for f in descriptor.fields
+        if f.type == f.TYPE_STRING or (f.type == f.TYPE_MESSAGE and not f.message_type.GetOptions().map_entry)
+    )
 
 
 def _load_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
