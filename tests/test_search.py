@@ -301,3 +301,19 @@ def test_measure_search_session_is_correct_and_reuses_its_decision(tmp_path, mon
 def test_unknown_search_is_rejected():
     with pytest.raises(wc.WalleError, match="'measure'"):
         wc.load(_topk_model(), search="fastest")
+
+
+def test_convolutions_use_the_measured_convolution_rate():
+    from walle_core.search import CostModel
+
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(F32, (1, 8, 16, 16)))
+    w = b.constant(np.ones((8, 8, 3, 3), np.float32))
+    b.graph.outputs = [b.emit1(Op.CONV2D, [x, w], ops.Conv2DAttrs(pads=(1, 1, 1, 1)))]
+    node, types = b.graph.nodes[0], b.graph.types
+    fast_gemm_slow_conv = BackendProfile(1e12, 1e10, 1e-6, conv_flops_per_s=1e9)
+    balanced = BackendProfile(1e10, 1e10, 1e-6, conv_flops_per_s=1e10)
+    backend = ReferenceBackend()
+    slow = CostModel([backend], {"reference": fast_gemm_slow_conv}).node_cost(node, types, backend)
+    even = CostModel([backend], {"reference": balanced}).node_cost(node, types, backend)
+    assert slow > 5 * even

@@ -33,9 +33,12 @@ F32 = np.dtype(np.float32)
 
 @dataclass(frozen=True)
 class BackendProfile:
-    flops_per_s: float
+    flops_per_s: float  # dense GEMM
     bytes_per_s: float
     launch_s: float
+    #: convolution rate, measured separately: a backend's convolutions can be much slower (or
+    #: faster) than its GEMM; None (old cache entries) falls back to ``flops_per_s``
+    conv_flops_per_s: float | None = None
 
 
 def node_flops(node: Node, types: Mapping[str, TensorType]) -> float:
@@ -87,10 +90,14 @@ def measure_profile(backend: Backend) -> BackendProfile:
     stream = _time_segment(backend, *_profile_segment(Op.UNARY, relu, [(n,)]))
     size = 192
     gemm = _time_segment(backend, *_profile_segment(Op.MATMUL, ops.MatMulAttrs(), [(size, size), (size, size)]))
+    # a 3x3 convolution of ResNet-like proportions: 32 -> 32 channels on 28x28
+    conv_attrs = ops.Conv2DAttrs(pads=(1, 1, 1, 1))
+    conv = _time_segment(backend, *_profile_segment(Op.CONV2D, conv_attrs, [(1, 32, 28, 28), (32, 32, 3, 3)]))
     return BackendProfile(
         flops_per_s=2.0 * size**3 / max(gemm - launch, 1e-7),
         bytes_per_s=8.0 * n / max(stream - launch, 1e-7),
         launch_s=launch,
+        conv_flops_per_s=2.0 * 32 * 28 * 28 * 32 * 9 / max(conv - launch, 1e-7),
     )
 
 
@@ -104,7 +111,7 @@ class ProfileCache:
         self._lock = threading.Lock()
 
     def _key(self, backend: Backend) -> str:
-        return f"{backend.name}|{backend.availability().device}|{backend.threads}"
+        return f"v2|{backend.name}|{backend.availability().device}|{backend.threads}"  # v2: conv rate
 
     def get(self, backend: Backend) -> BackendProfile:
         key = self._key(backend)
@@ -137,7 +144,8 @@ class CostModel:
         if estimate is not None:
             return estimate
         p = self.profiles[backend.name]
-        return node_flops(node, types) / p.flops_per_s + node_bytes(node, types) / p.bytes_per_s + p.launch_s
+        rate = p.conv_flops_per_s if node.op is Op.CONV2D and p.conv_flops_per_s else p.flops_per_s
+        return node_flops(node, types) / rate + node_bytes(node, types) / p.bytes_per_s + p.launch_s
 
     def transfer_cost(self, nbytes: int, src: Backend | None, dst: Backend | None) -> float:
         src_domain = src.memory_domain if src else "host"
