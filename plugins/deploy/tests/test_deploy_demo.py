@@ -58,6 +58,14 @@ def check_summary(summary: dict, devices: int) -> None:
     for version in ("1.0.0", "2.0.0"):
         stages = releases[version]["stages"]
         assert sum(s["installed"] for s in stages) == devices and sum(s["failed"] for s in stages) == 0
+    # what the server aggregated from the devices' results reports is what the devices ran
+    server = summary["server_results"]
+    assert {v: r["inferences"] for v, r in server.items()} == summary["inferences_by_version"]
+    assert sum(r["inferences"] for r in server.values()) == summary["inferences"]
+    for r in server.values():
+        assert 1 <= r["devices"] <= devices and r["errors"] == 0
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+        assert set(r["backends"]) == {summary["backend"]}
     broken = releases["3.0.0"]["stages"]
     assert sum(s["installed"] for s in broken) == 0 and sum(s["failed"] for s in broken) >= 1
     # the abort stopped the spread: the broken version never reached the whole fleet
@@ -148,3 +156,19 @@ async def until(predicate, timeout: float = 20.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+def test_demo_records_an_error_when_the_server_missed_results() -> None:
+    from types import SimpleNamespace
+
+    from walle_deploy.demo.fleet import FleetStats
+    from walle_deploy.demo.scenario import DemoConfig, DemoState, _check_server_results
+
+    state = DemoState(DemoConfig())
+    state.fleet = SimpleNamespace(stats=FleetStats(inferences=7))  # type: ignore[assignment]
+    state.server_results = {"1.0.0": {"inferences": 3}, "2.0.0": {"inferences": 4}}
+    _check_server_results(state)
+    assert state.errors == []
+    state.server_results["2.0.0"]["inferences"] = 2
+    _check_server_results(state)
+    assert state.errors == ["the server received results for 5 inferences, the devices ran 7"]

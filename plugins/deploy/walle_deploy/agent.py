@@ -99,6 +99,9 @@ class DeviceAgent:
         self._rng = random.Random(config.device_id)
         self.connected = asyncio.Event()
         self.reconnects = 0
+        # the order of this agent's results reports; starts from the clock so a restarted
+        # agent's reports still supersede the ones it sent before the restart
+        self._results_seq = time.time_ns() // 1000
 
     # ------------------------------------------------------------ lifecycle
 
@@ -281,22 +284,39 @@ class DeviceAgent:
                 return
             except (OSError, RuntimeError, ConnectionError) as exc:  # websockets' ConnectionClosed included
                 log.debug("[agent] push socket send failed, using HTTP: %s", exc)
+        await self._post(message, path)
+
+    async def _post(self, message: dict[str, Any], path: str) -> bool:
+        """POST with retries on 5xx and network errors; True when the server accepted it."""
         for attempt in range(REPORT_ATTEMPTS):
             try:
                 r = await self.http.post(f"{self.base}{path}", json=message, headers=self._auth())
                 if r.status_code < 500:
                     if r.status_code >= 400:  # the server will never accept it; retrying cannot help
                         log.warning("[agent] %s rejected: HTTP %s %s", path, r.status_code, _error_text(r))
-                    return
+                    return r.status_code < 400
                 failure = f"HTTP {r.status_code}"
             except httpx.HTTPError as exc:
                 failure = f"{type(exc).__name__} {exc}"
             await asyncio.sleep(self._rng.uniform(0.5, 1.5) * 2 ** attempt)
         log.warning("[agent] %s failed %d times, dropped: %s", path, REPORT_ATTEMPTS, failure)
+        return False
 
     async def report(self, release: int, state: str, reason: str = "") -> None:
         await self._send({"type": "report", "release": release, "state": state, "reason": reason},
                          "/v1/device/report")
+
+    async def report_results(self, task: str, version: str, metrics: dict[str, Any]) -> bool:
+        """Send this device's *cumulative* results for ``task`` ``version``: ``inferences``,
+        ``errors``, ``latency_ms`` ``{"p50", "p99"}`` (or None before any) and ``backend``.
+
+        Callers batch: one call per version every few seconds and a last one at shutdown, not
+        one per inference. The server keeps the latest report per version, so a dropped report
+        costs nothing but freshness. Always plain HTTP, even with a push socket up, because the
+        caller learns whether the server stored it (True) or rejected or never got it (False)."""
+        self._results_seq += 1
+        return await self._post({"task": task, "version": version, "seq": self._results_seq, "metrics": metrics},
+                                "/v1/device/results")
 
     # ------------------------------------------------------------ pull and install
 

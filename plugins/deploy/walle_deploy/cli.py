@@ -196,7 +196,8 @@ def release(ctx: click.Context, spec: str, target: str, stages: str, stage_targe
 @json_option
 @click.pass_context
 def status(ctx: click.Context, name: str, show_all: bool, server: str, token: str, as_json: bool) -> None:
-    """Per-stage delivery of NAME's releases: targeted / notified / downloaded / installed / failed."""
+    """Per-stage delivery of NAME's releases (targeted / notified / downloaded / installed / failed)
+    and the task results devices reported, per version."""
     from walle_deploy.client import AdminClient
 
     with closing(AdminClient(server, token)) as client:
@@ -215,6 +216,16 @@ def status(ctx: click.Context, name: str, show_all: bool, server: str, token: st
                  s["notified"], s["downloaded"], s["installed"], s["failed"]] for s in rel["stages"]]
         term.display_table(title, ["stage", "percent", "targeted", "notified", "downloaded", "installed", "failed"],
                            rows)
+    results = report.get("results") or {}
+    if results:
+        rows = [[version, r["devices"], r["inferences"], r["errors"], _ms(r["latency_ms"]["p50"]),
+                 _ms(r["latency_ms"]["p99"]), ", ".join(r["backends"]) or "-"] for version, r in sorted(results.items())]
+        term.display_table(f"{name}: task results reported by devices (p50: median of devices, p99: worst device)",
+                           ["version", "devices", "inferences", "errors", "p50 ms", "p99 ms", "backends"], rows)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _task_action(action: str, verb: str) -> Any:

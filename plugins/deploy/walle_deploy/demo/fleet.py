@@ -16,6 +16,7 @@ a version that fails it is switched back by the agent and reported ``failed``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +37,21 @@ HEALTH_CHECK_TIMEOUT_S = 20.0
 MEAN_EVENT_GAP_MS = 150.0
 #: latency samples kept for percentiles
 MAX_SAMPLES = 100_000
+#: latency samples kept per device and version for the percentiles it reports to the server
+MAX_DEVICE_SAMPLES = 10_000
+#: how often every device sends its results to the server (batched, not one per inference)
+RESULTS_INTERVAL_S = 2.0
+#: results reports in flight at once, so a large fleet does not open a connection each
+RESULTS_CONCURRENCY = 16
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of ``values`` (None when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))
+    return round(ordered[int(rank) - 1], 3)
 
 
 @dataclass
@@ -57,15 +73,29 @@ class FleetStats:
 
     def percentile(self, q: float) -> float | None:
         """Nearest-rank percentile of the inference latencies in ms (None before any)."""
-        if not self.latencies_ms:
-            return None
-        ordered = sorted(self.latencies_ms)
-        rank = max(1, -(-len(ordered) * q // 100))
-        return round(ordered[int(rank) - 1], 3)
+        return percentile(self.latencies_ms, q)
 
     def error(self, message: str) -> None:
         if len(self.errors) < 100:
             self.errors.append(message)
+
+
+@dataclass
+class VersionResults:
+    """One device's cumulative results for one task version: what it reports to the server."""
+
+    inferences: int = 0
+    errors: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    backends: Counter[str] = field(default_factory=Counter)
+    #: changed since the last report the server accepted
+    dirty: bool = False
+
+    def metrics(self) -> dict[str, Any]:
+        p50, p99 = percentile(self.latencies_ms, 50), percentile(self.latencies_ms, 99)
+        return {"inferences": self.inferences, "errors": self.errors,
+                "latency_ms": None if p50 is None or p99 is None else {"p50": p50, "p99": p99},
+                "backend": self.backends.most_common(1)[0][0] if self.backends else ""}
 
 
 @dataclass
@@ -81,6 +111,10 @@ class Device:
     active_version: str | None = None
     stream_task: Any = None
     versions_seen: list[str] = field(default_factory=list)
+    results: dict[str, VersionResults] = field(default_factory=dict)
+
+    def results_of(self, version: str) -> VersionResults:
+        return self.results.setdefault(version, VersionResults())
 
     @property
     def device_id(self) -> str:
@@ -221,18 +255,56 @@ class Fleet:
             if not handle.done():
                 still.append((handle, device, version))
                 continue
+            own = device.results_of(version)
+            own.dirty = True
             try:
                 result = handle.result(0)
             except TaskFailed as exc:
+                own.errors += 1
                 self.stats.error(f"{device.device_id}: inference with {version} failed: {exc.status}: {exc.message}")
                 continue
+            backend = str(result.get("backend"))
             self.stats.inferences += 1
             self.stats.inferences_by_version[version] += 1
             self.stats.offers += bool(result.get("offer"))
-            self.stats.backends[str(result.get("backend"))] += 1
-            if handle.latency_s is not None and len(self.stats.latencies_ms) < MAX_SAMPLES:
-                self.stats.latencies_ms.append(handle.latency_s * 1e3)
+            self.stats.backends[backend] += 1
+            own.inferences += 1
+            own.backends[backend] += 1
+            if handle.latency_s is not None:
+                if len(self.stats.latencies_ms) < MAX_SAMPLES:
+                    self.stats.latencies_ms.append(handle.latency_s * 1e3)
+                if len(own.latencies_ms) < MAX_DEVICE_SAMPLES:
+                    own.latencies_ms.append(handle.latency_s * 1e3)
         self._pending = still
+
+    # ------------------------------------------------------------ results -> server
+
+    async def report_results(self) -> int:
+        """Every device sends its changed per-version results to the server (one request per
+        device and version that changed). Returns how many reports the server did not store;
+        a refused report stays dirty and goes again next time."""
+        gate = asyncio.Semaphore(RESULTS_CONCURRENCY)
+
+        async def send(device: Device, version: str, own: VersionResults) -> bool:
+            async with gate:
+                own.dirty = False
+                if await device.agent.report_results(TASK_NAME, version, own.metrics()):
+                    return True
+                own.dirty = True
+                return False
+
+        sends = [send(d, v, own) for d in self.devices for v, own in d.results.items() if own.dirty]
+        results = await asyncio.gather(*sends)
+        return sum(not ok for ok in results)
+
+    async def results_loop(self, stop: asyncio.Event, interval_s: float = RESULTS_INTERVAL_S) -> None:
+        """Report results every ``interval_s`` until ``stop``; the caller sends the final
+        report itself, after the container drained."""
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+            if not stop.is_set():
+                await self.report_results()
 
     async def drain(self, timeout_s: float = 10.0) -> None:
         """Wait for the inferences still queued or running, then account for them."""

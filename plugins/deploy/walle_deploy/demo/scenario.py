@@ -10,6 +10,9 @@
 6. Release v3, whose entry raises: its first devices fail the health check, the server
    aborts the release, the demo rolls it back and the fleet is back on v2.
 7. Let the behaviour stream run to the end of ``duration_s``, drain the container, report.
+   Throughout, every device sends its per-version results (inferences, errors, latency,
+   backend) to the server every couple of seconds and once more at the end; the summary's
+   ``server_results`` is what the server aggregated, checked against the devices' own count.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class DemoState:
     log: deque[str] = field(default_factory=lambda: deque(maxlen=32))
     errors: list[str] = field(default_factory=list)
     abort_rollback_observed: bool = False
+    #: the server's per-version aggregate of the devices' results reports
+    server_results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def elapsed_s(self) -> float:
@@ -124,6 +129,7 @@ async def _run(config: DemoConfig, root: Path, state: DemoState, refresh: Refres
             state.note(f"{config.devices} devices enrolled and connected")
             stop = asyncio.Event()
             traffic = asyncio.create_task(fleet.traffic(stop))
+            reporter = asyncio.create_task(fleet.results_loop(stop))
             watcher = asyncio.create_task(_watch(admin_api, state, refresh))
             try:
                 await _script(config, admin_api, fleet, state)
@@ -132,10 +138,16 @@ async def _run(config: DemoConfig, root: Path, state: DemoState, refresh: Refres
                 await traffic
                 state.phase = "draining the container"
                 await fleet.drain()
+                await reporter
+                state.phase = "sending the final results"
+                unsent = await fleet.report_results()
+                if unsent:
+                    state.errors.append(f"{unsent} final results reports were not stored by the server")
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
                 await _refresh_releases(admin_api, state)
+                _check_server_results(state)
                 await fleet.close()
             state.phase = "done"
             refresh(state)
@@ -209,6 +221,17 @@ async def _watch(api: AdminApi, state: DemoState, refresh: Refresh) -> None:
 async def _refresh_releases(api: AdminApi, state: DemoState) -> None:
     status = await api.call("GET", f"/v1/admin/tasks/{TASK_NAME}/status")
     state.releases = sorted(status["releases"], key=lambda r: r["release"])
+    state.server_results = status.get("results", {})
+
+
+def _check_server_results(state: DemoState) -> None:
+    """The loop is closed only if what the server holds is what the devices did."""
+    if state.fleet is None:
+        return
+    on_server = sum(r["inferences"] for r in state.server_results.values())
+    on_devices = state.fleet.stats.inferences
+    if on_server != on_devices:
+        state.errors.append(f"the server received results for {on_server} inferences, the devices ran {on_devices}")
 
 
 class AdminApi:
@@ -265,6 +288,7 @@ def summarize(state: DemoState) -> dict[str, Any]:
         "backends": dict(stats.backends) if stats else {},
         "health_checks_failed": dict(stats.health_checks_failed) if stats else {},
         "abort_rollback_observed": state.abort_rollback_observed,
+        "server_results": state.server_results,
         "releases": [{"release": r["release"], "version": r["version"], "state": r["state"],
                       "reason": r["reason"],
                       "stages": [{k: s[k] for k in ("name", "targeted", "installed", "failed")} for s in r["stages"]]}

@@ -68,13 +68,30 @@ def _fleet_table(state: DemoState) -> Panel:
              "backend", ", ".join(stats.backends) or "-"),
             ("events", f"{stats.events:,}", "latency p50", _ms(stats.percentile(50)) + " ms"),
             ("triggers fired", f"{stats.triggers_fired:,}", "latency p99", _ms(stats.percentile(99)) + " ms"),
-            ("inferences", f"{stats.inferences:,}", "shed (queue full)", str(stats.shed)),
+            ("inferences (on server)", f"{stats.inferences:,} ({_server_inferences(state.server_results):,})",
+             "shed (queue full)", str(stats.shed)),
             ("failed starts", ", ".join(f"{v}: {n}" for v, n in sorted(stats.health_checks_failed.items())) or "0",
              "errors", Text(str(errors), style="bold red" if errors else "green")),
         ]
         for row in rows:
             grid.add_row(*row)
     return Panel(grid, title=f"Fleet ({state.config.devices} simulated devices)", title_align="left")
+
+
+def _server_inferences(results: dict[str, dict[str, Any]]) -> int:
+    return sum(r["inferences"] for r in results.values())
+
+
+def _server_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """One summary row per version, from the server's aggregate of the devices' reports."""
+    rows = []
+    for version, r in sorted(results.items()):
+        latency = r["latency_ms"]
+        # terse, so the table still fits an 80-column terminal
+        text = (f"{r['inferences']:,} inf, {r['errors']} err, {r['devices']} dev, "
+                f"{_ms(latency['p50'])} / {_ms(latency['p99'])} ms")
+        rows.append((f"server got {version}", text))
+    return rows or [("server got", "no results")]
 
 
 def _ms(value: float | None) -> str:
@@ -95,7 +112,9 @@ def releases_table(summary: dict[str, Any]) -> Table:
 
 
 def summary_table(summary: dict[str, Any], ok: bool) -> Table:
-    """The closing table: every acceptance figure, and whether the demo passed."""
+    """The closing table: every acceptance figure, and whether the demo passed. The
+    ``server got`` rows are what the server aggregated from the devices' results reports:
+    inferences, errors, devices reporting, p50 (median of devices) / p99 (worst device)."""
     table = Table(title="walle demo: summary", title_justify="left")
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -108,6 +127,7 @@ def summary_table(summary: dict[str, Any], ok: bool) -> Table:
                        + ", ".join(f"{v}: {n}" for v, n in sorted(summary["inferences_by_version"].items()))),
         ("latency p50 / p99", f"{_ms(latency['p50'])} / {_ms(latency['p99'])} ms"),
         ("backend", str(summary["backend"])),
+        *_server_rows(summary["server_results"]),
         ("offers made", str(summary["offers"])),
         ("firings shed (queue full)", str(summary["shed"])),
         ("abort + rollback observed", "yes" if summary["abort_rollback_observed"] else "no"),

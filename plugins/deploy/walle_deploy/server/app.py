@@ -36,6 +36,7 @@ from walle_deploy.push import PushChannel
 from walle_deploy.push.embedded import EmbeddedHub
 from walle_deploy.server import auth
 from walle_deploy.server.blobs import BlobStore
+from walle_deploy.server.results import MAX_RESULTS_BODY, ResultRecord, aggregate, parse_metrics
 from walle_deploy.server.rollout import RolloutEngine
 from walle_deploy.server.store import STATES, BundleRecord, Device, Store
 from walle_deploy.signing import TrustedKeys, public_pem
@@ -113,10 +114,10 @@ class DeployServer:
     # ------------------------------------------------------------ helpers
 
     @staticmethod
-    async def json_body(request: Request) -> dict[str, Any]:
+    async def json_body(request: Request, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
         body = await request.body()
-        if len(body) > MAX_JSON_BODY:
-            raise _error(413, f"JSON body larger than {MAX_JSON_BODY} bytes")
+        if len(body) > limit:
+            raise _error(413, f"JSON body larger than {limit} bytes")
         try:
             data = json.loads(body or b"{}")
         except ValueError as exc:
@@ -177,6 +178,33 @@ class DeployServer:
             raise _error(403, str(exc)) from exc
         except DeployError as exc:
             raise _error(404, str(exc)) from exc
+
+    async def results(self, request: Request) -> Response:
+        """A device's cumulative task results for one version (see :mod:`.results`)."""
+        device = self.device_from(request)
+        data = await self.json_body(request, MAX_RESULTS_BODY)
+        unknown = sorted(set(data) - {"task", "version", "seq", "metrics"})
+        if unknown:
+            raise _error(400, f"results: unknown field {unknown[0]!r} (allowed: metrics, seq, task, version)")
+        task, version, seq = data.get("task"), data.get("version"), data.get("seq")
+        if not isinstance(task, str) or not isinstance(version, str):
+            raise _error(400, "results: 'task' and 'version' are required strings")
+        if type(seq) is not int or not 0 <= seq < 2**62:  # SQLite integers are 64-bit
+            raise _error(400, "results: 'seq' is required and must be an integer in [0, 2**62)")
+        try:
+            inferences, errors, p50, p99, backend = parse_metrics(data.get("metrics"))
+        except DeployError as exc:
+            raise _error(400, str(exc)) from exc
+        if task not in self.store.tasks():
+            raise _error(404, f"results: unknown task {task!r}")
+        # released to the device = a release of this version notified it or applies to it now;
+        # versions it ran before a rollback keep counting, versions it never got do not
+        if not any(r.version == version and ((r.id, device.id) in self.store.deliveries or self.engine.applies(r, device))
+                   for r in self.store.releases_of(task)):
+            raise _error(403, f"results: {task} {version!r} was not released to device {device.id}")
+        kept = self.store.put_result(ResultRecord(device.id, task, version, seq, inferences, errors, p50, p99,
+                                                  backend, time.time()))
+        return JSONResponse({"ok": True, "stored": kept})
 
     async def notices(self, request: Request) -> Response:
         """Polling fallback: the notices the device's push connection would have delivered."""
@@ -349,9 +377,11 @@ class DeployServer:
     async def status(self, request: Request) -> Response:
         self.require_admin(request)
         try:
-            return JSONResponse(self.engine.status(request.path_params["task"]))
+            report = self.engine.status(request.path_params["task"])
         except DeployError as exc:
             raise _error(404, str(exc)) from exc
+        report["results"] = aggregate(self.store.results_of(report["task"]))
+        return JSONResponse(report)
 
     async def tasks(self, request: Request) -> Response:
         self.require_admin(request)
@@ -421,6 +451,7 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/v1/enroll", server.enroll, methods=["POST"]),
         Route("/v1/device/heartbeat", server.heartbeat, methods=["POST"]),
         Route("/v1/device/report", server.report, methods=["POST"]),
+        Route("/v1/device/results", server.results, methods=["POST"]),
         Route("/v1/device/notices", server.notices),
         WebSocketRoute("/v1/push", server.push),
         Route("/v1/bundles/{digest}", server.bundle, methods=["GET", "HEAD"]),

@@ -1,8 +1,8 @@
 """Release metadata in SQLite, mirrored in memory.
 
 Every record is loaded at start and served from memory; bundles, releases and devices are
-written through at once (they change rarely), while delivery reports — the only
-high-rate writes, one per device and state change — are buffered and written in one
+written through at once (they change rarely), while delivery reports and task results — the
+high-rate writes, one per device and state change or results interval — are buffered and written in one
 transaction by :meth:`Store.flush` (the server calls it a few times a second). This is the
 same write-behind batching the scaling notes in the README rely on. WAL mode with
 ``synchronous=NORMAL`` keeps a commit to an append without an fsync.
@@ -19,6 +19,7 @@ from typing import Any
 
 from walle_deploy.errors import DeployError
 from walle_deploy.policy import Stage
+from walle_deploy.server.results import ResultRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bundles (
@@ -31,6 +32,10 @@ CREATE TABLE IF NOT EXISTS devices (
 CREATE TABLE IF NOT EXISTS deliveries (
   release_id INTEGER NOT NULL, device TEXT NOT NULL, stage INTEGER NOT NULL, state TEXT NOT NULL,
   reason TEXT NOT NULL, notified REAL NOT NULL, updated REAL NOT NULL, PRIMARY KEY (release_id, device));
+CREATE TABLE IF NOT EXISTS results (
+  device TEXT NOT NULL, task TEXT NOT NULL, version TEXT NOT NULL, seq INTEGER NOT NULL,
+  inferences INTEGER NOT NULL, errors INTEGER NOT NULL, p50_ms REAL, p99_ms REAL, backend TEXT NOT NULL,
+  updated REAL NOT NULL, PRIMARY KEY (device, task, version));
 """
 
 #: delivery states in the order a healthy delivery goes through them
@@ -114,6 +119,8 @@ class Store:
         self.devices: dict[str, Device] = {}
         self.deliveries: dict[tuple[int, str], Delivery] = {}
         self._dirty: set[tuple[int, str]] = set()
+        self.results: dict[tuple[str, str, str], ResultRecord] = {}
+        self._dirty_results: set[tuple[str, str, str]] = set()
         self._load()
 
     def _load(self) -> None:
@@ -127,6 +134,9 @@ class Store:
         for row in self.db.execute("SELECT * FROM deliveries"):
             d = Delivery(*row)
             self.deliveries[(d.release_id, d.device)] = d
+        for row in self.db.execute("SELECT * FROM results"):
+            r = ResultRecord(*row)
+            self.results[(r.device, r.task, r.version)] = r
 
     def close(self) -> None:
         self.flush()
@@ -189,13 +199,32 @@ class Store:
         self.deliveries[key] = delivery
         self._dirty.add(key)
 
+    # ------------------------------------------------------------ task results
+
+    def put_result(self, record: ResultRecord) -> bool:
+        """Keep ``record`` as the latest of its (device, task, version) unless a report with a
+        higher ``seq`` is already stored; returns whether it was kept. Buffered like deliveries."""
+        key = (record.device, record.task, record.version)
+        old = self.results.get(key)
+        if old is not None and old.seq >= record.seq:
+            return False
+        self.results[key] = record
+        self._dirty_results.add(key)
+        return True
+
+    def results_of(self, task: str) -> list[ResultRecord]:
+        return [r for r in self.results.values() if r.task == task]
+
     def flush(self) -> int:
-        """Write buffered delivery changes in one transaction; returns how many."""
-        if not self._dirty:
+        """Write buffered delivery and result changes in one transaction; returns how many."""
+        if not self._dirty and not self._dirty_results:
             return 0
         rows = [tuple(asdict(self.deliveries[k]).values()) for k in self._dirty]
+        results = [tuple(asdict(self.results[k]).values()) for k in self._dirty_results]
         self._dirty.clear()
+        self._dirty_results.clear()
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        return len(rows)
+            self.db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", results)
+        return len(rows) + len(results)
