@@ -10,13 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from walle_cpu_x86 import CpuX86Backend, _ext
 
 from walle_core import ops, plugins
 from walle_core.backend import Segment
 from walle_core.errors import BackendError
 from walle_core.ir import GraphBuilder, TensorType
 from walle_core.ops import Activation, BinaryFn, Op, PoolKind, ReduceFn, UnaryFn
+from walle_cpu_x86 import CpuX86Backend, _ext
 
 ISAS = [isa for isa in ("portable", "avx2", "avx512")
         if ["portable", "avx2", "avx512"].index(isa) <= ["portable", "avx2", "avx512"].index(_ext.best_isa())]
@@ -443,6 +443,8 @@ CONV_CASES = [
     ((1, 4, 7, 6), (6, 2, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
     ((2, 8, 10, 9), (8, 1, 3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),  # depthwise
     ((1, 4, 9, 9), (8, 1, 3, 3), (1, 2), (2, 0, 1, 2), (2, 1), 4),  # depthwise, multiplier 2
+    ((1, 3, 5, 4), (3, 1, 3, 3), (3, 2), (4, 3, 2, 5), (1, 2), 3),  # depthwise, pads wider than the kernel
+    ((2, 5, 11, 13), (5, 1, 5, 3), (2, 3), (2, 1, 2, 1), (1, 1), 5),  # depthwise 5x3, stride 3 phases
     ((2, 16, 5, 7), (40, 16, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),  # 1x1 as a plain GEMM
     ((1, 6, 5, 7), (9, 2, 1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 3),  # grouped 1x1
     ((1, 3, 6, 6), (4, 3, 1, 1), (2, 2), (1, 1, 0, 0), (1, 1), 1),  # strided, padded 1x1
@@ -472,6 +474,57 @@ def test_conv2d_bias_residual_activation(backend, groups, fn):
     close(got, want.astype(np.float32), atol=1e-4)
 
 
+# Winograd: every eligible shape (3x3, stride 1, one group, constant weights) against NumPy and
+# against the direct algorithm; odd sizes and asymmetric pads exercise partial tiles and lane blocks.
+WINOGRAD_CASES = [
+    # (x shape, o, pads)
+    ((1, 8, 12, 12), 8, (1, 1, 1, 1)),
+    ((2, 16, 13, 9), 24, (0, 1, 2, 0)),
+    ((1, 12, 35, 7), 10, (1, 1, 1, 1)),  # several lane blocks along one tile row of F(2,3)
+    ((1, 33, 5, 40), 17, (2, 2, 0, 1)),  # more tiles than lanes across; rows shorter than a tile
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[f"wino{i}" for i in range(len(WINOGRAD_CASES))])
+@pytest.mark.parametrize("tile", ["2", "4"])
+def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile):
+    xs, o, pads = case
+    oh, ow = xs[2] + pads[0] + pads[2] - 2, xs[3] + pads[1] + pads[3] - 2
+    x, w, bias, res = f32(*xs), f32(o, xs[1], 3, 3), f32(o), f32(xs[0], o, oh, ow)
+    attrs = ops.Conv2DAttrs(pads=pads, activation=Activation(UnaryFn.RELU), has_bias=True, has_residual=True)
+    got = {}
+    for mode in ("0", tile):
+        monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", mode)
+        seg, feeds = build(Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
+        exe = backend.compile(seg)
+        # only the Winograd algorithm needs the shared workspace: proves which one ran
+        assert (exe.plan.workspace_bytes > 0) == (mode != "0")
+        (got[mode],) = exe.run(feeds)
+    want = np.maximum(np_conv(x, w, bias, pads=pads) + res, 0).astype(np.float32)
+    close(got[tile], want, atol=1e-4)
+    close(got[tile], got["0"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape,picks_winograd", [((1, 64, 56, 56), True), ((1, 4, 56, 56), False),
+                                                 ((1, 512, 7, 7), False), ((1, 64, 400, 400), False)], ids=str)
+def test_winograd_cost_rule(monkeypatch, shape, picks_winograd):
+    """Large maps with many channels go to Winograd; few channels (transforms dominate), 7x7
+    maps (tiles pad the GEMM's columns) and maps whose transform would exceed the 64 MiB
+    workspace bound stay direct."""
+    monkeypatch.delenv("WALLE_CPU_X86_WINOGRAD", raising=False)
+    c = shape[1]
+    x = np.zeros(shape, np.float32)  # only its type matters: the plan is compiled, not run
+    seg, _ = build(Op.CONV2D, ops.Conv2DAttrs(pads=(1, 1, 1, 1)), [x, f32(c, c, 3, 3)], const=(1,))
+    assert (CpuX86Backend().compile(seg).plan.workspace_bytes > 0) == picks_winograd
+
+
+def test_winograd_env_is_validated(monkeypatch):
+    monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "3")
+    seg, _ = build(Op.CONV2D, ops.Conv2DAttrs(pads=(1, 1, 1, 1)), [f32(1, 8, 6, 6), f32(8, 8, 3, 3)], const=(1,))
+    with pytest.raises(BackendError, match="WALLE_CPU_X86_WINOGRAD"):
+        CpuX86Backend().compile(seg)
+
+
 # -------------------------------------------------------------------------------- pool
 
 POOL_CASES = [
@@ -491,6 +544,45 @@ def test_pool2d(backend, case):
     attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, out_hw, include)
     (got,) = run1(backend, Op.POOL2D, attrs, [x])
     close(got, np_pool(x, kind, k, s, pads, dil, out_hw, include))
+
+
+def test_max_pool_propagates_nan_and_splits_planes(backend):
+    x = f32(3, 5, 9, 11)
+    x[1, 2, 3, 3] = np.nan  # inside the windows of outputs (1..2, 1..2)
+    attrs = ops.Pool2DAttrs(PoolKind.MAX, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (5, 6))
+    (got,) = run1(backend, Op.POOL2D, attrs, [x])
+    want = np_pool(x, "max", (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (5, 6))
+    assert np.isnan(got[1, 2, 1:3, 1:3]).all() and np.isnan(got).sum() == 4
+    close(np.nan_to_num(got, nan=7.0), np.nan_to_num(want, nan=7.0))
+
+
+# ------------------------------------------------------------------------------ profile
+
+def test_profile_times_every_op(monkeypatch):
+    monkeypatch.setenv("WALLE_PROFILE", "1")
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float32), (1, 8, 10, 10)))
+    c = b.emit1(Op.CONV2D, [x, b.constant(f32(8, 8, 3, 3))], ops.Conv2DAttrs(pads=(1, 1, 1, 1)))
+    y = b.emit1(Op.UNARY, [c], ops.UnaryAttrs(UnaryFn.EXP))
+    g = b.graph
+    exe = CpuX86Backend().compile(Segment(g.nodes, ["x"], [y], dict(g.types), dict(g.constants)))
+    for _ in range(3):
+        exe.run([f32(1, 8, 10, 10)])
+    rows = exe.profile()
+    assert [r["op"] for r in rows] == ["conv2d", "unary"]
+    assert all(r["runs"] == 3 and r["ms"] > 0 for r in rows)
+    exe.plan.reset_profile()
+    exe.plan.profiling = False
+    exe.run([f32(1, 8, 10, 10)])
+    assert exe.profile() == []
+
+
+def test_profile_is_off_by_default(monkeypatch):
+    monkeypatch.delenv("WALLE_PROFILE", raising=False)
+    seg, feeds = build(Op.UNARY, ops.UnaryAttrs(UnaryFn.NEG), [f32(4)])
+    exe = CpuX86Backend().compile(seg)
+    exe.run(feeds)
+    assert not exe.plan.profiling and exe.profile() == []
 
 
 # ---------------------------------------------------------------------------- indexing
@@ -560,6 +652,11 @@ def test_every_isa_level(monkeypatch, isa):
     x, w = f32(1, 5, 9, 8), f32(7, 5, 3, 3)
     (got,) = run1(be, Op.CONV2D, ops.Conv2DAttrs(pads=(1, 1, 1, 1)), [x, w], const=(1,))
     close(got, np_conv(x, w, pads=(1, 1, 1, 1)).astype(np.float32), atol=1e-4)
+    # depthwise has its own per-ISA inner loop; 19 x 18 outputs leave a partial vector
+    x, w = f32(1, 6, 37, 35), f32(6, 1, 3, 3)
+    attrs = ops.Conv2DAttrs((2, 2), (1, 1, 1, 1), groups=6)
+    (got,) = run1(be, Op.CONV2D, attrs, [x, w], const=(1,))
+    close(got, np_conv(x, w, None, (2, 2), (1, 1, 1, 1), groups=6).astype(np.float32), atol=1e-4)
 
 
 def test_unknown_isa_is_rejected(monkeypatch):

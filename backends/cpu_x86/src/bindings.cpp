@@ -110,7 +110,19 @@ NB_MODULE(_ext, m) {
       .def_prop_ro("isa", [](const Plan& p) { return std::string(isa_name(p.isa())); })
       .def_prop_ro("arena_bytes", &Plan::arena_bytes)
       .def_prop_ro("scratch_bytes_per_worker", &Plan::scratch_bytes_per_worker)
+      .def_prop_ro("workspace_bytes", &Plan::workspace_bytes)
       .def_prop_ro("arenas_created", &Plan::arenas_created)
       .def_prop_ro("num_inputs", &Plan::num_inputs)
-      .def_prop_ro("num_outputs", &Plan::num_outputs);
+      .def_prop_ro("num_outputs", &Plan::num_outputs)
+      .def_prop_rw("profiling", &Plan::profiling, [](Plan& p, bool on) { p.set_profiling(on); },
+                   "Whether run() times every op (see profile()).")
+      .def(
+          "profile",
+          [](const Plan& p) {
+            std::vector<std::tuple<int, std::string, int64_t, int64_t>> rows;
+            for (const auto& t : p.profile()) rows.emplace_back(t.index, t.label, t.total_ns, t.runs);
+            return rows;
+          },
+          "Per op: (index, label, total nanoseconds, timed runs) since the last reset_profile().")
+      .def("reset_profile", &Plan::reset_profile);
 }

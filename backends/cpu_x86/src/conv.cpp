@@ -1,14 +1,18 @@
-// CONV2D (NCHW) with fused bias, residual add and activation. Three algorithms:
-//  - depthwise (one input channel per group): direct loops, vectorised along output rows;
+// CONV2D (NCHW) with fused bias, residual add and activation. Four algorithms:
+//  - depthwise (one input channel per group): one contiguous multiply-add per tap over a padded,
+//    phase-split copy of each plane;
 //  - 1x1, stride 1, no padding: a plain GEMM of the weights with the image (no copy at all);
+//  - 3x3 stride 1 with constant weights, when the cost rule in winograd.hpp says so: Winograd;
 //  - anything else: GEMM whose B operand is read through an im2col view of the image, packed
 //    block by block, so the im2col matrix is never materialised.
 // Constant weights are packed once, per group, when the plan is compiled.
 #include <algorithm>
 
+#include "depthwise_taps.hpp"
 #include "elementwise.hpp"
 #include "gemm.hpp"
 #include "plan.hpp"
+#include "winograd.hpp"
 
 namespace walle {
 
@@ -19,32 +23,89 @@ struct ConvShape {
   int64_t sh, sw, pt, pl, pb, pr, dh, dw;
 };
 
-// out[oy, :] += w * in[iy, :] over the output columns whose taps fall inside the row.
-void depthwise_plane(const ConvShape& s, const float* in, const float* wt, float* out) {
-  std::fill(out, out + s.oh * s.ow, 0.f);
-  for (int64_t oy = 0; oy < s.oh; ++oy) {
-    float* orow = out + oy * s.ow;
-    for (int64_t i = 0; i < s.kh; ++i) {
-      const int64_t iy = oy * s.sh - s.pt + i * s.dh;
-      if (iy < 0 || iy >= s.h) continue;
-      const float* irow = in + iy * s.w;
-      for (int64_t j = 0; j < s.kw; ++j) {
-        const float wv = wt[i * s.kw + j];
-        const int64_t shift = j * s.dw - s.pl;  // ix = ox * sw + shift
-        // first ox with ix >= 0, last ox with ix < w
-        int64_t lo = shift >= 0 ? 0 : (-shift + s.sw - 1) / s.sw;
-        int64_t hi = (s.w - 1 - shift) < 0 ? -1 : (s.w - 1 - shift) / s.sw;
-        hi = std::min(hi, s.ow - 1);
-        if (s.sw == 1) {
-          const float* src = irow + shift;
-          for (int64_t ox = lo; ox <= hi; ++ox) orow[ox] += wv * src[ox];
-        } else {
-          for (int64_t ox = lo; ox <= hi; ++ox) orow[ox] += wv * irow[ox * s.sw + shift];
-        }
-      }
+// Depthwise planes are computed from a zero-padded copy of the input plane split by phase:
+// padded pixel (Y, X) is stored in sub-plane [Y % sh][X % sw] at (Y / sh, X / sw). Every tap then
+// reads one sub-plane at a fixed offset, with the same row pitch as a row buffer of the output,
+// so each tap is ONE contiguous multiply-add over the whole plane (long, vectorised loops, no
+// bounds checks, strided convolutions like stride 1); the valid columns are copied out at the
+// end. Pad copy and row buffer live in the worker's scratch.
+struct DepthwiseLayout {
+  int64_t sub_rows = 0, pitch = 0;  // rows and columns of each sub-plane
+  int64_t sh = 1, sw = 1;
+  static DepthwiseLayout of(const ConvShape& s) {
+    const int64_t rows = (s.oh - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+    const int64_t cols = (s.ow - 1) * s.sw + (s.kw - 1) * s.dw + 1;
+    return {(rows + s.sh - 1) / s.sh, (cols + s.sw - 1) / s.sw, s.sh, s.sw};
+  }
+  int64_t sub_plane() const { return sub_rows * pitch; }
+  // The last tap's run may read up to one pitch past its sub-plane (columns that are dropped).
+  int64_t pad_floats() const { return sh * sw * sub_plane() + pitch; }
+  // pad copy, then (64-byte aligned) the row buffer, then the tap pointers
+  int64_t rows_offset() const { return (pad_floats() + 15) / 16 * 16; }
+  int64_t srcs_offset(int64_t oh) const { return rows_offset() + (oh * pitch + 15) / 16 * 16; }
+  size_t bytes(int64_t oh, int64_t taps) const {
+    return static_cast<size_t>(srcs_offset(oh)) * sizeof(float) + static_cast<size_t>(taps) * sizeof(float*) + 64;
+  }
+};
+
+void depthwise_pad(const ConvShape& s, const DepthwiseLayout& l, const float* in, float* pad) {
+  std::fill(pad, pad + l.pad_floats(), 0.f);
+  const int64_t rows = l.sub_rows * l.sh, cols = l.pitch * l.sw;
+  // input columns that land inside the padded extent (the conv may not read the last ones)
+  const int64_t x_end = std::max<int64_t>(0, std::min(s.w, cols - s.pl));
+  for (int64_t iy = 0; iy < s.h && iy + s.pt < rows; ++iy) {
+    const int64_t Y = iy + s.pt;
+    float* dst_row = pad + (Y % l.sh) * l.sw * l.sub_plane() + (Y / l.sh) * l.pitch;
+    const float* src = in + iy * s.w;
+    if (l.sw == 1) {
+      std::copy_n(src, x_end, dst_row + s.pl);
+      continue;
+    }
+    // column phase f holds X = q * sw + f, i.e. input columns ix = X - pl in [0, x_end)
+    for (int64_t f = 0; f < l.sw; ++f) {
+      const int64_t first = s.pl - f <= 0 ? 0 : (s.pl - f + l.sw - 1) / l.sw;  // first q with ix >= 0
+      float* dst = dst_row + f * l.sub_plane();
+      for (int64_t q = first, ix = q * l.sw + f - s.pl; q < l.pitch && ix < x_end; ++q, ix += l.sw) dst[q] = src[ix];
     }
   }
 }
+
+// out = sum over taps of w[i, j] * (padded input shifted by the tap); rows is oh x pitch scratch,
+// srcs room for kh * kw pointers.
+void depthwise_plane(const ConvShape& s, const DepthwiseLayout& l, DepthwiseTapsFn taps_fn, const float* pad,
+                     const float* wt, const float** srcs, float* rows, float* out) {
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t Y0 = i * s.dh;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const int64_t X0 = j * s.dw;
+      srcs[i * s.kw + j] =
+          pad + ((Y0 % l.sh) * l.sw + X0 % l.sw) * l.sub_plane() + (Y0 / l.sh) * l.pitch + X0 / l.sw;
+    }
+  }
+  taps_fn(srcs, wt, s.kh * s.kw, rows, s.oh * l.pitch);
+  for (int64_t oy = 0; oy < s.oh; ++oy) std::copy_n(rows + oy * l.pitch, s.ow, out + oy * s.ow);
+}
+
+}  // namespace
+
+void depthwise_taps_portable(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n) {
+  constexpr int64_t kBlock = 64;  // a block of accumulators the compiler keeps in vector registers
+  for (int64_t e0 = 0; e0 < n; e0 += kBlock) {
+    const int64_t m = std::min(kBlock, n - e0);
+    float acc[kBlock] = {};
+    for (int64_t t = 0; t < taps; ++t) {
+      const float wv = w[t];
+      const float* p = src[t] + e0;
+      for (int64_t k = 0; k < m; ++k) acc[k] += wv * p[k];
+    }
+    std::copy_n(acc, m, rows + e0);
+  }
+}
+
+namespace {
+
+// Largest shared workspace the cost rule may choose Winograd for (a forced tile ignores it).
+constexpr size_t kMaxWinogradWorkspace = size_t(64) << 20;
 
 class Conv2DKernel : public OpKernel {
  public:
@@ -95,11 +156,27 @@ class Conv2DKernel : public OpKernel {
       residual_ = ctx.input_id(next++);
     }
     depthwise_ = s_.cg == 1 && g == s_.c;
+    if (blk_.isa == Isa::kAvx512) taps_fn_ = depthwise_taps_avx512;
     direct_1x1_ = s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 && s_.pt == 0 && s_.pl == 0 &&
                   s_.pb == 0 && s_.pr == 0;
     gemm_k_ = s_.cg * s_.kh * s_.kw;
     im2col_ = Im2col{s_.cg, s_.h, s_.w, s_.kh, s_.kw, s_.sh, s_.sw, s_.dh, s_.dw, s_.pt, s_.pl, s_.oh, s_.ow};
-    if (!depthwise_) {
+    // ints[12], when present: Winograd tile forced by the caller (0 = never), else the cost rule
+    const int64_t policy = ctx.rec().ints.size() > 12 ? ctx.int_at(12) : -1;
+    ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
+    const bool winograd_shape = s_.kh == 3 && s_.kw == 3 && s_.sh == 1 && s_.sw == 1 && s_.dh == 1 && s_.dw == 1 &&
+                                g == 1 && ctx.constant_input(1) != nullptr;
+    if (winograd_shape && policy != 0) {
+      const WinogradShape ws{s_.c, s_.h, s_.w, s_.o, s_.oh, s_.ow, s_.pt, s_.pl};
+      int tile = policy > 0 ? static_cast<int>(policy) : choose_winograd_tile(ws, blk_.kernel.nr);
+      // the transformed image is (tile+2)^2/tile^2 times the input and output: keep it bounded
+      if (policy < 0 && tile && winograd_workspace_bytes(tile, ws) > kMaxWinogradWorkspace) tile = 0;
+      if (tile) {
+        winograd_ = std::make_unique<WinogradConv>(tile, ws, static_cast<const float*>(ctx.constant_input(1)),
+                                                   blk_.kernel.mr);
+      }
+    }
+    if (!depthwise_ && !winograd_) {
       if (const void* data = ctx.constant_input(1)) {
         // weights of group gi: rows [gi*og, (gi+1)*og) of the [O, cg*kh*kw] matrix
         const int mr = blk_.kernel.mr;
@@ -117,7 +194,11 @@ class Conv2DKernel : public OpKernel {
     y_ = ctx.output_id(0);
   }
 
-  size_t scratch_bytes() const override { return depthwise_ ? 0 : blk_.scratch_bytes(); }
+  size_t scratch_bytes() const override {
+    if (depthwise_) return DepthwiseLayout::of(s_).bytes(s_.oh, s_.kh * s_.kw);
+    return std::max(blk_.scratch_bytes(), winograd_ ? winograd_->scratch_bytes() : size_t(0));
+  }
+  size_t workspace_bytes() const override { return winograd_ ? winograd_->workspace_bytes() : 0; }
 
   void run(const RunContext& ctx) const override {
     const float* x = static_cast<const float*>(ctx.ptrs[x_]);
@@ -127,6 +208,14 @@ class Conv2DKernel : public OpKernel {
     float* y = static_cast<float*>(ctx.ptrs[y_]);
     if (depthwise_) return run_depthwise(ctx, x, w, bias, res, y);
     const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
+    if (winograd_) {
+      for (int64_t n = 0; n < s_.n; ++n) {
+        const int64_t out_off = n * s_.o * plane_out;
+        winograd_->run(blk_, x + n * s_.c * plane_in, y + out_off, bias, res ? res + out_off : nullptr, act_,
+                       ctx.pool, ctx.scratch, ctx.workspace);
+      }
+      return;
+    }
     auto problem = [&](int64_t bi) {
       const int64_t n = bi / s_.groups, gi = bi % s_.groups;
       GemmProblem p;
@@ -155,10 +244,15 @@ class Conv2DKernel : public OpKernel {
                      float* y) const {
     const int64_t mult = s_.og;  // output channels per input channel
     const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
-    ctx.pool.parallel_for(s_.n * s_.o, [&](int64_t t, int) {
+    const DepthwiseLayout layout = DepthwiseLayout::of(s_);
+    ctx.pool.parallel_for(s_.n * s_.o, [&](int64_t t, int worker) {
       const int64_t n = t / s_.o, o = t % s_.o, c = o / mult;
       float* out = y + t * plane_out;
-      depthwise_plane(s_, x + (n * s_.c + c) * plane_in, w + o * s_.kh * s_.kw, out);
+      float* pad = ctx.scratch(worker);
+      float* rows = pad + layout.rows_offset();
+      const float** srcs = reinterpret_cast<const float**>(pad + layout.srcs_offset(s_.oh));
+      depthwise_pad(s_, layout, x + (n * s_.c + c) * plane_in, pad);
+      depthwise_plane(s_, layout, taps_fn_, pad, w + o * s_.kh * s_.kw, srcs, rows, out);
       Epilogue ep;
       if (bias) ep.bias = MatView{bias + o, 0, 0};
       if (res) ep.residual = MatView{res + t * plane_out, 0, 1};
@@ -175,6 +269,8 @@ class Conv2DKernel : public OpKernel {
   Im2col im2col_;
   AlignedBuffer packed_;
   int64_t packed_stride_ = 0;
+  std::unique_ptr<WinogradConv> winograd_;
+  DepthwiseTapsFn taps_fn_ = depthwise_taps_portable;
   int x_ = -1, w_ = -1, bias_ = -1, residual_ = -1, y_ = -1;
 };
 

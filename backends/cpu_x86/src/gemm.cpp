@@ -17,7 +17,7 @@ MicroKernel micro_kernel(Isa isa) {
 
 // KC x NR floats of B (32 KiB at NR=32) plus a few A rows fit L1; an MC x KC block of A
 // (~120 KiB) sits in L2 while all the B panels of the tile stream past it.
-GemmBlocking::GemmBlocking(Isa isa) : kernel(micro_kernel(isa)) {
+GemmBlocking::GemmBlocking(Isa isa) : isa(isa), kernel(micro_kernel(isa)) {
   kc = 256;
   mc = kernel.mr * std::max<int64_t>(1, 120 / kernel.mr);
   nc = kernel.nr * 8;
@@ -72,31 +72,51 @@ static void pack_b_block(const MatView& b, int64_t k0, int64_t kc, int64_t j0, i
   }
 }
 
-// The same block read through an im2col view of an image.
-static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, int64_t kc, int64_t j0, int64_t cols, int nr,
-                              float* dst) {
+// The same block read through an im2col view of an image. Within one row k = (c, kh, kw) the
+// columns of one output row oy read one input row at ix = ox * sw + shift, so each run is a
+// zero-padded (strided) copy with bounds worked out once per run instead of once per element.
+static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, int64_t kc, int64_t j0, int64_t cols,
+                              int nr, float* dst) {
   const int64_t taps = g.KH * g.KW;
   for (int64_t q = 0; q < cols; q += nr) {
-    int64_t valid = std::min<int64_t>(nr, cols - q);
+    const int64_t valid = std::min<int64_t>(nr, cols - q);
     float* panel = dst + q * kc;
-    int64_t oy0 = (j0 + q) / g.OW, ox0 = (j0 + q) % g.OW;
+    const int64_t oy0 = (j0 + q) / g.OW, ox0 = (j0 + q) % g.OW;
     for (int64_t k = 0; k < kc; ++k) {
-      int64_t row = k0 + k;
-      int64_t c = row / taps, r = row % taps;
-      int64_t kh = r / g.KW, kw = r % g.KW;
+      const int64_t row = k0 + k;
+      const int64_t c = row / taps, r = row % taps;
+      const int64_t kh = r / g.KW, kw = r % g.KW;
       const float* plane = image + c * g.H * g.W;
       float* out = panel + k * nr;
-      int64_t oy = oy0, ox = ox0;
-      for (int64_t j = 0; j < valid; ++j) {
-        int64_t iy = oy * g.sh - g.pt + kh * g.dh;
-        int64_t ix = ox * g.sw - g.pl + kw * g.dw;
-        out[j] = (iy >= 0 && iy < g.H && ix >= 0 && ix < g.W) ? plane[iy * g.W + ix] : 0.f;
-        if (++ox == g.OW) {
-          ox = 0;
-          ++oy;
+      const int64_t shift = kw * g.dw - g.pl;
+      int64_t j = 0, oy = oy0, ox = ox0;
+      while (j < valid) {
+        const int64_t run = std::min(valid - j, g.OW - ox);
+        const int64_t iy = oy * g.sh - g.pt + kh * g.dh;
+        float* o = out + j;
+        if (iy < 0 || iy >= g.H) {
+          std::fill(o, o + run, 0.f);
+        } else {
+          const float* src = plane + iy * g.W;
+          const int64_t ix0 = ox * g.sw + shift;  // ix of the run's first column
+          // columns t in [lo, hi) of the run read inside the row
+          int64_t lo = ix0 >= 0 ? 0 : (-ix0 + g.sw - 1) / g.sw;
+          int64_t hi = ix0 > g.W - 1 ? 0 : std::min(run, (g.W - 1 - ix0) / g.sw + 1);
+          lo = std::min(lo, run);
+          hi = std::max(hi, lo);
+          std::fill(o, o + lo, 0.f);
+          if (g.sw == 1) {
+            std::memcpy(o + lo, src + ix0 + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+          } else {
+            for (int64_t t = lo; t < hi; ++t) o[t] = src[ix0 + t * g.sw];
+          }
+          std::fill(o + hi, o + run, 0.f);
         }
+        j += run;
+        ox = 0;
+        ++oy;
       }
-      for (int64_t j = valid; j < nr; ++j) out[j] = 0.f;
+      for (int64_t t = valid; t < nr; ++t) out[t] = 0.f;
     }
   }
 }
@@ -142,11 +162,20 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
-  const int64_t mt = ceil_div(m, blk.mc), nt = ceil_div(n, blk.nc);
-  pool.parallel_for(batch * mt * nt, [&](int64_t task, int worker) {
-    const int64_t bi = task / (mt * nt), rem = task % (mt * nt);
-    const int64_t i0 = (rem / nt) * blk.mc, j0 = (rem % nt) * blk.nc;
-    const int64_t mc = std::min(blk.mc, m - i0), nc = std::min(blk.nc, n - j0);
+  const int64_t nt = ceil_div(n, blk.nc);
+  // A task owns one column block and a range of rows. Each B block is packed once per task and
+  // reused by all of the task's rows, so rows are split only as far as the workers need work
+  // (about two tasks per worker, for balance).
+  const int64_t panels = ceil_div(m, mr);
+  const int64_t want = pool.threads() > 1 ? 2 * pool.threads() : 1;
+  const int64_t splits = batch * nt >= want ? 1 : std::min(panels, ceil_div(want, batch * nt));
+  const int64_t rows_per_task = ceil_div(panels, splits) * mr;
+  const int64_t ms = ceil_div(m, rows_per_task);
+  pool.parallel_for(batch * nt * ms, [&](int64_t task, int worker) {
+    const int64_t bi = task / (nt * ms), rem = task % (nt * ms);
+    const int64_t j0 = (rem / ms) * blk.nc, i_begin = (rem % ms) * rows_per_task;
+    const int64_t i_end = std::min(m, i_begin + rows_per_task);
+    const int64_t nc = std::min(blk.nc, n - j0);
     const GemmProblem pr = problem(bi);
     unsigned char* base = reinterpret_cast<unsigned char*>(scratch(worker));
     float* a_buf = align64(base);
@@ -155,18 +184,8 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     for (int64_t pc = 0; pc == 0 || pc < k; pc += blk.kc) {
       const int64_t kc = std::min(blk.kc, k - pc);
       const bool accumulate = pc > 0;
-      const float* ap;
-      int64_t a_stride;  // floats between consecutive MR-row panels
-      if (pr.a.packed) {
-        ap = pr.a.packed + (i0 / mr) * k * mr + pc * mr;
-        a_stride = k * mr;
-      } else {
-        pack_a_block(pr.a.view, i0, mc, pc, kc, mr, a_buf);
-        ap = a_buf;
-        a_stride = kc * mr;
-      }
       const float* bp;
-      int64_t b_stride;
+      int64_t b_stride;  // floats between consecutive NR-column panels
       if (pr.b.packed) {
         bp = pr.b.packed + (j0 / nr) * k * nr + pc * nr;
         b_stride = k * nr;
@@ -176,29 +195,44 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         bp = b_buf;
         b_stride = kc * nr;
       }
-      for (int64_t jr = 0; jr < nc; jr += nr) {
-        const int64_t cols = std::min<int64_t>(nr, nc - jr);
-        for (int64_t ir = 0; ir < mc; ir += mr) {
-          const int64_t rows = std::min<int64_t>(mr, mc - ir);
-          float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
-          const float* a_panel = ap + (ir / mr) * a_stride;
-          const float* b_panel = bp + (jr / nr) * b_stride;
-          if (rows == mr && cols == nr) {
-            blk.kernel.fn(kc, a_panel, b_panel, c, pr.ldc, accumulate);
-            continue;
+      for (int64_t i0 = i_begin; i0 < i_end; i0 += blk.mc) {
+        const int64_t mc = std::min(blk.mc, i_end - i0);
+        const float* ap;
+        int64_t a_stride;  // floats between consecutive MR-row panels
+        if (pr.a.packed) {
+          ap = pr.a.packed + (i0 / mr) * k * mr + pc * mr;
+          a_stride = k * mr;
+        } else {
+          pack_a_block(pr.a.view, i0, mc, pc, kc, mr, a_buf);
+          ap = a_buf;
+          a_stride = kc * mr;
+        }
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          const int64_t cols = std::min<int64_t>(nr, nc - jr);
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int64_t rows = std::min<int64_t>(mr, mc - ir);
+            float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
+            const float* a_panel = ap + (ir / mr) * a_stride;
+            const float* b_panel = bp + (jr / nr) * b_stride;
+            if (rows == mr && cols == nr) {
+              blk.kernel.fn(kc, a_panel, b_panel, c, pr.ldc, accumulate);
+            } else {
+              // edge tile: compute the full register tile into a buffer, copy the valid part
+              if (accumulate) {
+                for (int64_t i = 0; i < rows; ++i) std::memcpy(edge + i * nr, c + i * pr.ldc, cols * sizeof(float));
+              }
+              blk.kernel.fn(kc, a_panel, b_panel, edge, nr, accumulate);
+              for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
+            }
           }
-          // edge tile: compute the full register tile into a buffer, copy the valid part
-          if (accumulate) {
-            for (int64_t i = 0; i < rows; ++i) std::memcpy(edge + i * nr, c + i * pr.ldc, cols * sizeof(float));
-          }
-          blk.kernel.fn(kc, a_panel, b_panel, edge, nr, accumulate);
-          for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
         }
       }
     }
+    // Bias, residual and activation over the task's block while it is still in L2. (Per register
+    // tile would be in L1, but costs a call per 32-float row, which small-K layers cannot afford.)
     const Epilogue& ep = pr.epilogue;
     if (ep.bias.p || ep.residual.p || ep.act.fn != UnaryFn::kIdentity) {
-      apply_epilogue(ep, pr.c + i0 * pr.ldc + j0, pr.ldc, i0, mc, j0, nc);
+      apply_epilogue(ep, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
     }
   });
 }

@@ -59,6 +59,7 @@ struct GemmProblem {
 
 // Blocking of one ISA's kernel; MC and NC are multiples of MR and NR.
 struct GemmBlocking {
+  Isa isa;  // the plan's instruction set, for kernels that dispatch on it too
   MicroKernel kernel;
   int64_t mc, kc, nc;
   explicit GemmBlocking(Isa isa);

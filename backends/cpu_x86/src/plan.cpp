@@ -1,6 +1,7 @@
 #include "plan.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 
 namespace walle {
@@ -122,8 +123,28 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const vo
     BuildContext ctx(rec, tensors_, constant_data, gemm_);
     kernels_.push_back(build_kernel(ctx));
     scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
+    workspace_bytes_ = std::max(workspace_bytes_, kernels_.back()->workspace_bytes());
   }
   scratch_per_worker_ = (scratch_per_worker_ + 127) / 64 * 64;  // aligned, with slack
+  workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;
+  op_ns_ = std::make_unique<std::atomic<int64_t>[]>(kernels_.size());
+  op_runs_ = std::make_unique<std::atomic<int64_t>[]>(kernels_.size());
+  reset_profile();
+}
+
+std::vector<Plan::OpTime> Plan::profile() const {
+  std::vector<OpTime> out;
+  for (size_t i = 0; i < kernels_.size(); ++i) {
+    out.push_back(OpTime{records_[i].index, records_[i].label, op_ns_[i].load(), op_runs_[i].load()});
+  }
+  return out;
+}
+
+void Plan::reset_profile() const {
+  for (size_t i = 0; i < kernels_.size(); ++i) {
+    op_ns_[i].store(0);
+    op_runs_[i].store(0);
+  }
 }
 
 void Plan::validate_tables() const {
@@ -212,7 +233,8 @@ ArenaLease Plan::acquire() const {
   }
   auto arena = std::make_unique<Arena>();
   const size_t workers = static_cast<size_t>(pool_->threads());
-  arena->memory.resize(static_cast<size_t>(arena_bytes_) + scratch_per_worker_ * workers);
+  // layout: arena tensors | workspace (from the next 64-byte boundary) | per-worker scratch
+  arena->memory.resize(workspace_offset() + workspace_bytes_ + scratch_per_worker_ * workers);
   arena->ptrs.assign(tensors_.size(), nullptr);
   arena->outputs.assign(outputs_.size(), nullptr);
   for (size_t id = 0; id < tensors_.size(); ++id) {
@@ -239,14 +261,25 @@ void Plan::execute(ArenaLease& lease) const {
   for (size_t s = 0; s < outputs_.size(); ++s) {
     require(arena.outputs[s] != nullptr || tensors_[outputs_[s]].nbytes == 0, "output not bound");
   }
-  unsigned char* scratch_base = arena.memory.data() + arena_bytes_;
+  float* workspace = reinterpret_cast<float*>(arena.memory.data() + workspace_offset());
+  unsigned char* scratch_base = arena.memory.data() + workspace_offset() + workspace_bytes_;
   const size_t per_worker = scratch_per_worker_;
   auto scratch = [&](int worker) {
     auto p = reinterpret_cast<uintptr_t>(scratch_base + per_worker * static_cast<size_t>(worker));
     return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
   };
-  RunContext ctx{arena.ptrs.data(), *pool_, scratch};
-  for (const auto& kernel : kernels_) kernel->run(ctx);
+  RunContext ctx{arena.ptrs.data(), *pool_, scratch, workspace};
+  if (profiling()) {
+    for (size_t i = 0; i < kernels_.size(); ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      kernels_[i]->run(ctx);
+      const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
+      op_ns_[i].fetch_add(ns.count(), std::memory_order_relaxed);
+      op_runs_[i].fetch_add(1, std::memory_order_relaxed);
+    }
+  } else {
+    for (const auto& kernel : kernels_) kernel->run(ctx);
+  }
   // Outputs not written in place: inputs or constants passed through, and repeated outputs.
   for (size_t s = 0; s < outputs_.size(); ++s) {
     const int id = outputs_[s];

@@ -3,6 +3,7 @@
 // nothing per run.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -45,6 +46,7 @@ struct RunContext {
   void* const* ptrs;  // storage of every tensor, by id
   ThreadPool& pool;
   FunctionRef<float*(int)> scratch;  // this run's per-worker scratch
+  float* workspace = nullptr;         // this run's workspace_bytes(), shared by all workers, 64-byte aligned
 };
 
 class OpKernel {
@@ -53,6 +55,9 @@ class OpKernel {
   virtual void run(const RunContext& ctx) const = 0;
   // Per-worker scratch the kernel needs during run.
   virtual size_t scratch_bytes() const { return 0; }
+  // One buffer per run shared by all workers, for intermediates a kernel builds cooperatively
+  // (e.g. Winograd's transformed tiles); it is reused by every op, so it costs only the maximum.
+  virtual size_t workspace_bytes() const { return 0; }
 };
 
 // What a kernel builder sees: the record, the tensor table and the constants, with checked access.
@@ -134,13 +139,28 @@ class Plan {
   size_t num_outputs() const { return outputs_.size(); }
   int64_t arena_bytes() const { return arena_bytes_; }
   size_t scratch_bytes_per_worker() const { return scratch_per_worker_; }
+  size_t workspace_bytes() const { return workspace_bytes_; }
   size_t arenas_created() const;
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
+
+  // Per-op timing: while enabled, execute() adds each kernel's wall time to that op's total.
+  // Off by default because reading the clock around every op costs a little on tiny ops.
+  void set_profiling(bool on) const { profiling_.store(on, std::memory_order_relaxed); }
+  bool profiling() const { return profiling_.load(std::memory_order_relaxed); }
+  struct OpTime {
+    int index;
+    std::string label;
+    int64_t total_ns;
+    int64_t runs;
+  };
+  std::vector<OpTime> profile() const;
+  void reset_profile() const;
 
  private:
   friend class ArenaLease;
   void validate_tables() const;
   void release(std::unique_ptr<Arena> arena) const;
+  size_t workspace_offset() const { return (static_cast<size_t>(arena_bytes_) + 63) / 64 * 64; }
 
   std::vector<TensorInfo> tensors_;
   std::vector<AlignedBuffer> constants_;
@@ -153,9 +173,14 @@ class Plan {
   GemmBlocking gemm_;
   std::shared_ptr<ThreadPool> pool_;
   size_t scratch_per_worker_ = 0;
+  size_t workspace_bytes_ = 0;
   mutable std::mutex free_mutex_;
   mutable std::vector<std::unique_ptr<Arena>> free_;
   mutable size_t created_ = 0;
+  mutable std::atomic<bool> profiling_{false};
+  // one counter pair per op; atomics because concurrent runs may share the plan
+  std::unique_ptr<std::atomic<int64_t>[]> op_ns_;
+  std::unique_ptr<std::atomic<int64_t>[]> op_runs_;
 };
 
 }  // namespace walle

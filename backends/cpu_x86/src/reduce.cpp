@@ -68,8 +68,25 @@ inline float combine(ReduceFn fn, float acc, float v) {
   }
 }
 
+// Sum of a contiguous run with eight independent partial sums: a single running sum is one
+// long dependency chain that neither pipelines nor vectorises (e.g. global average pooling).
+float sum_contiguous(const float* x, int64_t n) {
+  float part[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) part[l] += x[i + l];
+  }
+  float acc = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; i < n; ++i) acc += x[i];
+  return acc;
+}
+
 template <ReduceFn F>
 void reduce_block(const AxisView& v, const float* x, float* y, int64_t o0, int64_t o1) {
+  if (F == ReduceFn::kSum && v.inner == 1) {
+    for (int64_t o = o0; o < o1; ++o) y[o] = sum_contiguous(x + o * v.n, v.n);
+    return;
+  }
   for (int64_t o = o0; o < o1; ++o) {
     float* out = y + o * v.inner;
     const float* in = x + o * v.n * v.inner;

@@ -39,11 +39,13 @@ void ThreadPool::worker_main(int worker) {
       if (stop_) return;
       seen = generation_;
       job = job_;
+      if (!job) continue;  // woke after the caller already finished the loop alone
+      ++inside_;
     }
     drain(*job, worker);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (--active_ == 0) done_.notify_one();
+      if (--inside_ == 0) done_.notify_one();
     }
   }
 }
@@ -61,14 +63,15 @@ void ThreadPool::parallel_for(int64_t n, Body body) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = &job;
-    active_ = static_cast<int>(workers_.size());
     ++generation_;
   }
   wake_.notify_all();
   drain(job, 0);
+  // Every task is claimed once drain returns; wait only for workers still running one. A worker
+  // that has not woken up yet (the machine is busy) is not waited for: it finds no job.
   {
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return active_ == 0; });
+    done_.wait(lock, [&] { return inside_ == 0; });
     job_ = nullptr;
   }
   if (job.error) std::rethrow_exception(job.error);

@@ -53,7 +53,7 @@ class ThreadPool {
   std::condition_variable done_;
   Job* job_ = nullptr;
   uint64_t generation_ = 0;
-  int active_ = 0;  // workers still inside the current job
+  int inside_ = 0;  // workers that joined the current job and have not left it
   bool stop_ = false;
 };
 

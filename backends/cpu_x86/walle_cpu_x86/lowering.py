@@ -7,6 +7,7 @@ share one source of truth. The native side re-validates everything it receives.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -78,9 +79,24 @@ def _matmul(codes: Codes, a: ops.MatMulAttrs, node: Node, types):
     return [int(a.trans_a), int(a.trans_b), *act_ints], floats
 
 
+#: environment variable forcing the Winograd tile of eligible convolutions: "0" never, "2" or "4";
+#: unset (or "auto") leaves it to the native cost rule (winograd.hpp)
+WINOGRAD_ENV = "WALLE_CPU_X86_WINOGRAD"
+
+
+def _winograd_policy() -> int:
+    value = os.environ.get(WINOGRAD_ENV, "auto").strip().lower()
+    if value in ("", "auto"):
+        return -1
+    if value not in ("0", "2", "4"):
+        raise BackendError(f"[cpu_x86] {WINOGRAD_ENV}={value!r}: expected auto, 0, 2 or 4")
+    return int(value)
+
+
 def _conv2d(codes: Codes, a: ops.Conv2DAttrs, node: Node, types):
     act_ints, floats = _act(codes, a.activation)
-    ints = [*a.strides, *a.pads, *a.dilations, a.groups, int(a.has_bias), int(a.has_residual), *act_ints]
+    ints = [*a.strides, *a.pads, *a.dilations, a.groups, int(a.has_bias), int(a.has_residual), *act_ints,
+            _winograd_policy()]
     return ints, floats
 
 

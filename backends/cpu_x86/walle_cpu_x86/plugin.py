@@ -30,6 +30,8 @@ else:
 
 #: environment variable that may force a lower instruction set (portable, avx2, avx512)
 ISA_ENV = "WALLE_CPU_X86_ISA"
+#: environment variable that turns on per-op timing in every plan compiled while it is set
+PROFILE_ENV = "WALLE_PROFILE"
 
 _ISA_LABEL = {"avx512": "AVX-512", "avx2": "AVX2", "portable": "portable"}
 
@@ -96,8 +98,10 @@ def _functions_known(node: Node, codes: Codes) -> bool:
 class CpuX86Executable(Executable):
     """One compiled segment: a native plan plus the types to check ``run`` arguments against."""
 
-    def __init__(self, plan: Any, segment: Segment) -> None:
+    def __init__(self, plan: Any, segment: Segment, profile: bool = False) -> None:
         self.plan = plan
+        self.plan.profiling = profile
+        self._labels = [(node.op.value, node.origin) for node in segment.nodes]
         self._in_names = list(segment.inputs)
         self._in_types = [segment.types[n] for n in segment.inputs]
         self._out_types = [segment.types.get(n) or _const_type(segment, n) for n in segment.outputs]
@@ -119,6 +123,16 @@ class CpuX86Executable(Executable):
         except IndexError as exc:
             raise BackendError(str(exc)) from None
         return outputs
+
+    def profile(self) -> list[dict[str, Any]]:
+        """Mean native time per op over the runs since profiling was turned on (``WALLE_PROFILE=1``
+        at compile time, or ``plan.profiling = True``): ``[{op, origin, ms, runs}]`` in execution
+        order. Empty while profiling is off and nothing was recorded."""
+        rows = []
+        for index, _label, total_ns, runs in self.plan.profile():
+            op, origin = self._labels[index]
+            rows.append({"op": op, "origin": origin, "ms": total_ns / runs / 1e6 if runs else 0.0, "runs": runs})
+        return rows if any(r["runs"] for r in rows) else []
 
 
 def _const_type(segment: Segment, name: str) -> TensorType:
@@ -175,7 +189,8 @@ class CpuX86Backend(Backend):
                              isa, self._thread_pool())
         except ValueError as exc:
             raise BackendError(f"{exc}") from None
-        return CpuX86Executable(plan, segment)
+        profile = os.environ.get(PROFILE_ENV, "").strip() not in ("", "0")
+        return CpuX86Executable(plan, segment, profile=profile)
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -1,0 +1,59 @@
+// Winograd convolution F(m x m, 3 x 3) for 3x3, stride 1, dilation 1, single-group convolutions.
+//
+// Each m x m output tile is computed from a (m+2) x (m+2) input tile with (m+2)^2 multiplies
+// per channel pair instead of 9 m^2: the input tiles are transformed (V = B^T d B), multiplied
+// with the transformed weights (U = G g G^T, prepared once at compile time) as (m+2)^2
+// independent GEMMs [O x C] x [C x tiles] on the packed GEMM, and transformed back
+// (Y = A^T M A). m = 2 saves 2.25x of the multiplies, m = 4 saves 4x at the price of larger
+// transforms and a little more rounding error (about 1e-6 relative on unit-scale data).
+#pragma once
+
+#include <cstdint>
+
+#include "common.hpp"
+#include "gemm.hpp"
+#include "threadpool.hpp"
+
+namespace walle {
+
+struct WinogradShape {
+  int64_t c = 0, h = 0, w = 0, o = 0, oh = 0, ow = 0, pt = 0, pl = 0;
+};
+
+// The tile size the cost rule picks for this shape: 0 (direct convolution is cheaper), 2 or 4.
+//
+// Cost rule, in multiply-adds of the direct GEMM's speed: the direct convolution costs
+// 9*C*O per output pixel. F(m,3) costs (m+2)^2 * C * O per tile on the GEMM, with the tile count
+// rounded up to the GEMM's column panel (tiles are its columns), plus the transforms, which run
+// on narrower vectors with a shuffle-heavy access pattern: each transform multiply-add is
+// charged kTransformWeight GEMM multiply-adds (calibrated on ResNet-18's layers, where it put
+// the direct/Winograd crossover within 10% of the measured one).
+int choose_winograd_tile(const WinogradShape& s, int nr);
+
+// Shared workspace WinogradConv::workspace_bytes() will need for this tile and shape.
+size_t winograd_workspace_bytes(int m, const WinogradShape& s);
+
+class WinogradConv {
+ public:
+  // weights: [O, C, 3, 3]. mr: row panel height of the GEMM kernel that will run it.
+  WinogradConv(int m, const WinogradShape& s, const float* weights, int mr);
+
+  int tile() const { return m_; }
+  // Per worker: a zero-bordered copy of one input plane (the GEMM's scratch is reused after it).
+  size_t scratch_bytes() const;
+  // Transformed input and GEMM output of one image, shared by the workers.
+  size_t workspace_bytes() const { return winograd_workspace_bytes(m_, s_); }
+  // One image: x [C, H, W] -> y [O, OH, OW], then bias, residual [O, OH, OW] and activation.
+  void run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
+           const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace) const;
+
+ private:
+  int m_;
+  int t_;  // input tile size m + 2
+  WinogradShape s_;
+  int64_t tiles_y_, tiles_x_, tiles_;
+  AlignedBuffer weights_;  // t*t packed [O x C] A operands
+  int64_t packed_stride_;
+};
+
+}  // namespace walle
