@@ -208,3 +208,17 @@ def test_plugin_commands_are_registered_through_the_hook():
         pm.unregister(name="test_commands")
     assert code == 0 and out.strip() == "hello from a plugin"
     assert "hello-plugin" not in build_cli().commands
+
+
+def test_bench_profile_reports_where_time_goes(tmp_path, monkeypatch):
+    monkeypatch.delenv("WALLE_PROFILE", raising=False)  # the command sets it; restored after the test
+    path = tmp_path / "cnn.onnx"
+    onnx.save(example_cnn(seed=0), path)
+    report = invoke_json("bench", str(path), "--backend", "cpu_x86", "--repeat", "3", "--warmup", "1",
+                         "--profile")
+    profile = report["profile"]
+    kinds = [p["kind"] for p in profile]
+    assert any(k.startswith("cpu_x86:conv2d 3x3") for k in kinds), kinds
+    assert sum(p["share"] for p in profile) == pytest.approx(1.0)
+    assert [p["ms"] for p in profile] == sorted((p["ms"] for p in profile), reverse=True)
+    assert all(p["ms"] > 0 for p in profile if p["kind"].startswith("cpu_x86:conv2d"))

@@ -53,6 +53,12 @@ class Executable(ABC):
         (NumPy arrays for host backends), ordered as ``Segment.inputs``/``Segment.outputs``.
         Returned arrays are owned by the caller."""
 
+    def profile(self) -> list[dict[str, Any]]:
+        """Per-op time of the runs so far, when the backend records it (``WALLE_PROFILE=1`` at
+        compile time): ``[{"op", "origin", "ms", "runs"}]`` in execution order. Backends that do
+        not profile return an empty list."""
+        return []
+
 
 class Backend(ABC):
     #: unique name, used in ``backend=`` and on the CLI
