@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from numpy_oracles import np_conv
 
 from walle_core import ops, plugins
 from walle_core.backend import Segment
@@ -22,27 +23,6 @@ def f32(*shape):
 
 def region(inp, size, src_off, src_st, dst_off, dst_st):
     return ops.Region(inp, tuple(size), src_off, tuple(src_st), dst_off, tuple(dst_st))
-
-
-def np_conv(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
-    n = x.shape[0]
-    o, cg, kh, kw = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (xp.shape[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (xp.shape[3] - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    y = np.zeros((n, o, oh, ow))
-    og = o // groups
-    for oc in range(o):
-        g = oc // og
-        for i in range(kh):
-            for j in range(kw):
-                patch = xp[:, g * cg:(g + 1) * cg,
-                           i * dil[0]: i * dil[0] + stride[0] * (oh - 1) + 1: stride[0],
-                           j * dil[1]: j * dil[1] + stride[1] * (ow - 1) + 1: stride[1]]
-                y[:, oc] += np.einsum("nchw,c->nhw", patch, w[oc, :, i, j])
-        if b is not None:
-            y[:, oc] += b[oc]
-    return y.astype(np.float32)
 
 
 def np_pool(x, kind, k, s, pads, out_hw, include_pad=False):
@@ -228,6 +208,16 @@ def test_reference_supports_every_case():
     for _, op, attrs, inputs, _ in CASES:
         seg = _segment(op, attrs, inputs)
         assert ref.supports(seg.nodes[0], seg.types)
+
+
+def test_opencl_declines_no_case():
+    """The opencl backend takes every case the reference takes: nothing silently falls back."""
+    cl = next((b for b in BACKENDS if b.name == "opencl"), None)
+    if cl is None:
+        pytest.skip("opencl backend not installed or no OpenCL device")
+    declined = [case_id for case_id, op, attrs, inputs, _ in CASES
+                if not cl.supports((seg := _segment(op, attrs, inputs)).nodes[0], seg.types)]
+    assert declined == []
 
 
 def test_every_op_is_covered():

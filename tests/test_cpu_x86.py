@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from numpy_oracles import np_conv
 
 from walle_core import ops, plugins
 from walle_core.backend import Segment
@@ -64,28 +65,6 @@ def close(got, want, rtol=1e-4, atol=1e-5) -> None:
 
 
 # --------------------------------------------------------------------------- oracles
-
-def np_conv(x, w, b=None, stride=(1, 1), pads=(0, 0, 0, 0), dil=(1, 1), groups=1):
-    """Direct convolution in float64 with explicit loops over kernel taps."""
-    n = x.shape[0]
-    o, cg, kh, kw = w.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    oh = (xp.shape[2] - dil[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (xp.shape[3] - dil[1] * (kw - 1) - 1) // stride[1] + 1
-    y = np.zeros((n, o, oh, ow))
-    og = o // groups
-    for oc in range(o):
-        g = oc // og
-        for i in range(kh):
-            for j in range(kw):
-                patch = xp[:, g * cg:(g + 1) * cg,
-                           i * dil[0]: i * dil[0] + stride[0] * (oh - 1) + 1: stride[0],
-                           j * dil[1]: j * dil[1] + stride[1] * (ow - 1) + 1: stride[1]]
-                y[:, oc] += np.einsum("nchw,c->nhw", patch, w[oc, :, i, j])
-        if b is not None:
-            y[:, oc] += b[oc]
-    return y
-
 
 def np_pool(x, kind, k, s, pads, dil, out_hw, include_pad=False):
     n, c, h, w = x.shape
