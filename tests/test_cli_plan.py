@@ -94,10 +94,28 @@ def test_missing_model_is_one_line_error(tmp_path):
     assert code == 1 and "model file not found" in err and out == ""
 
 
-def test_hybrid_plan_counts_copies(model_path, monkeypatch):
-    """TopK's lowering includes ops the OpenCL backend declines: they fall back to the
-    reference backend, and each crossing of the device boundary is a copy. The device's
-    profile is made so fast that the search puts every op it can on it."""
+def hybrid_model() -> onnx.ModelProto:
+    """x -> MatMul -> Cast(int64) -> Abs -> Cast(float) -> Relu: OpenCL declines int64 Abs, so
+    that op falls back to the reference backend in the middle of the graph."""
+    rng = np.random.default_rng(5)
+    w = numpy_helper.from_array((rng.standard_normal((16, 16)) * 10).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]),
+         helper.make_node("Cast", ["m"], ["mi"], to=TensorProto.INT64),
+         helper.make_node("Abs", ["mi"], ["ai"]),
+         helper.make_node("Cast", ["ai"], ["af"], to=TensorProto.FLOAT),
+         helper.make_node("Relu", ["af"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_hybrid_plan_counts_copies(tmp_path, monkeypatch):
+    """An op the OpenCL backend declines falls back to the reference backend, and each
+    crossing of the device boundary is a copy. The device's profile is made so fast that the
+    search puts every op it can on it."""
+    model_path = str(tmp_path / "hybrid.onnx")
+    onnx.save(hybrid_model(), model_path)
     pytest.importorskip("walle_opencl")
     from walle_opencl import OpenCLBackend
 

@@ -95,10 +95,12 @@ def test_declines_what_it_lacks(backend):
     b = GraphBuilder()
     x = b.add_input("x", TensorType(np.dtype(np.float32), (3, 4)))
     i = b.add_input("i", TensorType(np.dtype(np.int64), (3, 4)))
-    b.emit(Op.TOPK, [x], ops.TopKAttrs(1, 2), n_outputs=2)
-    b.emit(Op.CUMULATIVE, [x], ops.CumulativeAttrs(0))
-    b.emit(Op.ARG_REDUCE, [x], ops.ArgReduceAttrs(0, False, True))
-    b.emit(Op.BINARY, [i, i], ops.BinaryAttrs(BinaryFn.ADD))  # int64 arithmetic
+    h = b.add_input("h", TensorType(np.dtype(np.float16), (3, 4)))
+    b.emit(Op.TOPK, [i], ops.TopKAttrs(1, 2), n_outputs=2)  # int64 selection
+    b.emit(Op.CUMULATIVE, [i], ops.CumulativeAttrs(0))
+    b.emit(Op.UNARY, [i], ops.UnaryAttrs(UnaryFn.ABS))  # int64 unary math
+    b.emit(Op.BINARY, [h, h], ops.BinaryAttrs(BinaryFn.ADD))  # float16 arithmetic
+    b.emit(Op.REDUCE, [i], ops.ReduceAttrs(ReduceFn.SUM, (0,), False))
     b.emit(Op.CAST, [x], ops.CastAttrs(np.dtype(np.int32), bitcast=True))
     for node in b.graph.nodes:
         assert not backend.supports(node, b.graph.types), node.op
@@ -173,6 +175,166 @@ def test_gather_out_of_range_is_an_error(backend):
     # the same plan then runs a good index without a stale flag
     (got,) = run_one(backend, Op.GATHER, ops.GatherAttrs(0), [x, np.array([-4, 3], np.int32)])
     np.testing.assert_array_equal(got, x[[0, 3]])
+
+
+# integer BINARY semantics, spelled out on Python ints and wrapped to the dtype's width
+_INT_ORACLE = {
+    BinaryFn.ADD: lambda a, b, bits: a + b,
+    BinaryFn.SUB: lambda a, b, bits: a - b,
+    BinaryFn.MUL: lambda a, b, bits: a * b,
+    BinaryFn.DIV: lambda a, b, bits: 0 if b == 0 else (abs(a) // abs(b)) * (1 if (a < 0) == (b < 0) else -1),
+    BinaryFn.MOD: lambda a, b, bits: 0 if b == 0 else a % b,
+    BinaryFn.FMOD: lambda a, b, bits: 0 if b == 0 else (abs(a) % abs(b)) * (-1 if a < 0 else 1),
+    BinaryFn.POW: lambda a, b, bits: a**b if b >= 0 else int(1 / a**-b),
+    BinaryFn.MAX: lambda a, b, bits: max(a, b),
+    BinaryFn.MIN: lambda a, b, bits: min(a, b),
+    BinaryFn.BIT_AND: lambda a, b, bits: a & b,
+    BinaryFn.BIT_OR: lambda a, b, bits: a | b,
+    BinaryFn.BIT_XOR: lambda a, b, bits: a ^ b,
+    BinaryFn.SHL: lambda a, b, bits: a << b if b < bits else 0,
+    BinaryFn.SHR: lambda a, b, bits: a >> min(b, bits),
+    BinaryFn.EQ: lambda a, b, bits: a == b,
+    BinaryFn.NE: lambda a, b, bits: a != b,
+    BinaryFn.LT: lambda a, b, bits: a < b,
+    BinaryFn.LE: lambda a, b, bits: a <= b,
+    BinaryFn.GT: lambda a, b, bits: a > b,
+    BinaryFn.GE: lambda a, b, bits: a >= b,
+}
+
+
+def _int_operands(fn, dtype):
+    info = np.iinfo(dtype)
+    a = np.array([7, -7, 7, -7, 0, 13, -13, info.min, info.max, 5, -3, 100, -100, 1, -1, 2, 3, info.min], dtype)
+    if fn in (BinaryFn.SHL, BinaryFn.SHR):
+        b = np.array([0, 1, 2, 3, 5, 7, info.bits - 1, 1, 1, info.bits, info.bits + 3, 4, 4, 9, 9, 30, 2, 0], dtype)
+    elif fn is BinaryFn.POW:
+        a = np.clip(a, -9, 9)
+        a[a == 0] = 2  # 0 ** negative has no integer answer
+        b = np.array([2, 3, -1, -2, 0, 5, 3, 7, 1, 0, 4, 2, 3, -3, -5, 40, 9, 1], dtype)
+    else:
+        b = np.array([2, 2, -2, -2, 3, 0, 0, -1, -1, 5, 9, -7, 7, 1, 1, -3, 3, 1], dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("fn", list(_INT_ORACLE))
+def test_integer_binary(backend, fn, dtype):
+    a, b = _int_operands(fn, dtype)
+    bits = np.iinfo(dtype).bits
+    wrap = 1 << bits
+    want = [_INT_ORACLE[fn](int(x), int(y), bits) for x, y in zip(a, b)]
+    if fn in ops.COMPARISON_FNS:
+        want = np.array(want, bool)
+    else:
+        want = np.array([(v + wrap // 2) % wrap - wrap // 2 for v in want], dtype)
+    (got,) = run_one(backend, Op.BINARY, ops.BinaryAttrs(fn), [a, b])
+    np.testing.assert_array_equal(got, want)
+
+
+def test_integer_binary_broadcasts(backend):
+    a = rng.integers(-50, 50, (2, 3, 4)).astype(np.int32)
+    b = rng.integers(1, 9, (3, 1)).astype(np.int32)
+    (got,) = run_one(backend, Op.BINARY, ops.BinaryAttrs(BinaryFn.MOD), [a, b])
+    np.testing.assert_array_equal(got, np.mod(a, b))
+
+
+@pytest.mark.parametrize("fn,f", [(BinaryFn.AND, np.logical_and), (BinaryFn.OR, np.logical_or),
+                                  (BinaryFn.XOR, np.logical_xor), (BinaryFn.EQ, np.equal),
+                                  (BinaryFn.NE, np.not_equal), (BinaryFn.LT, np.less), (BinaryFn.GE, np.greater_equal)])
+def test_bool_binary(backend, fn, f):
+    a, b = rng.random((3, 4)) < 0.5, rng.random((4,)) < 0.5
+    (got,) = run_one(backend, Op.BINARY, ops.BinaryAttrs(fn), [a, b])
+    np.testing.assert_array_equal(got, f(a, b))
+
+
+def test_bool_not(backend):
+    a = rng.random((5, 3)) < 0.5
+    (got,) = run_one(backend, Op.UNARY, ops.UnaryAttrs(UnaryFn.NOT), [a])
+    np.testing.assert_array_equal(got, ~a)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.float16, np.uint32, np.float64, np.uint64])
+def test_movement_of_any_element_size(backend, dtype):
+    x = (f32(3, 4) * 20).astype(dtype)
+    region = ops.Region(0, (4, 3), 0, (1, 4), 6, (3, 1))
+    (got,) = run_one(backend, Op.RASTER, ops.RasterAttrs((5, 4), (region,), fill=7.0), [x])
+    want = np.full(20, 7, dtype)
+    want[6:18] = x.T.reshape(-1)
+    np.testing.assert_array_equal(got, want.reshape(5, 4))
+    idx = np.array([[2, -1], [0, 1]], np.int32)
+    (got,) = run_one(backend, Op.GATHER, ops.GatherAttrs(1), [x, idx])
+    np.testing.assert_array_equal(got, np.take(x, idx, axis=1))
+    cond = rng.random((3, 1)) < 0.5
+    (got,) = run_one(backend, Op.SELECT, ops.SelectAttrs(), [cond, x, x[0]])
+    np.testing.assert_array_equal(got, np.where(cond, x, x[0]))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("last", [True, False])
+def test_arg_reduce(backend, axis, largest, last):
+    x = np.round(f32(3, 5, 4))  # rounding makes ties likely
+    (got,) = run_one(backend, Op.ARG_REDUCE, ops.ArgReduceAttrs(axis, False, largest, last), [x])
+    y = x if largest else -x
+    if last:
+        want = y.shape[axis] - 1 - np.argmax(np.flip(y, axis), axis)
+    else:
+        want = np.argmax(y, axis)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    (kept,) = run_one(backend, Op.ARG_REDUCE, ops.ArgReduceAttrs(axis, True, largest, last), [x])
+    np.testing.assert_array_equal(kept, np.expand_dims(want, axis))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+@pytest.mark.parametrize("exclusive", [True, False])
+@pytest.mark.parametrize("reverse", [True, False])
+def test_cumulative(backend, axis, exclusive, reverse):
+    x = f32(3, 6, 5)
+    y = np.flip(x, axis) if reverse else x
+    want = np.cumsum(y.astype(np.float64), axis)
+    if exclusive:
+        want = want - y
+    want = np.flip(want, axis) if reverse else want
+    (got,) = run_one(backend, Op.CUMULATIVE, ops.CumulativeAttrs(axis, exclusive, reverse), [x])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("axis,k", [(0, 3), (1, 1), (1, 7), (2, 4)])
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_with_ties(backend, axis, k, largest):
+    x = np.round(f32(4, 7, 5) * 2)  # many ties: the lower index must come first
+    order = np.argsort(-x if largest else x, axis=axis, kind="stable")
+    want_i = np.take(order, np.arange(k), axis=axis)
+    values, indices = run_one(backend, Op.TOPK, ops.TopKAttrs(axis, k, largest), [x])
+    np.testing.assert_array_equal(indices, want_i)
+    np.testing.assert_array_equal(values, np.take_along_axis(x, want_i, axis))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int32, np.int64])
+@pytest.mark.parametrize("reduction", [None, BinaryFn.ADD, BinaryFn.MUL, BinaryFn.MAX, BinaryFn.MIN])
+def test_scatter_reductions_in_order(backend, dtype, reduction):
+    data = (f32(5, 2, 3) * 4).astype(dtype)
+    idx = np.array([3, -1, 0, 3, 4, 3], np.int64)
+    upd = (f32(6, 2, 3) * 4).astype(dtype)
+    want = data.copy()
+    for i, row in enumerate(idx):
+        if reduction is None:
+            want[row] = upd[i]
+        else:
+            f = {BinaryFn.ADD: np.add, BinaryFn.MUL: np.multiply, BinaryFn.MAX: np.maximum,
+                 BinaryFn.MIN: np.minimum}[reduction]
+            want[row] = f(want[row], upd[i])
+    (got,) = run_one(backend, Op.SCATTER, ops.ScatterAttrs(reduction), [data, idx, upd])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_scatter_out_of_range_is_an_error(backend):
+    data, upd = f32(4, 3), f32(2, 3)
+    with pytest.raises(BackendError, match="scatter.*out of range"):
+        run_one(backend, Op.SCATTER, ops.ScatterAttrs(), [data, np.array([1, -5], np.int64), upd])
+    (got,) = run_one(backend, Op.SCATTER, ops.ScatterAttrs(), [data, np.array([1, -4], np.int64), upd])
+    np.testing.assert_array_equal(got, np.stack([upd[1], upd[0], data[2], data[3]]))
 
 
 def test_bad_region_is_rejected_at_compile(backend):
@@ -272,7 +434,7 @@ def test_cnn_on_opencl_alone_matches_onnxruntime():
 
 
 def _hybrid_model():
-    """conv -> CumSum (not on opencl) -> relu -> conv -> TopK (not on opencl) -> outputs."""
+    """conv -> CumSum -> int64 Abs (not on opencl) -> relu -> conv -> TopK -> outputs."""
     r = np.random.default_rng(11)
     inits = [numpy_helper.from_array((r.standard_normal(s) * 0.3).astype(np.float32), n)
              for n, s in (("w1", (4, 3, 3, 3)), ("w2", (4, 4, 3, 3)))]
@@ -281,7 +443,10 @@ def _hybrid_model():
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("CumSum", ["c1", "axis"], ["cs"]),
-        helper.make_node("Relu", ["cs"], ["r"]),
+        helper.make_node("Cast", ["cs"], ["ci"], to=TensorProto.INT64),
+        helper.make_node("Abs", ["ci"], ["ai"]),
+        helper.make_node("Cast", ["ai"], ["af"], to=TensorProto.FLOAT),
+        helper.make_node("Relu", ["af"], ["r"]),
         helper.make_node("Conv", ["r", "w2"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("TopK", ["c2", "k"], ["values", "indices"], axis=3),
     ]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from walle_core.ops import BinaryFn, ReduceFn, UnaryFn
-from walle_opencl.lowering import ARITHMETIC_FNS, COMPARE_FNS, UNARY_FNS
+from walle_opencl.lowering import ARITHMETIC_FNS, COMPARE_FNS, INT_FNS, UNARY_FNS
 
 try:
     from walle_opencl import _ext
@@ -53,7 +53,8 @@ def kernel_source() -> str:
     lines = [f"#define U_{fn.name} {i}" for i, fn in enumerate(UnaryFn)]
     lines += [f"#define B_{fn.name} {i}" for i, fn in enumerate(BinaryFn)]
     lines += [f"#define R_{fn.name} {i}" for i, fn in enumerate(ReduceFn)]
-    for group, fns in (("UNARY", UNARY_FNS), ("BINARY", ARITHMETIC_FNS), ("COMPARE", COMPARE_FNS)):
+    for group, fns in (("UNARY", UNARY_FNS), ("BINARY", ARITHMETIC_FNS), ("COMPARE", COMPARE_FNS),
+                       ("INT_BINARY", INT_FNS)):
         lines.append(f"#define FOR_EACH_{group}(X) " + " ".join(f"X({fn.name})" for fn in fns))
     body = resources.files("walle_opencl").joinpath("kernels.cl").read_text(encoding="utf-8")
     return "\n".join(lines) + "\n" + body

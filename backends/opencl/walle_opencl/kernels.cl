@@ -124,6 +124,7 @@ inline uchar apply_compare(int fn, float a, float b) {
   }
 
 DEFINE_RASTER(b8, uchar)
+DEFINE_RASTER(b16, ushort)
 DEFINE_RASTER(b32, uint)
 DEFINE_RASTER(b64, ulong)
 
@@ -164,6 +165,100 @@ FOR_EACH_BINARY(DEFINE_BINARY)
     y[i] = apply_compare(B_##NAME, a[o.x], b[o.y]);                                              \
   }
 FOR_EACH_COMPARE(DEFINE_COMPARE)
+
+// Integer arithmetic follows the reference backend (NumPy with guards): +, -, * wrap around
+// (computed unsigned, where overflow is defined); DIV truncates toward zero; MOD takes the sign of
+// the divisor and FMOD that of the dividend; a zero divisor gives 0 (no trap, unlike x86 idiv); POW
+// with a negative exponent truncates 1 / a^|b| toward zero; shifts by a count outside [0, bits)
+// give what shifting one bit at a time would (0, or -1 for SHR of a negative value).
+#define DEFINE_INT_BINARY_FN(TN, T, U, BITS)                                                     \
+  inline T ibinary_##TN(int fn, T a, T b) {                                                      \
+    switch (fn) {                                                                                \
+      case B_ADD: return (T)((U)a + (U)b);                                                       \
+      case B_SUB: return (T)((U)a - (U)b);                                                       \
+      case B_MUL: return (T)((U)a * (U)b);                                                       \
+      case B_DIV:                                                                                \
+        if (b == 0) return 0;                                                                    \
+        if (b == -1) return (T)((U)0 - (U)a); /* the one quotient that overflows */              \
+        return a / b;                                                                            \
+      case B_MOD: {                                                                              \
+        if (b == 0 || b == -1) return 0;                                                         \
+        T r = a % b;                                                                             \
+        if (r != 0 && ((r < 0) != (b < 0))) r += b;                                              \
+        return r;                                                                                \
+      }                                                                                          \
+      case B_FMOD: return (b == 0 || b == -1) ? 0 : a % b;                                       \
+      case B_POW: {                                                                              \
+        if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);                      \
+        U acc = 1, base = (U)a;                                                                  \
+        for (T e = b; e > 0; e >>= 1) {                                                          \
+          if (e & 1) acc *= base;                                                                \
+          base *= base;                                                                          \
+        }                                                                                        \
+        return (T)acc;                                                                           \
+      }                                                                                          \
+      case B_MAX: return a > b ? a : b;                                                          \
+      case B_MIN: return a < b ? a : b;                                                          \
+      case B_BIT_AND: return a & b;                                                              \
+      case B_BIT_OR: return a | b;                                                               \
+      case B_BIT_XOR: return a ^ b;                                                              \
+      case B_SHL: return (b < 0 || b >= BITS) ? 0 : (T)((U)a << b);                             \
+      case B_SHR: return (b < 0 || b >= BITS) ? (a < 0 ? -1 : 0) : a >> b;                      \
+      default: return 0;                                                                         \
+    }                                                                                            \
+  }
+DEFINE_INT_BINARY_FN(i32, int, uint, 32)
+DEFINE_INT_BINARY_FN(i64, long, ulong, 64)
+
+#define DEFINE_INT_BINARY(TN, T, NAME)                                                           \
+  __kernel void binary_##TN##_##NAME(__global const T* a, __global const T* b, __global T* y,    \
+                                     __global const int* p, int n) {                             \
+    const int i = get_global_id(0);                                                              \
+    if (i >= n) return;                                                                          \
+    const int3 o = broadcast_offsets(p, 2, i);                                                   \
+    y[i] = ibinary_##TN(B_##NAME, a[o.x], b[o.y]);                                               \
+  }
+#define DEFINE_INT_BINARY_i32(NAME) DEFINE_INT_BINARY(i32, int, NAME)
+#define DEFINE_INT_BINARY_i64(NAME) DEFINE_INT_BINARY(i64, long, NAME)
+FOR_EACH_INT_BINARY(DEFINE_INT_BINARY_i32)
+FOR_EACH_INT_BINARY(DEFINE_INT_BINARY_i64)
+
+// Comparisons of integers and bools (float32 has the compare_<fn> kernels above).
+#define DEFINE_TYPED_COMPARE(TN, T, NAME)                                                        \
+  __kernel void compare_##TN##_##NAME(__global const T* a, __global const T* b, __global uchar* y, \
+                                      __global const int* p, int n) {                            \
+    const int i = get_global_id(0);                                                              \
+    if (i >= n) return;                                                                          \
+    const int3 o = broadcast_offsets(p, 2, i);                                                   \
+    const T x = a[o.x], z = b[o.y];                                                              \
+    y[i] = B_##NAME == B_EQ ? x == z : B_##NAME == B_NE ? x != z : B_##NAME == B_LT ? x < z     \
+         : B_##NAME == B_LE ? x <= z : B_##NAME == B_GT ? x > z : x >= z;                        \
+  }
+#define DEFINE_COMPARE_i32(NAME) DEFINE_TYPED_COMPARE(i32, int, NAME)
+#define DEFINE_COMPARE_i64(NAME) DEFINE_TYPED_COMPARE(i64, long, NAME)
+#define DEFINE_COMPARE_b8(NAME) DEFINE_TYPED_COMPARE(b8, uchar, NAME)
+FOR_EACH_COMPARE(DEFINE_COMPARE_i32)
+FOR_EACH_COMPARE(DEFINE_COMPARE_i64)
+FOR_EACH_COMPARE(DEFINE_COMPARE_b8)
+
+// Logic on bools (any non-zero byte is true).
+#define DEFINE_LOGIC(NAME, EXPR)                                                                 \
+  __kernel void logic_##NAME(__global const uchar* a, __global const uchar* b, __global uchar* y, \
+                             __global const int* p, int n) {                                     \
+    const int i = get_global_id(0);                                                              \
+    if (i >= n) return;                                                                          \
+    const int3 o = broadcast_offsets(p, 2, i);                                                   \
+    const bool x = a[o.x] != 0, z = b[o.y] != 0;                                                 \
+    y[i] = (EXPR);                                                                               \
+  }
+DEFINE_LOGIC(AND, x && z)
+DEFINE_LOGIC(OR, x || z)
+DEFINE_LOGIC(XOR, x != z)
+
+__kernel void unary_bool_NOT(__global const uchar* x, __global uchar* y, int n) {
+  const int i = get_global_id(0);
+  if (i < n) y[i] = x[i] == 0;
+}
 
 // CAST between float32 / int32 / int64 / bool. Float to int truncates toward zero as C does;
 // anything to bool is "!= 0".
@@ -220,6 +315,85 @@ __kernel void reduce_f32(__global const float* x, __global float* y, __global co
   }
   if (fn == R_MEAN) acc /= (float)count;
   y[o] = acc;
+}
+
+// ARG_REDUCE, CUMULATIVE and TOPK see the input as [outer, dim, inner] and give one work-item to
+// each (outer, inner) line; lines are short in practice and this needs no local memory.
+
+// Index (int64) of the largest / smallest element of a line. A NaN wins, as in NumPy; ties go to
+// the first index, or the last with select_last.
+__kernel void arg_reduce_f32(__global const float* x, __global long* y, int dim, int inner, int largest,
+                             int select_last, int n) {
+  const int i = get_global_id(0);
+  if (i >= n) return;
+  __global const float* line = x + (i / inner) * dim * inner + i % inner;
+  float best = line[0];
+  int at = 0;
+  for (int j = 1; j < dim; ++j) {
+    const float v = line[j * inner];
+    if (isnan(best)) break;
+    const bool better = isnan(v) || (largest ? v > best : v < best) || (select_last && v == best);
+    if (better) {
+      best = v;
+      at = j;
+    }
+  }
+  y[i] = at;
+}
+
+// Running sum of a line, optionally exclusive (each element sees only its predecessors) and/or
+// reversed (accumulating from the end).
+__kernel void cumulative_f32(__global const float* x, __global float* y, int dim, int inner, int exclusive,
+                             int reverse, int n) {
+  const int i = get_global_id(0);
+  if (i >= n) return;
+  const int base = (i / inner) * dim * inner + i % inner;
+  float acc = 0.0f;
+  for (int t = 0; t < dim; ++t) {
+    const int at = base + (reverse ? dim - 1 - t : t) * inner;
+    const float v = x[at];
+    if (exclusive) {
+      y[at] = acc;
+      acc += v;
+    } else {
+      acc += v;
+      y[at] = acc;
+    }
+  }
+}
+
+// True when (va, ia) comes before (vb, ib) in TopK order: better value first, ties by lower index.
+inline bool topk_before(float va, int ia, float vb, int ib, int largest) {
+  if (va == vb) return ia < ib;
+  return largest ? va > vb : va < vb;
+}
+
+// The k first elements of a line in TopK order, by repeated selection: the j-th pick is the first
+// element (in that order) after the (j-1)-th, so no scratch memory is needed. O(k * dim) per line.
+__kernel void topk_f32(__global const float* x, __global float* values, __global long* indices, int dim,
+                       int inner, int k, int largest, int n) {
+  const int i = get_global_id(0);
+  if (i >= n) return;
+  const int o = i / inner, r = i % inner;
+  __global const float* line = x + o * dim * inner + r;
+  float prev_v = 0.0f;
+  int prev_i = -1;
+  for (int j = 0; j < k; ++j) {
+    int pick = -1;
+    float pick_v = 0.0f;
+    for (int t = 0; t < dim; ++t) {
+      const float v = line[t * inner];
+      if (prev_i >= 0 && !topk_before(prev_v, prev_i, v, t, largest)) continue;
+      if (pick < 0 || topk_before(v, t, pick_v, pick, largest)) {
+        pick = t;
+        pick_v = v;
+      }
+    }
+    values[(o * k + j) * inner + r] = pick_v;
+    indices[(o * k + j) * inner + r] = pick;
+    prev_v = pick_v;
+    prev_i = pick;
+  }
 }
 
 // ---------------------------------------------------------------- dense
@@ -331,7 +505,37 @@ __kernel void pool2d_f32(__global const float* x, __global float* y, __global co
   }
 DEFINE_GATHER(b8, uchar, int32, int)
 DEFINE_GATHER(b8, uchar, int64, long)
+DEFINE_GATHER(b16, ushort, int32, int)
+DEFINE_GATHER(b16, ushort, int64, long)
 DEFINE_GATHER(b32, uint, int32, int)
 DEFINE_GATHER(b32, uint, int64, long)
 DEFINE_GATHER(b64, ulong, int32, int)
 DEFINE_GATHER(b64, ulong, int64, long)
+
+// SCATTER after the data has been copied to y: one work-item per inner element walks the updates
+// in order, so duplicate rows combine exactly as a serial loop would. A bad index sets *flag.
+#define DEFINE_SCATTER(TN, T)                                                                    \
+  __kernel void scatter_##TN(__global const long* idx, __global const T* upd, __global T* y,     \
+                             __global int* flag, int rows, int n_idx, int inner, int fn,         \
+                             int launch) {                                                       \
+    const int r = get_global_id(0);                                                              \
+    if (r >= inner) return;                                                                      \
+    for (int j = 0; j < n_idx; ++j) {                                                            \
+      long k = idx[j];                                                                           \
+      if (k < 0) k += rows;                                                                      \
+      if (k < 0 || k >= rows) {                                                                  \
+        *flag = launch;                                                                          \
+        return;                                                                                  \
+      }                                                                                          \
+      __global T* dst = y + k * inner + r;                                                       \
+      const T u = upd[(long)j * inner + r];                                                      \
+      if (fn == B_ADD) *dst = *dst + u;                                                          \
+      else if (fn == B_MUL) *dst = *dst * u;                                                     \
+      else if (fn == B_MAX) *dst = *dst > u ? *dst : u;                                          \
+      else if (fn == B_MIN) *dst = *dst < u ? *dst : u;                                          \
+      else *dst = u;                                                                             \
+    }                                                                                            \
+  }
+DEFINE_SCATTER(f32, float)
+DEFINE_SCATTER(i32, int)
+DEFINE_SCATTER(i64, long)

@@ -31,9 +31,18 @@ UNARY_FNS = tuple(fn for fn in UnaryFn if fn is not UnaryFn.NOT)
 ARITHMETIC_FNS = (BinaryFn.ADD, BinaryFn.SUB, BinaryFn.MUL, BinaryFn.DIV, BinaryFn.POW, BinaryFn.MAX,
                   BinaryFn.MIN, BinaryFn.MOD, BinaryFn.FMOD)
 COMPARE_FNS = (BinaryFn.EQ, BinaryFn.NE, BinaryFn.LT, BinaryFn.LE, BinaryFn.GT, BinaryFn.GE)
+#: functions with int32 / int64 kernels: every non-comparison function
+INT_FNS = tuple(fn for fn in BinaryFn if fn not in ops.COMPARISON_FNS)
+#: functions on bool inputs
+LOGIC_FNS = (BinaryFn.AND, BinaryFn.OR, BinaryFn.XOR)
+#: scatter reductions with a kernel (None is assignment)
+SCATTER_FNS = (None, BinaryFn.ADD, BinaryFn.MUL, BinaryFn.MAX, BinaryFn.MIN)
 INT32_MAX = 2**31 - 1
 
-_BITS = {1: "b8", 4: "b32", 8: "b64"}
+_BITS = {1: "b8", 2: "b16", 4: "b32", 8: "b64"}
+#: kernel-name suffix of the typed (non-float32) arithmetic and comparison kernels
+_TYPED = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64", np.dtype(bool): "b8"}
+_SCATTER_TYPES = {np.dtype(np.float32): "f32", np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
 _CAST_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.int64): "int64",
                np.dtype(bool): "bool"}
 _UNARY_CODE = {fn: i for i, fn in enumerate(UnaryFn)}
@@ -237,6 +246,9 @@ def _raster(lw: _Lowering, node: Node, a: ops.RasterAttrs) -> None:
 
 def _unary(lw: _Lowering, node: Node, a: ops.UnaryAttrs) -> None:
     n = lw.type(node.outputs[0]).size
+    if a.fn is UnaryFn.NOT:
+        lw.launch(node, "unary_bool_NOT", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(n)], n)
+        return
     lw.launch(node, f"unary_{a.fn.name}", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]),
                                            f32(a.alpha), f32(a.beta), i32(n)], n)
 
@@ -251,7 +263,13 @@ def _broadcast_params(lw: _Lowering, node: Node, names: list[str]) -> int:
 
 def _binary(lw: _Lowering, node: Node, a: ops.BinaryAttrs) -> None:
     n = lw.type(node.outputs[0]).size
-    kernel = f"{'compare' if a.fn in ops.COMPARISON_FNS else 'binary'}_{a.fn.name}"
+    dtype = lw.type(node.inputs[0]).dtype
+    if a.fn in LOGIC_FNS:
+        kernel = f"logic_{a.fn.name}"
+    elif dtype == np.float32:
+        kernel = f"{'compare' if a.fn in ops.COMPARISON_FNS else 'binary'}_{a.fn.name}"
+    else:
+        kernel = f"{'compare' if a.fn in ops.COMPARISON_FNS else 'binary'}_{_TYPED[dtype]}_{a.fn.name}"
     p = _broadcast_params(lw, node, node.inputs)
     lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.inputs[1]]),
                              slot(lw.slots[node.outputs[0]]), slot(p), i32(n)], n)
@@ -369,6 +387,60 @@ def _gather(lw: _Lowering, node: Node, a: ops.GatherAttrs) -> None:
                              i32(idx.size), i32(max(inner, 1)), i32(out.size), i32(launch_id)], out.size)
 
 
+def _lines(lw: _Lowering, node: Node, axis: int) -> tuple[int, int, int]:
+    """(outer, dim, inner) of the first input seen as lines along ``axis``."""
+    shape = lw.type(node.inputs[0]).shape
+    if not 0 <= axis < len(shape):
+        raise BackendError(f"[opencl] {node_label(node)}: axis {axis} out of range for rank {len(shape)}")
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return outer, shape[axis], inner
+
+
+def _arg_reduce(lw: _Lowering, node: Node, a: ops.ArgReduceAttrs) -> None:
+    outer, dim, inner = _lines(lw, node, a.axis)
+    if dim == 0 and outer * inner > 0:
+        raise BackendError(f"[opencl] {node_label(node)}: reducing an empty axis {a.axis}")
+    lw.launch(node, "arg_reduce_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(dim),
+                                       i32(inner), i32(int(a.largest)), i32(int(a.select_last_index)),
+                                       i32(outer * inner)], outer * inner)
+
+
+def _cumulative(lw: _Lowering, node: Node, a: ops.CumulativeAttrs) -> None:
+    outer, dim, inner = _lines(lw, node, a.axis)
+    lw.launch(node, "cumulative_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(dim),
+                                       i32(inner), i32(int(a.exclusive)), i32(int(a.reverse)),
+                                       i32(outer * inner)], outer * inner)
+
+
+def _topk(lw: _Lowering, node: Node, a: ops.TopKAttrs) -> None:
+    outer, dim, inner = _lines(lw, node, a.axis)
+    if not 0 <= a.k <= dim:
+        raise BackendError(f"[opencl] {node_label(node)}: k={a.k} outside [0, {dim}]")
+    values, indices = (slot(lw.slots[name]) for name in node.outputs)
+    lw.launch(node, "topk_f32", [slot(lw.slots[node.inputs[0]]), values, indices, i32(dim), i32(inner), i32(a.k),
+                                 i32(int(a.largest)), i32(outer * inner)], outer * inner)
+
+
+def _scatter(lw: _Lowering, node: Node, a: ops.ScatterAttrs) -> None:
+    data, idx, upd = (lw.type(name) for name in node.inputs)
+    if a.reduction not in SCATTER_FNS:
+        raise BackendError(f"[opencl] {node_label(node)}: unsupported reduction {a.reduction}")
+    rows = data.shape[0] if data.shape else 0
+    inner = int(np.prod(data.shape[1:], dtype=np.int64))
+    if upd.size != idx.size * inner:
+        raise BackendError(f"[opencl] {node_label(node)}: updates {upd} do not match {idx.size} rows of {inner}")
+    y = slot(lw.slots[node.outputs[0]])
+    lw.launch(node, "copy_bytes", [slot(lw.slots[node.inputs[0]]), y, i32(data.nbytes)], data.nbytes)
+    fn = -1 if a.reduction is None else list(BinaryFn).index(a.reduction)
+    launch_id = len(lw.launches) + 1  # the flag names this launch
+    if data.dtype not in _SCATTER_TYPES:
+        raise BackendError(f"[opencl] {node_label(node)}: no scatter kernel for {data.dtype}")
+    lw.launch(node, f"scatter_{_SCATTER_TYPES[data.dtype]}",
+              [slot(lw.slots[node.inputs[1]]), slot(lw.slots[node.inputs[2]]), y, slot(lw.flag()), i32(rows),
+               i32(idx.size), i32(inner), i32(fn), i32(launch_id)], inner if idx.size else 0)
+
+
 _LOWER: dict[Op, Any] = {
     Op.RASTER: _raster,
     Op.UNARY: _unary,
@@ -380,6 +452,10 @@ _LOWER: dict[Op, Any] = {
     Op.CONV2D: _conv2d,
     Op.POOL2D: _pool2d,
     Op.GATHER: _gather,
+    Op.ARG_REDUCE: _arg_reduce,
+    Op.CUMULATIVE: _cumulative,
+    Op.TOPK: _topk,
+    Op.SCATTER: _scatter,
 }
 
 LOWERED_OPS = frozenset(_LOWER)

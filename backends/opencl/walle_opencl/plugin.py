@@ -15,35 +15,66 @@ from walle_core.backend import Availability, Backend, Executable, Segment
 from walle_core.errors import BackendError
 from walle_core.hookspecs import hookimpl
 from walle_core.ir import Node, TensorType
-from walle_core.ops import Op
+from walle_core.ops import Op, UnaryFn
 from walle_opencl import device as dev
 from walle_opencl.device import DeviceTensor
-from walle_opencl.lowering import ARITHMETIC_FNS, COMPARE_FNS, LOWERED_OPS, UNARY_FNS, lower_segment
+from walle_opencl.lowering import (
+    ARITHMETIC_FNS,
+    COMPARE_FNS,
+    INT_FNS,
+    LOGIC_FNS,
+    LOWERED_OPS,
+    SCATTER_FNS,
+    UNARY_FNS,
+    lower_segment,
+)
 
 F32 = np.dtype(np.float32)
 BOOL = np.dtype(bool)
 _INDEX = (np.dtype(np.int32), np.dtype(np.int64))
-#: dtypes the movement kernels (RASTER, SELECT, CAST, GATHER) handle
-_MOVABLE = frozenset({F32, np.dtype(np.int32), np.dtype(np.int64), BOOL})
+_INTS = (np.dtype(np.int32), np.dtype(np.int64))
+#: dtypes CAST converts between
+_CASTABLE = frozenset({F32, *_INTS, BOOL})
+#: element sizes the pure data movers (RASTER, SELECT, GATHER) copy for any bool/int/float dtype
+_MOVABLE_SIZES = frozenset({1, 2, 4, 8})
 _MAX_REGION_RANK = 8
 _UNARY = frozenset(UNARY_FNS)
 _BINARY = frozenset(ARITHMETIC_FNS + COMPARE_FNS)
+_INT_BINARY = frozenset(INT_FNS + COMPARE_FNS)
+_BOOL_BINARY = frozenset(LOGIC_FNS + COMPARE_FNS)
+
+
+def _movable(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf" and dtype.itemsize in _MOVABLE_SIZES
+
+
+def _binary_supported(fn: object, dtype: np.dtype) -> bool:
+    if dtype == F32:
+        return fn in _BINARY
+    if dtype in _INTS:
+        return fn in _INT_BINARY
+    return dtype == BOOL and fn in _BOOL_BINARY
 
 
 def _supported(node: Node, t: list[TensorType], o: list[TensorType]) -> bool:
     op, a = node.op, node.attrs
     if op is Op.RASTER:
-        return o[0].dtype in _MOVABLE and all(len(r.size) <= _MAX_REGION_RANK for r in a.regions)
+        return _movable(o[0].dtype) and all(len(r.size) <= _MAX_REGION_RANK for r in a.regions)
     if op is Op.UNARY:
-        return a.fn in _UNARY and t[0].dtype == F32
+        return (a.fn in _UNARY and t[0].dtype == F32) or (a.fn is UnaryFn.NOT and t[0].dtype == BOOL)
     if op is Op.BINARY:
-        return a.fn in _BINARY and t[0].dtype == F32
+        return t[0].dtype == t[1].dtype and _binary_supported(a.fn, t[0].dtype)
     if op is Op.SELECT:
-        return t[0].dtype == BOOL and o[0].dtype in _MOVABLE
+        return t[0].dtype == BOOL and _movable(o[0].dtype)
     if op is Op.CAST:
-        return not a.bitcast and t[0].dtype in _MOVABLE and o[0].dtype in _MOVABLE
+        return not a.bitcast and t[0].dtype in _CASTABLE and o[0].dtype in _CASTABLE
     if op is Op.GATHER:
-        return t[0].dtype in _MOVABLE and t[1].dtype in _INDEX
+        return _movable(t[0].dtype) and t[1].dtype in _INDEX
+    if op in (Op.ARG_REDUCE, Op.CUMULATIVE, Op.TOPK):
+        return t[0].dtype == F32
+    if op is Op.SCATTER:
+        return (t[0].dtype in (F32, *_INTS) and t[1].dtype == np.dtype(np.int64) and t[2].dtype == t[0].dtype
+                and a.reduction in SCATTER_FNS)
     if op in (Op.MATMUL, Op.CONV2D):
         return a.activation.fn in _UNARY and all(x.dtype == F32 for x in t)
     return op in LOWERED_OPS and all(x.dtype == F32 for x in t)
