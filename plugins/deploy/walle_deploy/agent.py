@@ -11,6 +11,7 @@ report with the reason, never in a half-installed task: installation goes throug
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import json
 import logging
@@ -25,7 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from walle_deploy.bundle import DIGEST_RE, sha256_file
+from walle_deploy.bundle import DIGEST_RE
 from walle_deploy.errors import BundleError, DeployError, TaskError
 from walle_deploy.install import TaskInstaller
 from walle_deploy.policy import Stage, first_stage, parse_target
@@ -424,20 +425,35 @@ class DeviceAgent:
                     if r.status_code not in (200, 206):
                         raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
                     append = r.status_code == 206 and r.headers.get("content-range", "").startswith(f"bytes {have}-")
+                    # hash while writing: no second pass over the file and no worker-thread hop
+                    # per pull; only a resumed pull re-reads the part it already has
+                    hasher = await asyncio.to_thread(_hash_of, part) if append else hashlib.sha256()
                     with _open_part(part, append) as f:
                         async for chunk in r.aiter_bytes():
                             f.write(chunk)
+                            hasher.update(chunk)
                 break
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 if attempt + 1 == DOWNLOAD_ATTEMPTS:
                     raise DownloadError(f"[agent] download of {digest[:12]} failed: {exc}") from exc
                 await asyncio.sleep(self._rng.uniform(0.1, 0.5) * 2 ** attempt)
-        actual = await asyncio.to_thread(sha256_file, part)
+        else:
+            raise DownloadError(f"[agent] download of {digest[:12]} failed: every resume was refused (HTTP 416)")
+        actual = hasher.hexdigest()
         if actual != digest:
             part.unlink(missing_ok=True)
             raise BundleError(f"[agent] downloaded bundle has SHA-256 {actual[:12]}, notice says {digest[:12]}: "
                               "truncated or tampered")
         return part
+
+
+def _hash_of(path: Path) -> Any:
+    """A running SHA-256 of the bytes already in ``path`` (the part a resumed pull extends)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher
 
 
 def _open_part(path: Path, append: bool) -> BinaryIO:
