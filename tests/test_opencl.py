@@ -29,6 +29,7 @@ from walle_core.ops import Activation, BinaryFn, Op, ReduceFn, UnaryFn
 from walle_core.testing.models import example_cnn
 from walle_opencl import DeviceTensor, OpenCLBackend
 from walle_opencl import device as cl_device
+from walle_opencl import tuning as cl_tuning
 
 AVAILABILITY = OpenCLBackend.availability()
 requires_device = pytest.mark.skipif(not AVAILABILITY.available,
@@ -433,6 +434,56 @@ def test_cnn_on_opencl_alone_matches_onnxruntime():
     np.testing.assert_allclose(got["logits"], want, rtol=1e-3, atol=1e-3)
 
 
+def _conv(name, x, out, cin, cout, k, r, inits, group=1, stride=1):
+    w = (r.standard_normal((cout, cin // group, k, k)) * (1.0 / np.sqrt(cin // group * k * k))).astype(np.float32)
+    b = (r.standard_normal(cout) * 0.1).astype(np.float32)
+    inits += [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
+    return helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [out], group=group, strides=[stride, stride],
+                            pads=[k // 2] * 4)
+
+
+def _cnn_model(kind):
+    """A 32x32 classifier in the shared models' family: ``mobilenet`` (inverted residual: pointwise
+    expand, depthwise 3x3, pointwise project, skip add) or ``resnet`` (two 3x3 convs + skip add)."""
+    r = np.random.default_rng(5)
+    inits: list = []
+    nodes = [_conv("stem", "x", "s", 3, 8, 3, r, inits, stride=2), helper.make_node("Relu", ["s"], ["s_r"])]
+    if kind == "mobilenet":
+        nodes += [_conv("exp", "s_r", "e", 8, 16, 1, r, inits), helper.make_node("Clip", ["e", "lo", "hi"], ["e_r"]),
+                  _conv("dw", "e_r", "d", 16, 16, 3, r, inits, group=16),
+                  helper.make_node("Clip", ["d", "lo", "hi"], ["d_r"]),
+                  _conv("proj", "d_r", "p", 16, 8, 1, r, inits), helper.make_node("Add", ["p", "s_r"], ["body"])]
+        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    else:
+        nodes += [_conv("c1", "s_r", "a", 8, 8, 3, r, inits), helper.make_node("Relu", ["a"], ["a_r"]),
+                  _conv("c2", "a_r", "b", 8, 8, 3, r, inits), helper.make_node("Add", ["b", "s_r"], ["sum"]),
+                  helper.make_node("Relu", ["sum"], ["body"])]
+    fc = (r.standard_normal((8, 10)) * 0.3).astype(np.float32)
+    inits.append(numpy_helper.from_array(fc, "fc"))
+    nodes += [helper.make_node("GlobalAveragePool", ["body"], ["g"]),
+              helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("MatMul", ["f", "fc"], ["logits"])]
+    graph = helper.make_graph(nodes, kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@requires_device
+@pytest.mark.parametrize("kind", ["mobilenet", "resnet"])
+def test_shared_cnn_family_on_opencl_alone_matches_onnxruntime(kind):
+    model = _cnn_model(kind)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    sess = wc.load(model, backend=["opencl"])
+    plan = sess.plan_for({"x": x})
+    assert {name for name, _ in plan.segments} == {"opencl"}, plan.segments
+    got = sess.run({"x": x})["logits"]
+    (want,) = _ort(model, {"x": x})
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
 def _hybrid_model():
     """conv -> CumSum -> int64 Abs (not on opencl) -> relu -> conv -> TopK -> outputs."""
     r = np.random.default_rng(11)
@@ -505,3 +556,54 @@ def test_corrupt_cache_entry_is_rebuilt(tmp_path, monkeypatch):
     program = cl_device.load_program(context, source)
     assert not program.from_binary
     assert cl_device.load_program(context, source).from_binary
+
+
+# --- local work-size tuning ------------------------------------------------------------------
+
+
+def test_tuning_level_is_validated(monkeypatch):
+    monkeypatch.setenv(cl_tuning.TUNING_ENV, "fastest")
+    with pytest.raises(ValueError, match="WALLE_OPENCL_TUNING.*none, fast, full"):
+        cl_tuning.tuning_level()
+    monkeypatch.delenv(cl_tuning.TUNING_ENV)
+    assert cl_tuning.tuning_level() == "none"
+
+
+def test_tuning_candidates_divide_the_global_size():
+    assert cl_tuning.candidates([64 * 3], "fast") == [[16], [32], [64]]
+    assert cl_tuning.candidates([128], "none") == []
+    for local in cl_tuning.candidates([12, 8, 2], "full"):
+        assert [g % s for g, s in zip([12, 8, 2], local)] == [0, 0, 0]
+        assert int(np.prod(local)) <= 1024
+
+
+@requires_device
+def test_tuning_is_cached_and_changes_no_result(tmp_path, monkeypatch):
+    monkeypatch.setenv(cl_device.CACHE_ENV, str(tmp_path))
+    model = _cnn_model("resnet")
+    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    monkeypatch.setenv(cl_tuning.TUNING_ENV, "none")
+    want = wc.load(model, backend=["opencl"]).run({"x": x})["logits"]
+    assert not cl_tuning.tuning_path(tmp_path / "opencl").exists()
+
+    monkeypatch.setenv(cl_tuning.TUNING_ENV, "fast")
+    before = cl_tuning.tuning_runs
+    got = wc.load(model, backend=["opencl"]).run({"x": x})["logits"]
+    tuned = cl_tuning.tuning_runs - before
+    assert tuned > 0
+    entries = json.loads(cl_tuning.tuning_path(tmp_path / "opencl").read_text())
+    assert len(entries) == tuned and all(key.endswith("|fast") for key in entries)
+    np.testing.assert_array_equal(got, want)
+
+    # a second compile of the same shapes finds every choice on disk
+    again = wc.load(model, backend=["opencl"]).run({"x": x})["logits"]
+    assert cl_tuning.tuning_runs - before == tuned
+    np.testing.assert_array_equal(again, want)
+
+
+@requires_device
+def test_bad_tuning_level_fails_compile(monkeypatch):
+    monkeypatch.setenv(cl_tuning.TUNING_ENV, "slow")
+    with pytest.raises(BackendError, match="WALLE_OPENCL_TUNING"):
+        wc.load(_cnn_model("resnet"), backend=["opencl"]).run(
+            {"x": np.zeros((2, 3, 32, 32), np.float32)})

@@ -110,6 +110,8 @@ class Device:
     def __init__(self) -> None:
         self.context = _ext.Context()
         self.program = load_program(self.context, kernel_source())
+        #: names the device in the tuning cache, like the binary cache key does
+        self.key = cache_key(self.context, "", "")
 
     def alloc(self, nbytes: int) -> Any:
         return self.context.alloc(int(nbytes))

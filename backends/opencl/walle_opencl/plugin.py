@@ -17,6 +17,7 @@ from walle_core.hookspecs import hookimpl
 from walle_core.ir import Node, TensorType
 from walle_core.ops import Op, UnaryFn
 from walle_opencl import device as dev
+from walle_opencl import tuning
 from walle_opencl.device import DeviceTensor
 from walle_opencl.lowering import (
     ARITHMETIC_FNS,
@@ -95,10 +96,37 @@ class OpenCLExecutable(Executable):
         for s, value in lowered.constants.items():
             self._fixed[s] = device.upload(value).buffer
         try:
-            self.plan = dev._ext.Plan(device.context, device.program, lowered.launches, lowered.n_slots,
+            level = tuning.tuning_level()
+            launches = lowered.launches
+            if level != "none":
+                self._tuning_slots: list[Any] | None = None
+                launches = tuning.tune_launches(launches, device.key, dev.cache_dir(), level, self._time_launch)
+                self._tuning_slots = None  # the zero-filled buffers were only for timing
+            self.plan = dev._ext.Plan(device.context, device.program, launches, lowered.n_slots,
                                       lowered.flag_slot)
         except (ValueError, RuntimeError) as exc:
             raise BackendError(str(exc)) from None
+
+    def _time_launch(self, launch: tuple) -> float | None:
+        """Seconds one launch takes on zero-filled buffers, or None when the device rejects it
+        (a local size above the kernel's limit, or an index check tripped by the zero data)."""
+        lw, device = self._lowered, self._device
+        if self._tuning_slots is None:
+            slots: list[Any] = [None] * lw.n_slots
+            sizes = dict(zip(lw.input_slots, (t.nbytes for t in self._in_types)))
+            sizes.update(zip(lw.output_slots, (t.nbytes for t in self._out_types)))
+            sizes.update(lw.intermediates)
+            for s, nbytes in sizes.items():
+                slots[s] = device.upload(np.zeros(nbytes, np.uint8)).buffer
+            for s in lw.constants:
+                slots[s] = self._fixed[s]
+            self._tuning_slots = slots
+        slots = self._tuning_slots
+        try:
+            plan = dev._ext.Plan(device.context, device.program, [launch], lw.n_slots, lw.flag_slot)
+            return tuning.best_of(lambda: plan.run(slots))
+        except (ValueError, RuntimeError, IndexError):
+            return None
 
     def _as_device(self, name: str, value: Any, t: TensorType) -> Any:
         if isinstance(value, DeviceTensor):
