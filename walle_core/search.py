@@ -101,14 +101,34 @@ def measure_profile(backend: Backend) -> BackendProfile:
     )
 
 
-class ProfileCache:
-    """Profiles on disk (``$WALLE_CACHE_DIR/profiles.json``, default ``~/.cache/walle``), so
-    only the first session on a machine pays for the micro-benchmarks."""
+class JsonFileCache:
+    """A small JSON object on disk under ``$WALLE_CACHE_DIR`` (default ``~/.cache/walle``),
+    rewritten atomically so a concurrent reader sees the old or the new file, never half."""
+
+    def __init__(self, filename: str, path: Path | None = None) -> None:
+        root = Path(os.environ.get("WALLE_CACHE_DIR", Path.home() / ".cache" / "walle"))
+        self.path = path or root / filename
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _write(self, data: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.path)
+
+
+class ProfileCache(JsonFileCache):
+    """Profiles on disk (``profiles.json``), so only the first session on a machine pays for
+    the micro-benchmarks."""
 
     def __init__(self, path: Path | None = None) -> None:
-        root = Path(os.environ.get("WALLE_CACHE_DIR", Path.home() / ".cache" / "walle"))
-        self.path = path or root / "profiles.json"
-        self._lock = threading.Lock()
+        super().__init__("profiles.json", path)
 
     def _key(self, backend: Backend) -> str:
         return f"v2|{backend.name}|{backend.availability().device}|{backend.threads}"  # v2: conv rate
@@ -121,17 +141,8 @@ class ProfileCache:
                 return BackendProfile(**data[key])
             profile = measure_profile(backend)
             data[key] = asdict(profile)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1))
-            tmp.replace(self.path)
+            self._write(data)
             return profile
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
 
 
 class CostModel:
@@ -410,15 +421,13 @@ class PlanDecision:
     timings: dict[str, float]
 
 
-class PlanCache:
-    """Measured decisions on disk (``$WALLE_CACHE_DIR/plans.json``), keyed by the model and
-    input shapes (:func:`graph_key`), the input shapes spelled out, and the device set with
-    thread counts, so the second load of a model skips the measurement."""
+class PlanCache(JsonFileCache):
+    """Measured decisions on disk (``plans.json``), keyed by the model and input shapes
+    (:func:`graph_key`), the input shapes spelled out, and the device set with thread
+    counts, so the second load of a model skips the measurement."""
 
     def __init__(self, path: Path | None = None) -> None:
-        root = Path(os.environ.get("WALLE_CACHE_DIR", Path.home() / ".cache" / "walle"))
-        self.path = path or root / "plans.json"
-        self._lock = threading.Lock()
+        super().__init__("plans.json", path)
 
     @staticmethod
     def key(graph: Graph, backends: Sequence[Backend]) -> str:
@@ -434,16 +443,7 @@ class PlanCache:
         with self._lock:
             data = self._read()
             data[key] = asdict(decision)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(data, indent=1))
-            tmp.replace(self.path)  # atomic: a concurrent reader sees the old or the new file
-
-    def _read(self) -> dict:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+            self._write(data)
 
 
 class MeasuringAssigner:
