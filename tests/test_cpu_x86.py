@@ -438,7 +438,10 @@ def test_conv2d(backend, case, const_w):
     x, w = f32(*xs), f32(*ws)
     attrs = ops.Conv2DAttrs(strides, pads, dil, groups)
     (got,) = run1(backend, Op.CONV2D, attrs, [x, w], const=(1,) if const_w else ())
-    close(got, np_conv(x, w, None, strides, pads, dil, groups).astype(np.float32), atol=1e-4)
+    want = np_conv(x, w, None, strides, pads, dil, groups).astype(np.float32)
+    # With packed weights the cost rule may pick Winograd (F(4,3) on AVX2's narrower panels), whose
+    # rounding error scales with the largest output, not with each element.
+    close(got, want, atol=max(1e-4, 1e-5 * float(np.abs(want).max())))
 
 
 @pytest.mark.parametrize("groups", [1, 4], ids=["dense", "depthwise"])
@@ -484,11 +487,17 @@ def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile):
     close(got[tile], got["0"], rtol=1e-4, atol=1e-4)
 
 
+# A 7x7 map has 16 F(2,3) tiles: they fill AVX2's 16-column panels exactly (Winograd wins) but pad
+# AVX-512's 32-column panels to twice the work (direct wins).
+_PICKS_7X7 = _ext.best_isa() != "avx512"
+
+
 @pytest.mark.parametrize("shape,picks_winograd", [((1, 64, 56, 56), True), ((1, 4, 56, 56), False),
-                                                 ((1, 512, 7, 7), False), ((1, 64, 400, 400), False)], ids=str)
+                                                 ((1, 512, 7, 7), _PICKS_7X7), ((1, 64, 400, 400), False)],
+                         ids=str)
 def test_winograd_cost_rule(monkeypatch, shape, picks_winograd):
-    """Large maps with many channels go to Winograd; few channels (transforms dominate), 7x7
-    maps (tiles pad the GEMM's columns) and maps whose transform would exceed the 64 MiB
+    """Large maps with many channels go to Winograd; few channels (transforms dominate), maps
+    whose tiles would pad the GEMM's columns and maps whose transform would exceed the 64 MiB
     workspace bound stay direct."""
     monkeypatch.delenv("WALLE_CPU_X86_WINOGRAD", raising=False)
     c = shape[1]

@@ -157,6 +157,7 @@ class Conv2DKernel : public OpKernel {
     }
     depthwise_ = s_.cg == 1 && g == s_.c;
     if (blk_.isa == Isa::kAvx512) taps_fn_ = depthwise_taps_avx512;
+    else if (blk_.isa == Isa::kAvx2) taps_fn_ = depthwise_taps_avx2;
     direct_1x1_ = s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 && s_.pt == 0 && s_.pl == 0 &&
                   s_.pb == 0 && s_.pr == 0;
     gemm_k_ = s_.cg * s_.kh * s_.kw;

@@ -11,6 +11,7 @@ namespace walle {
 using DepthwiseTapsFn = void (*)(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 
 void depthwise_taps_portable(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
+void depthwise_taps_avx2(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 void depthwise_taps_avx512(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 
 }  // namespace walle
