@@ -6,6 +6,8 @@
 //  - anything else: GEMM whose B operand is read through an im2col view of the image, packed
 //    block by block, so the im2col matrix is never materialised.
 // Constant weights are packed once, per group, when the plan is compiled.
+#include <emmintrin.h>
+
 #include <algorithm>
 
 #include "depthwise_taps.hpp"
@@ -48,6 +50,18 @@ struct DepthwiseLayout {
   }
 };
 
+// even[t] = src[2t] and odd[t] = src[2t+1] for the first n elements of src. SSE2 (the baseline)
+// shuffles four of each per step: one sequential pass instead of two strided ones.
+void split_even_odd(const float* src, int64_t n, float* even, float* odd) {
+  int64_t t = 0;
+  for (; 2 * t + 8 <= n; t += 4) {
+    const __m128 a = _mm_loadu_ps(src + 2 * t), b = _mm_loadu_ps(src + 2 * t + 4);
+    _mm_storeu_ps(even + t, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+    _mm_storeu_ps(odd + t, _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  for (int64_t i = 2 * t; i < n; ++i) (i & 1 ? odd : even)[i >> 1] = src[i];
+}
+
 void depthwise_pad(const ConvShape& s, const DepthwiseLayout& l, const float* in, float* pad) {
   std::fill(pad, pad + l.pad_floats(), 0.f);
   const int64_t rows = l.sub_rows * l.sh, cols = l.pitch * l.sw;
@@ -59,6 +73,11 @@ void depthwise_pad(const ConvShape& s, const DepthwiseLayout& l, const float* in
     const float* src = in + iy * s.w;
     if (l.sw == 1) {
       std::copy_n(src, x_end, dst_row + s.pl);
+      continue;
+    }
+    if (l.sw == 2) {
+      split_even_odd(src, x_end, dst_row + (s.pl & 1) * l.sub_plane() + (s.pl >> 1),
+                     dst_row + ((s.pl + 1) & 1) * l.sub_plane() + ((s.pl + 1) >> 1));
       continue;
     }
     // column phase f holds X = q * sw + f, i.e. input columns ix = X - pl in [0, x_end)
@@ -258,7 +277,7 @@ class Conv2DKernel : public OpKernel {
       if (bias) ep.bias = MatView{bias + o, 0, 0};
       if (res) ep.residual = MatView{res + t * plane_out, 0, 1};
       ep.act = act_;
-      apply_epilogue(ep, out, plane_out, 0, 1, 0, plane_out);
+      apply_epilogue(ep, blk_.isa, out, plane_out, 0, 1, 0, plane_out);
     });
   }
 

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "elementwise.hpp"
+#include "epilogue_simd.hpp"
 
 namespace walle {
 
@@ -133,20 +134,24 @@ AlignedBuffer pack_b_full(const MatView& b, int64_t k, int64_t n, int nr) {
   return buf;
 }
 
-void apply_epilogue(const Epilogue& ep, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,
+void apply_epilogue(const Epilogue& ep, Isa isa, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,
                     int64_t cols) {
   for (int64_t i = 0; i < rows; ++i) {
     float* row = c + i * ldc;
-    if (ep.bias.p) {
-      const float* b = ep.bias.p + (i0 + i) * ep.bias.rs + j0 * ep.bias.cs;
+    const float* b = ep.bias.p ? ep.bias.p + (i0 + i) * ep.bias.rs + j0 * ep.bias.cs : nullptr;
+    const float* r = ep.residual.p ? ep.residual.p + (i0 + i) * ep.residual.rs + j0 * ep.residual.cs : nullptr;
+    if (isa != Isa::kPortable && (!r || ep.residual.cs == 1) &&
+        epilogue_row_avx2(row, cols, b, ep.bias.cs, r, ep.act)) {
+      continue;
+    }
+    if (b) {
       if (ep.bias.cs == 0) {
         for (int64_t j = 0; j < cols; ++j) row[j] += b[0];
       } else {
         for (int64_t j = 0; j < cols; ++j) row[j] += b[j * ep.bias.cs];
       }
     }
-    if (ep.residual.p) {
-      const float* r = ep.residual.p + (i0 + i) * ep.residual.rs + j0 * ep.residual.cs;
+    if (r) {
       for (int64_t j = 0; j < cols; ++j) row[j] += r[j * ep.residual.cs];
     }
     if (ep.act.fn != UnaryFn::kIdentity) unary_f32(ep.act, row, row, cols);
@@ -232,7 +237,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     // tile would be in L1, but costs a call per 32-float row, which small-K layers cannot afford.)
     const Epilogue& ep = pr.epilogue;
     if (ep.bias.p || ep.residual.p || ep.act.fn != UnaryFn::kIdentity) {
-      apply_epilogue(ep, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
+      apply_epilogue(ep, blk.isa, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
     }
   });
 }

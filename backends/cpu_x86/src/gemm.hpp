@@ -78,8 +78,9 @@ size_t packed_b_floats(int64_t k, int64_t n, int nr);
 void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batch,
           FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch);
 
-// Applies bias, residual and activation to rows [i0, i0+rows) x cols [j0, j0+cols) of c.
-void apply_epilogue(const Epilogue& ep, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,
+// Applies bias, residual and activation to rows [i0, i0+rows) x cols [j0, j0+cols) of c, with
+// vector code when isa allows it.
+void apply_epilogue(const Epilogue& ep, Isa isa, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,
                     int64_t cols);
 
 }  // namespace walle

@@ -267,7 +267,9 @@ void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const 
     if (bias) ep.bias = MatView{bias + o, 0, 0};
     if (residual) ep.residual = MatView{residual + o * plane_out, 0, 1};
     ep.act = act;
-    if (ep.bias.p || ep.residual.p || act.fn != UnaryFn::kIdentity) apply_epilogue(ep, out, plane_out, 0, 1, 0, plane_out);
+    if (ep.bias.p || ep.residual.p || act.fn != UnaryFn::kIdentity) {
+      apply_epilogue(ep, blk.isa, out, plane_out, 0, 1, 0, plane_out);
+    }
   });
 }
 

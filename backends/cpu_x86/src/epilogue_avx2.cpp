@@ -1,0 +1,88 @@
+// AVX2 epilogue rows (see epilogue_simd.hpp). Compiled with -mavx2 -mfma; only called when the
+// plan's instruction set is AVX2 or better (isa.cpp checks the CPU). No FMA is used: the bias and
+// residual additions and the activation round exactly as the scalar code does.
+#include <immintrin.h>
+
+#include "epilogue_simd.hpp"
+
+namespace walle {
+
+namespace {
+
+// Lane i is enabled when i < left (left in [1, 8]).
+__m256i tail_mask(int64_t left) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), lanes);
+}
+
+// The activations written as the scalar code's comparisons so NaN propagates the same way:
+// _mm256_max_ps(a, b) is `a > b ? a : b`, so max(lo, v) keeps a NaN v.
+template <UnaryFn Fn>
+__m256 activate(__m256 v, __m256 alpha, __m256 beta) {
+  if constexpr (Fn == UnaryFn::kRelu) {
+    return _mm256_max_ps(_mm256_setzero_ps(), v);  // v < 0 ? 0 : v
+  } else if constexpr (Fn == UnaryFn::kClip) {
+    return _mm256_min_ps(beta, _mm256_max_ps(alpha, v));  // min(max(v, alpha), beta)
+  } else if constexpr (Fn == UnaryFn::kLeakyRelu) {
+    const __m256 neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);  // v >= 0 ? v : alpha * v
+    return _mm256_blendv_ps(v, _mm256_mul_ps(alpha, v), neg);
+  } else {
+    return v;
+  }
+}
+
+template <UnaryFn Fn, bool HasBias, bool BiasVector, bool HasResidual>
+void row_body(float* row, int64_t n, const float* bias, const float* residual, const Act& act) {
+  const __m256 alpha = _mm256_set1_ps(act.alpha), beta = _mm256_set1_ps(act.beta);
+  const __m256 bias_one = HasBias && !BiasVector ? _mm256_set1_ps(bias[0]) : _mm256_setzero_ps();
+  auto step = [&](int64_t j, __m256 v, __m256i mask, bool full) {
+    if constexpr (HasBias) {
+      if constexpr (BiasVector) {
+        v = _mm256_add_ps(v, full ? _mm256_loadu_ps(bias + j) : _mm256_maskload_ps(bias + j, mask));
+      } else {
+        v = _mm256_add_ps(v, bias_one);
+      }
+    }
+    if constexpr (HasResidual) {
+      v = _mm256_add_ps(v, full ? _mm256_loadu_ps(residual + j) : _mm256_maskload_ps(residual + j, mask));
+    }
+    return activate<Fn>(v, alpha, beta);
+  };
+  const __m256i all = _mm256_set1_epi32(-1);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(row + j, step(j, _mm256_loadu_ps(row + j), all, true));
+  if (j < n) {
+    const __m256i mask = tail_mask(n - j);
+    _mm256_maskstore_ps(row + j, mask, step(j, _mm256_maskload_ps(row + j, mask), mask, false));
+  }
+}
+
+template <UnaryFn Fn>
+void row_for_act(float* row, int64_t n, const float* bias, int64_t bias_cs, const float* residual, const Act& act) {
+  if (bias && bias_cs == 1) {
+    if (residual) row_body<Fn, true, true, true>(row, n, bias, residual, act);
+    else row_body<Fn, true, true, false>(row, n, bias, residual, act);
+  } else if (bias) {
+    if (residual) row_body<Fn, true, false, true>(row, n, bias, residual, act);
+    else row_body<Fn, true, false, false>(row, n, bias, residual, act);
+  } else {
+    if (residual) row_body<Fn, false, false, true>(row, n, bias, residual, act);
+    else row_body<Fn, false, false, false>(row, n, bias, residual, act);
+  }
+}
+
+}  // namespace
+
+bool epilogue_row_avx2(float* row, int64_t n, const float* bias, int64_t bias_cs, const float* residual,
+                       const Act& act) {
+  if (bias && bias_cs != 0 && bias_cs != 1) return false;
+  switch (act.fn) {
+    case UnaryFn::kIdentity: row_for_act<UnaryFn::kIdentity>(row, n, bias, bias_cs, residual, act); return true;
+    case UnaryFn::kRelu: row_for_act<UnaryFn::kRelu>(row, n, bias, bias_cs, residual, act); return true;
+    case UnaryFn::kClip: row_for_act<UnaryFn::kClip>(row, n, bias, bias_cs, residual, act); return true;
+    case UnaryFn::kLeakyRelu: row_for_act<UnaryFn::kLeakyRelu>(row, n, bias, bias_cs, residual, act); return true;
+    default: return false;
+  }
+}
+
+}  // namespace walle
