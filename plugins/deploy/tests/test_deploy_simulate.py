@@ -6,10 +6,11 @@ import asyncio
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 
-from walle_deploy.simulate import GatedTransport, SimulationConfig, percentile, run_simulation
+from walle_deploy.errors import DeployError
+from walle_deploy.simdevice import device_attrs
+from walle_deploy.simulate import SimulationConfig, percentile, run_simulation
 
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
@@ -28,8 +29,10 @@ def check_report(report: dict, devices: int, push: str) -> None:
 
 
 def test_simulate_50_devices_embedded() -> None:
-    report = asyncio.run(run_simulation(SimulationConfig(devices=50, bundle_kib=8)))
+    report = asyncio.run(run_simulation(SimulationConfig(devices=50, bundle_kib=8, rate=200, jitter_s=0.2)))
     check_report(report, 50, "embedded")
+    assert report["workers"] == 2 and report["policy"]["rate"] == 200 and report["policy"]["jitter_s"] == 0.2
+    assert report["reconnects"] == 0
 
 
 @pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (CI installs it: apt-get install mosquitto)")
@@ -44,37 +47,15 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([], 50) == 0.0
 
 
-def test_gated_transport_bounds_concurrency_and_frees_slots() -> None:
-    """At most `connections` responses are open at once, and closed, streamed or failed
-    requests all give their slot back (a leaked slot would stall a simulated fleet)."""
-    open_now, peak = 0, 0
+def test_simulation_config_is_checked() -> None:
+    for bad in ({"devices": 0}, {"workers": 0}, {"rate": -1.0}, {"jitter_s": -0.5}, {"push": "carrier-pigeon"}):
+        with pytest.raises(DeployError):
+            SimulationConfig(**bad).check()  # type: ignore[arg-type]
 
-    async def handler(request: httpx.Request) -> httpx.Response:
-        nonlocal open_now, peak
-        if request.url.path == "/boom":
-            raise httpx.ConnectError("refused", request=request)
-        open_now += 1
-        peak = max(peak, open_now)
-        await asyncio.sleep(0.01)
-        return httpx.Response(200, content=b"x" * 1000)
 
-    async def main() -> None:
-        nonlocal open_now
-        gate = GatedTransport(3, inner=httpx.MockTransport(handler))
-        async with httpx.AsyncClient(transport=gate) as client:
-            async def one() -> None:
-                nonlocal open_now
-                async with client.stream("GET", "http://sim/x") as r:
-                    # httpx closes the body once it is read to the end, and that frees the slot
-                    assert len(await r.aread()) == 1000
-                    open_now -= 1
-                    await asyncio.sleep(0.005)
-
-            await asyncio.gather(*(one() for _ in range(20)))
-            with pytest.raises(httpx.ConnectError):
-                await client.get("http://sim/boom")
-            assert (await client.get("http://sim/x")).status_code == 200
-            assert gate.free_slots == 3
-
-    asyncio.run(main())
-    assert peak == 3
+def test_device_attributes_depend_only_on_seed_and_index() -> None:
+    """The coordinator and the workers compute them independently and must agree."""
+    assert device_attrs(17, 3) == device_attrs(17, 3)
+    assert [device_attrs(i, 0)["region"] for i in range(4)] == ["eu", "us", "ap", "eu"]
+    assert len({tuple(device_attrs(i, 0).items()) for i in range(200)}) > 50
+    assert device_attrs(5, 0) != device_attrs(5, 1) or device_attrs(6, 0) != device_attrs(6, 1)

@@ -43,6 +43,8 @@ InstallHook = Callable[[Path], Any]
 DOWNLOAD_ATTEMPTS = 4
 #: a report lost to an overloaded server would stall a stage that waits for it, so retry
 REPORT_ATTEMPTS = 5
+#: an install still verifying after this long gets its own "downloaded" report first
+DOWNLOADED_REPORT_AFTER_S = 1.0
 
 
 class DownloadError(DeployError):
@@ -245,34 +247,14 @@ class DeviceAgent:
 
     def _on_manifest(self, topic: str, entries: list[dict[str, Any]]) -> None:
         self._manifests[topic] = entries
-        by_task: dict[str, list[dict[str, Any]]] = {}
-        for entries_of_topic in self._manifests.values():
-            for entry in entries_of_topic:
-                if isinstance(entry, dict) and isinstance(entry.get("task"), str):
-                    by_task.setdefault(entry["task"], []).append(entry)
-        for task, candidates in by_task.items():
-            for entry in sorted(candidates, key=lambda e: -int(e.get("release", 0))):
-                if self._applies(entry):
-                    current = self.installer.current(task) if _valid_name(task) else None
-                    if (current is None or current.digest != entry.get("digest")) \
-                            and self._inflight.get(task) != entry.get("digest"):
-                        self.submit(entry)
-                    break
+        for entry in manifest_choices(self._manifests, self.config.device_id, self.config.attrs, self._current_digest):
+            if self._current_digest(entry["task"]) != entry.get("digest") \
+                    and self._inflight.get(entry["task"]) != entry.get("digest"):
+                self.submit(entry)
 
-    def _applies(self, entry: dict[str, Any]) -> bool:
-        """The server's rule (``RolloutEngine.applies``) evaluated on the device."""
-        try:
-            if entry.get("frozen"):
-                current = self.installer.current(entry["task"])
-                return current is not None and current.digest == entry["digest"]
-            device_id, attrs = self.config.device_id, self.config.attrs
-            if not parse_target(entry["target"]).matches(device_id, attrs):
-                return False
-            stages = tuple(Stage(str(n), float(p), str(t)) for n, p, t in entry["stages"])
-            stage = first_stage(stages, entry["salt"], device_id, attrs)
-            return stage is not None and stage <= int(entry["stage_index"])
-        except (KeyError, TypeError, ValueError, DeployError):
-            return False
+    def _current_digest(self, task: str) -> str | None:
+        current = self.installer.current(task) if _valid_name(task) else None
+        return None if current is None else current.digest
 
     # ------------------------------------------------------------ reports
 
@@ -370,9 +352,16 @@ class DeviceAgent:
                     await asyncio.sleep(delay)
                 path = await self.download(url, digest)
                 self._emit("downloaded", task=task, version=version)
-                await self.report(release, "downloaded")
                 try:
-                    installed = await asyncio.to_thread(self.installer.install, path, self.keys, task, version, digest)
+                    install = asyncio.ensure_future(asyncio.to_thread(self.installer.install, path, self.keys,
+                                                                      task, version, digest))
+                    # "installed" implies "downloaded" (the server counts it so): a separate
+                    # report only when verifying and unpacking takes long enough to be worth
+                    # showing, which halves the reports of a fleet pulling small bundles
+                    done, _ = await asyncio.wait({install}, timeout=DOWNLOADED_REPORT_AFTER_S)
+                    if not done:
+                        await self.report(release, "downloaded")
+                    installed = await install
                 finally:
                     path.unlink(missing_ok=True)
         except (DeployError, OSError) as exc:
@@ -445,6 +434,45 @@ class DeviceAgent:
             raise BundleError(f"[agent] downloaded bundle has SHA-256 {actual[:12]}, notice says {digest[:12]}: "
                               "truncated or tampered")
         return part
+
+
+def entry_applies(entry: dict[str, Any], device_id: str, attrs: dict[str, str],
+                  current_digest: Callable[[str], str | None]) -> bool:
+    """The server's rule (``RolloutEngine.applies``) evaluated on the device for one entry of
+    a broadcast manifest; ``current_digest(task)`` is the digest the device runs now."""
+    try:
+        if entry.get("frozen"):
+            return current_digest(entry["task"]) == entry["digest"]
+        if not parse_target(entry["target"]).matches(device_id, attrs):
+            return False
+        stages = tuple(Stage(str(n), float(p), str(t)) for n, p, t in entry["stages"])
+        stage = first_stage(stages, entry["salt"], device_id, attrs)
+        return stage is not None and stage <= int(entry["stage_index"])
+    except (KeyError, TypeError, ValueError, DeployError):
+        return False
+
+
+def manifest_choices(manifests: dict[str, list[dict[str, Any]]], device_id: str, attrs: dict[str, str],
+                     current_digest: Callable[[str], str | None]) -> list[dict[str, Any]]:
+    """Per task, the newest entry over all subscribed manifest topics that applies to this
+    device: what it should run. Malformed entries are skipped."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for entries in manifests.values():
+        for entry in entries:
+            if isinstance(entry, dict) and isinstance(entry.get("task"), str) and _valid_name(entry["task"]):
+                by_task.setdefault(entry["task"], []).append(entry)
+    chosen = []
+    for candidates in by_task.values():
+        for entry in sorted(candidates, key=lambda e: -_release_number(e)):
+            if entry_applies(entry, device_id, attrs, current_digest):
+                chosen.append(entry)
+                break
+    return chosen
+
+
+def _release_number(entry: dict[str, Any]) -> int:
+    release = entry.get("release", 0)
+    return release if type(release) is int else 0
 
 
 def _hash_of(path: Path) -> Any:

@@ -297,23 +297,24 @@ def _copy_checked(tar: tarfile.TarFile, member: tarfile.TarInfo, entry: FileEntr
     source = tar.extractfile(member)
     assert source is not None  # regular files always have a data stream
     digest, written = hashlib.sha256(), 0
-    out = None
+    fd = -1
     if dest is not None:
-        target = dest.joinpath(*entry.path.split("/"))
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target = os.path.join(dest, *entry.path.split("/"))
+        if "/" in entry.path:  # files at the top level go straight into the fresh ``dest``
+            os.makedirs(os.path.dirname(target), exist_ok=True)
         # O_EXCL | O_NOFOLLOW: never write through a pre-existing file or link
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                      0o755 if entry.executable else 0o644)
-        out = os.fdopen(fd, "wb")
     try:
         for block in iter(lambda: source.read(CHUNK), b""):
             digest.update(block)
             written += len(block)
-            if out is not None:
-                out.write(block)
+            view = memoryview(block)
+            while fd >= 0 and view:
+                view = view[os.write(fd, view):]
     finally:
-        if out is not None:
-            out.close()
+        if fd >= 0:
+            os.close(fd)
     if written != entry.size:
         raise BundleError(f"[deploy] bundle is truncated inside {entry.path!r}")
     if digest.hexdigest() != entry.sha256:

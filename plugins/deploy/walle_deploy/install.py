@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from walle_deploy.bundle import verify_and_extract
 from walle_deploy.errors import DeployError
@@ -44,13 +44,14 @@ class TaskInstaller:
         return self.root / check_name(task)
 
     def _read_link(self, task: str, link: str) -> InstalledVersion | None:
-        path = self._task_dir(task) / link
-        if not path.is_symlink():
+        task_dir = self._task_dir(task)
+        try:
+            name = os.path.basename(os.readlink(task_dir / link))
+        except OSError:  # no such link (or not a link)
             return None
-        name = os.path.basename(os.readlink(path))
         version, _, digest = name.rpartition("@")
-        target = self._task_dir(task) / VERSIONS / name
-        if not version or not target.is_dir():
+        target = task_dir / VERSIONS / name
+        if not version or not os.path.isdir(target):
             return None
         return InstalledVersion(task, version, digest, target)
 
@@ -68,16 +69,18 @@ class TaskInstaller:
     def has(self, task: str, version: str, digest: str) -> bool:
         return (self._task_dir(task) / VERSIONS / f"{version}@{digest}").is_dir()
 
-    def install(self, bundle_path: str | Path, keys: TrustedKeys, task: str, version: str,
+    def install(self, bundle_path: str | Path | IO[bytes], keys: TrustedKeys, task: str, version: str,
                 digest: str) -> InstalledVersion:
-        """Verify the bundle at ``bundle_path`` and make it the current version of ``task``.
+        """Verify the bundle at ``bundle_path`` (a file, or an open binary stream) and make it the
+        current version of ``task``.
         The bundle's own digest must already have been checked by the caller (it came with
         the notice); the manifest must name ``task`` and ``version``."""
         check_version(version)
-        if not self.has(task, version, digest):
-            versions = self._task_dir(task) / VERSIONS
-            versions.mkdir(parents=True, exist_ok=True)
-            staging = self._task_dir(task) / f".staging-{uuid.uuid4().hex}"
+        task_dir = self._task_dir(task)
+        versions = task_dir / VERSIONS
+        if not os.path.isdir(versions / f"{version}@{digest}"):
+            os.makedirs(versions, exist_ok=True)
+            staging = task_dir / f".staging-{os.urandom(12).hex()}"
             try:
                 verify_and_extract(bundle_path, keys, staging, expect_task=task, expect_version=version)
                 os.replace(staging, versions / f"{version}@{digest}")
@@ -90,16 +93,20 @@ class TaskInstaller:
         """Make an already installed version current; the old current becomes previous."""
         name = f"{version}@{digest}"
         task_dir = self._task_dir(task)
-        if not (task_dir / VERSIONS / name).is_dir():
+        target = task_dir / VERSIONS / name
+        if not os.path.isdir(target):
             raise DeployError(f"[deploy] {task} {version} ({digest[:12]}) is not installed on this device")
         old = self.current(task)
         if old is not None and old.path.name != name:
             self._set_link(task_dir, PREVIOUS, old.path.name)
         self._set_link(task_dir, CURRENT, name)
-        self._prune(task_dir)
-        installed = self.current(task)
-        assert installed is not None
-        return installed
+        keep = {name}
+        if old is not None and old.path.name != name:
+            keep.add(old.path.name)
+        elif (kept := self._link_name(task_dir, PREVIOUS)) is not None:
+            keep.add(kept)
+        self._prune(task_dir, keep)
+        return InstalledVersion(task, version, digest, target)
 
     def rollback(self, task: str) -> InstalledVersion:
         """Swap current and previous (an offline rollback needing no download)."""
@@ -109,15 +116,22 @@ class TaskInstaller:
         return self.switch(task, prev.version, prev.digest)
 
     @staticmethod
+    def _link_name(task_dir: Path, link: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(task_dir / link))
+        except OSError:
+            return None
+
+    @staticmethod
     def _set_link(task_dir: Path, link: str, name: str) -> None:
-        tmp = task_dir / f".{link}-{uuid.uuid4().hex}"
+        tmp = task_dir / f".{link}-{os.urandom(12).hex()}"
         os.symlink(f"{VERSIONS}/{name}", tmp)
         os.replace(tmp, task_dir / link)
 
-    def _prune(self, task_dir: Path) -> None:
-        keep = {os.path.basename(os.readlink(task_dir / link))
-                for link in (CURRENT, PREVIOUS) if (task_dir / link).is_symlink()}
-        for entry in (task_dir / VERSIONS).iterdir():
-            if entry.name not in keep:
-                shutil.rmtree(entry, ignore_errors=True)
-
+    @staticmethod
+    def _prune(task_dir: Path, keep: set[str]) -> None:
+        """Remove every version but ``keep`` (the new current and the new previous)."""
+        versions = task_dir / VERSIONS
+        for name in os.listdir(versions):
+            if name not in keep:
+                shutil.rmtree(versions / name, ignore_errors=True)
