@@ -4,40 +4,13 @@
 #include <vector>
 
 #include "elementwise.hpp"
+#include "winograd_matrices.hpp"
+#include "winograd_tiles.hpp"
 
 namespace walle {
 
 namespace {
 
-// Transform matrices of F(2,3) and F(4,3) with interpolation points 0, +-1 (and +-2, inf), as
-// derived by Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks" (2016).
-template <int M>
-struct Transform;
-
-template <>
-struct Transform<2> {
-  static constexpr int T = 4;
-  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
-  static constexpr float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
-  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
-};
-
-template <>
-struct Transform<4> {
-  static constexpr int T = 6;
-  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
-                                     {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
-  static constexpr float G[6][3] = {{1.f / 4, 0, 0},
-                                    {-1.f / 6, -1.f / 6, -1.f / 6},
-                                    {-1.f / 6, 1.f / 6, -1.f / 6},
-                                    {1.f / 24, 1.f / 12, 1.f / 6},
-                                    {1.f / 24, -1.f / 12, 1.f / 6},
-                                    {0, 0, 1}};
-  static constexpr float AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
-};
-
-// Tiles transformed together, one per vector lane, so the transforms vectorise across tiles.
-constexpr int kLanes = 8;
 // See choose_winograd_tile.
 constexpr int64_t kTransformWeight = 4;
 
@@ -46,7 +19,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // U = G g G^T for every (o, c), scattered to position-major [T*T][O][C].
 template <int M>
 void transform_weights(const WinogradShape& s, const float* w, float* u) {
-  using X = Transform<M>;
+  using X = WinogradMatrices<M>;
   constexpr int T = X::T;
   for (int64_t o = 0; o < s.o; ++o) {
     for (int64_t c = 0; c < s.c; ++c) {
@@ -59,125 +32,6 @@ void transform_weights(const WinogradShape& s, const float* w, float* u) {
         for (int j = 0; j < T; ++j) {
           const float v = gt[i][0] * X::G[j][0] + gt[i][1] * X::G[j][1] + gt[i][2] * X::G[j][2];
           u[((i * T + j) * s.o + o) * s.c + c] = v;
-        }
-      }
-    }
-  }
-}
-
-// Rows and columns of the zero-bordered copy of one input plane that the input transform reads:
-// every tile of every lane block lies inside it, so the transform needs no bounds checks.
-struct PaddedPlane {
-  int64_t rows, cols;
-  static PaddedPlane of(int m, int64_t tiles_y, int64_t tiles_x) {
-    const int64_t blocks = (tiles_x + kLanes - 1) / kLanes;
-    return {tiles_y * m + 2, blocks * kLanes * m + 2};
-  }
-};
-
-// V[p][c][tile] = (B^T d B)[p] for the input tiles of channel c; pad is PaddedPlane-sized scratch.
-template <int M>
-void transform_input(const WinogradShape& s, int64_t tiles_y, int64_t tiles_x, const float* plane, int64_t c,
-                     float* pad, float* v) {
-  using X = Transform<M>;
-  constexpr int T = X::T;
-  const int64_t tiles = tiles_y * tiles_x;
-  const PaddedPlane pp = PaddedPlane::of(M, tiles_y, tiles_x);
-  std::fill(pad, pad + pp.rows * pp.cols, 0.f);
-  const int64_t copy_rows = std::min(s.h, pp.rows - s.pt), copy_cols = std::min(s.w, pp.cols - s.pl);
-  for (int64_t y = 0; y < copy_rows; ++y) {
-    std::copy_n(plane + y * s.w, copy_cols, pad + (y + s.pt) * pp.cols + s.pl);
-  }
-  for (int64_t ty = 0; ty < tiles_y; ++ty) {
-    for (int64_t tx0 = 0; tx0 < tiles_x; tx0 += kLanes) {
-      const int64_t lanes = std::min<int64_t>(kLanes, tiles_x - tx0);
-      float d[T][T][kLanes];
-      const float* corner = pad + ty * M * pp.cols + tx0 * M;
-      for (int i = 0; i < T; ++i) {
-        for (int j = 0; j < T; ++j) {
-          for (int l = 0; l < kLanes; ++l) d[i][j][l] = corner[i * pp.cols + l * M + j];
-        }
-      }
-      float bd[T][T][kLanes];  // B^T d
-#pragma GCC unroll 6
-      for (int i = 0; i < T; ++i) {
-#pragma GCC unroll 6
-        for (int j = 0; j < T; ++j) {
-          for (int l = 0; l < kLanes; ++l) {
-            float acc = 0.f;
-#pragma GCC unroll 6
-            for (int k = 0; k < T; ++k) acc += X::BT[i][k] * d[k][j][l];
-            bd[i][j][l] = acc;
-          }
-        }
-      }
-      float* dst = v + c * tiles + ty * tiles_x + tx0;
-#pragma GCC unroll 6
-      for (int i = 0; i < T; ++i) {
-#pragma GCC unroll 6
-        for (int j = 0; j < T; ++j) {
-          float out[kLanes];
-          for (int l = 0; l < kLanes; ++l) {
-            float acc = 0.f;
-#pragma GCC unroll 6
-            for (int k = 0; k < T; ++k) acc += bd[i][k][l] * X::BT[j][k];
-            out[l] = acc;
-          }
-          float* p = dst + (i * T + j) * s.c * tiles;
-          for (int64_t l = 0; l < lanes; ++l) p[l] = out[l];
-        }
-      }
-    }
-  }
-}
-
-// y[o] = A^T M A over the tiles of output channel o, clipped at the image's edges.
-template <int M>
-void transform_output(const WinogradShape& s, int64_t tiles_y, int64_t tiles_x, const float* mm, int64_t o,
-                      float* y) {
-  using X = Transform<M>;
-  constexpr int T = X::T;
-  const int64_t tiles = tiles_y * tiles_x;
-  for (int64_t ty = 0; ty < tiles_y; ++ty) {
-    for (int64_t tx0 = 0; tx0 < tiles_x; tx0 += kLanes) {
-      const int64_t lanes = std::min<int64_t>(kLanes, tiles_x - tx0);
-      float in[T][T][kLanes];
-      const float* src = mm + o * tiles + ty * tiles_x + tx0;
-      for (int i = 0; i < T; ++i) {
-        for (int j = 0; j < T; ++j) {
-          const float* p = src + (i * T + j) * s.o * tiles;
-          for (int l = 0; l < kLanes; ++l) in[i][j][l] = l < lanes ? p[l] : 0.f;
-        }
-      }
-      float am[M][T][kLanes];  // A^T M
-#pragma GCC unroll 6
-      for (int i = 0; i < M; ++i) {
-#pragma GCC unroll 6
-        for (int j = 0; j < T; ++j) {
-          for (int l = 0; l < kLanes; ++l) {
-            float acc = 0.f;
-#pragma GCC unroll 6
-            for (int k = 0; k < T; ++k) acc += X::AT[i][k] * in[k][j][l];
-            am[i][j][l] = acc;
-          }
-        }
-      }
-      for (int i = 0; i < M; ++i) {
-        const int64_t oy = ty * M + i;
-        if (oy >= s.oh) break;
-        float* row = y + oy * s.ow;
-        for (int j = 0; j < M; ++j) {
-          float out[kLanes];
-          for (int l = 0; l < kLanes; ++l) {
-            float acc = 0.f;
-#pragma GCC unroll 6
-            for (int k = 0; k < T; ++k) acc += am[i][k][l] * X::AT[j][k];
-            out[l] = acc;
-          }
-          for (int64_t l = 0; l < lanes; ++l) {
-            const int64_t ox = (tx0 + l) * M + j;
-            if (ox < s.ow) row[ox] = out[l];
-          }
         }
       }
     }
@@ -230,8 +84,7 @@ WinogradConv::WinogradConv(int m, const WinogradShape& s, const float* weights, 
 }
 
 size_t WinogradConv::scratch_bytes() const {
-  const PaddedPlane pp = PaddedPlane::of(m_, tiles_y_, tiles_x_);
-  return static_cast<size_t>(pp.rows * pp.cols) * sizeof(float);
+  return static_cast<size_t>(winograd_portable::padded_plane_floats(m_, tiles_y_, tiles_x_)) * sizeof(float);
 }
 
 size_t winograd_workspace_bytes(int m, const WinogradShape& s) {
@@ -245,10 +98,11 @@ void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const 
   float* v = workspace;                          // [T*T][C][tiles]
   float* mm = workspace + positions * s_.c * tiles_;  // [T*T][O][tiles]
   const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
+  const bool wide = blk.isa != Isa::kPortable;  // AVX2 and AVX-512 plans: the AVX2 transforms
   pool.parallel_for(s_.c, [&](int64_t c, int worker) {
     float* pad = scratch(worker);
-    if (m_ == 2) transform_input<2>(s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
-    else transform_input<4>(s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
+    if (wide) winograd_avx2::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
+    else winograd_portable::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
   });
   auto problem = [&](int64_t p) {
     GemmProblem g;
@@ -261,8 +115,8 @@ void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const 
   gemm(blk, s_.o, tiles_, s_.c, positions, problem, pool, scratch);
   pool.parallel_for(s_.o, [&](int64_t o, int) {
     float* out = y + o * plane_out;
-    if (m_ == 2) transform_output<2>(s_, tiles_y_, tiles_x_, mm, o, out);
-    else transform_output<4>(s_, tiles_y_, tiles_x_, mm, o, out);
+    if (wide) winograd_avx2::output_tiles(m_, s_, tiles_y_, tiles_x_, mm, o, out);
+    else winograd_portable::output_tiles(m_, s_, tiles_y_, tiles_x_, mm, o, out);
     Epilogue ep;
     if (bias) ep.bias = MatView{bias + o, 0, 0};
     if (residual) ep.residual = MatView{residual + o * plane_out, 0, 1};
