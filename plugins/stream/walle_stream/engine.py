@@ -5,7 +5,9 @@ One :class:`StreamEngine` serves every task on a device. Per input it
 1. validates the event (bad ones are counted and logged, never raised),
 2. applies the late-event policy against the watermark (newest ts - allowed lateness),
 3. adds the event to every feature window that wants it,
-4. advances the shared automaton of each partition field, and
+4. advances the shared automaton of each partition field (the native matcher of
+   :mod:`walle_stream.native` when it is built and every trigger of the field can run on it,
+   else the Python :class:`TriggerAutomaton`; ``stats()["matchers"]`` says which), and
 5. for every trigger that fires, reads the task's features and calls the sinks.
 
 Every ``commit_every`` inputs the changed state is committed to SQLite together with the
@@ -16,6 +18,7 @@ the last commit left off.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from typing import Any
 from walle_stream.automaton import TriggerAutomaton
 from walle_stream.errors import StreamConfigError
 from walle_stream.events import Event, EventValidator
+from walle_stream.native import NativeAutomaton, copy_state, native_available, unsupported_reason
 from walle_stream.pattern import EVENT_KEY, Trigger
 from walle_stream.sinks import FireSink
 from walle_stream.sources import read_jsonl
@@ -32,7 +36,10 @@ from walle_stream.state import StateStore
 from walle_stream.tasks import StreamTask
 from walle_stream.windows import FeatureSpec, FeatureStore
 
+log = logging.getLogger("walle_stream")
+
 LATE_POLICIES = ("drop", "include")
+MATCHERS = ("auto", "native", "python")
 #: latency samples kept for percentiles; older ones are overwritten ring-wise
 _LATENCY_SAMPLES = 100_000
 
@@ -44,7 +51,12 @@ class EngineConfig:
 
     ``allowed_lateness_ms`` sets the watermark; events older than it are dropped and
     counted (``late_policy="drop"``) or processed like any other (``"include"``).
-    ``max_disorder_ms`` is the validator's hard limit beyond which events are rejected."""
+    ``max_disorder_ms`` is the validator's hard limit beyond which events are rejected.
+
+    ``matcher``: ``"auto"`` runs a partition field on the native matcher when it is built and
+    all the field's triggers can run on it (no ``where`` predicates), else on the Python
+    automaton, switching (state included) as triggers come and go; ``"native"`` requires
+    the native matcher; ``"python"`` always uses the Python automaton."""
 
     key_name: str = "user"
     allowed_lateness_ms: int = 5_000
@@ -53,8 +65,13 @@ class EngineConfig:
     commit_every: int = 1_000
     evict_every: int = 10_000
     record_fires: bool = False
+    matcher: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.matcher not in MATCHERS:
+            raise StreamConfigError(f"[stream] matcher must be one of {', '.join(MATCHERS)}, got {self.matcher!r}")
+        if self.matcher == "native" and not native_available():
+            raise StreamConfigError("[stream] matcher='native' but the native matcher is not built")
         if self.late_policy not in LATE_POLICIES:
             raise StreamConfigError(f"[stream] late_policy must be one of {', '.join(LATE_POLICIES)}, "
                                     f"got {self.late_policy!r}")
@@ -86,7 +103,8 @@ class StreamEngine:
         self.config = config or EngineConfig()
         self.sinks = list(sinks)
         self.validator = EventValidator(self.config.max_disorder_ms)
-        self.automata: dict[str, TriggerAutomaton] = {}
+        self.automata: dict[str, TriggerAutomaton | NativeAutomaton] = {}
+        self.matchers: dict[str, str] = {}  # partition field -> "native" or "python: <why>"
         self.features = FeatureStore()
         self.tasks: dict[str, StreamTask] = {}
         self._task_features: dict[str, list[tuple[str, str]]] = {}  # task -> [(feature name, state id)]
@@ -119,10 +137,8 @@ class StreamEngine:
         if task.trigger.name != task.name:
             task = dataclasses.replace(task, trigger=dataclasses.replace(task.trigger, name=task.name))
         field = self.partition_field(task.trigger.key)
-        automaton = self.automata.get(field)
-        if automaton is None:
-            automaton = self.automata[field] = TriggerAutomaton()
-        automaton.add(task.trigger)
+        self._fit_matcher(field, task.trigger)
+        self.automata[field].add(task.trigger)
         self.tasks[task.name] = task
         self._task_features[task.name] = [
             (spec.name, self.features.register(dataclasses.replace(spec, key=field))) for spec in task.features
@@ -137,9 +153,40 @@ class StreamEngine:
         task = self.tasks.pop(name, None)
         if task is None:
             raise StreamConfigError(f"[stream] no task named '{name}' is registered")
-        self.automata[self.partition_field(task.trigger.key)].remove(name)
+        field = self.partition_field(task.trigger.key)
+        self.automata[field].remove(name)
+        self._fit_matcher(field)
         del self._task_features[name]
         self.features.unregister_unused({sid for pairs in self._task_features.values() for _, sid in pairs})
+
+    def _fit_matcher(self, field: str, adding: Trigger | None = None) -> None:
+        """Choose the matcher of ``field`` for its triggers (plus ``adding``) and switch to it
+        if needed, carrying every key's partial matches over."""
+        current = self.automata.get(field)
+        triggers = list(current.triggers.values()) if current is not None else []
+        mode = self.config.matcher
+        why_python = None
+        if mode == "python":
+            why_python = "matcher='python'"
+        elif not native_available():
+            why_python = "the native matcher is not built"
+        else:
+            for trigger in triggers + ([adding] if adding is not None else []):
+                why_python = unsupported_reason(trigger)
+                if why_python is not None:
+                    if mode == "native":
+                        raise StreamConfigError(f"[stream] matcher='native' cannot run {why_python}")
+                    break
+        kind = NativeAutomaton if why_python is None else TriggerAutomaton
+        self.matchers[field] = "native" if why_python is None else f"python: {why_python}"
+        if isinstance(current, kind):
+            return
+        replacement = kind(triggers)
+        if current is not None:
+            copy_state(current, replacement)
+            log.info("[stream] partition field '%s' now matches on the %s", field,
+                     "native matcher" if why_python is None else f"Python automaton ({why_python})")
+        self.automata[field] = replacement
 
     # -- input -------------------------------------------------------------------------
 
@@ -351,6 +398,7 @@ class StreamEngine:
             "features_produced": self.features_produced,
             "latency_ms": {"p50": pct(0.50), "p99": pct(0.99)},
             "partial_matches": sum(a.state_size() for a in self.automata.values()),
+            "matchers": dict(self.matchers),
             "matcher_keys": sum(len(a.keys) for a in self.automata.values()),
             "window_keys": self.features.size(),
         }
