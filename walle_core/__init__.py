@@ -6,13 +6,14 @@
 """
 
 from walle_core import plugins
-from walle_core.errors import BackendError, ModelError, UnsupportedOpError, WalleError
+from walle_core.cancel import CancelToken
+from walle_core.errors import BackendError, ModelError, RunCancelled, UnsupportedOpError, WalleError
 from walle_core.hookspecs import hookimpl
 from walle_core.session import InputSpec, Plan, Session, load
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendError", "InputSpec", "ModelError", "Plan", "Session", "UnsupportedOpError",
-    "WalleError", "hookimpl", "load", "plugins",
+    "BackendError", "CancelToken", "InputSpec", "ModelError", "Plan", "RunCancelled", "Session",
+    "UnsupportedOpError", "WalleError", "hookimpl", "load", "plugins",
 ]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from walle_core.cancel import CancelToken
 from walle_core.ir import Node, TensorType
 from walle_core.ops import Op
 
@@ -52,6 +53,15 @@ class Executable(ABC):
         """Run the segment. ``inputs``/return values are in the backend's memory domain
         (NumPy arrays for host backends), ordered as ``Segment.inputs``/``Segment.outputs``.
         Returned arrays are owned by the caller."""
+
+    def run_cancellable(self, inputs: list[Any], cancel: CancelToken) -> list[Any]:
+        """``run`` that stops early once ``cancel`` is cancelled, raising ``RunCancelled``.
+        This default checks only before and after the segment; backends whose kernels can
+        stop between blocks of work override it."""
+        cancel.raise_if_cancelled("run")
+        outputs = self.run(inputs)
+        cancel.raise_if_cancelled("run")
+        return outputs
 
     def profile(self) -> list[dict[str, Any]]:
         """Per-op time of the runs so far, when the backend records it (``WALLE_PROFILE=1`` at

@@ -18,6 +18,10 @@ class BackendError(WalleError):
     """A backend failed to compile or run a segment."""
 
 
+class RunCancelled(WalleError):
+    """A run was stopped through its ``CancelToken`` before it finished; its outputs are lost."""
+
+
 class InputValueRequired(UnsupportedOpError):
     """Lowering needs the run-time value of graph input ``input_name`` (e.g. a shape fed as an
     input). Raised when planning from shapes alone; a run with the actual arrays succeeds."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from walle_core import plugins
 from walle_core.backend import Backend, Executable
+from walle_core.cancel import CancelToken
 from walle_core.errors import InputValueRequired, WalleError
 from walle_core.ir import Graph, TensorType
 from walle_core.optimize import optimize
@@ -74,8 +75,9 @@ class Plan:
             result.append(part[0] if slot.kind == "tensor" else part if slot.kind == "sequence" else None)
         return result
 
-    def execute(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        """Run with ``feeds`` keyed by IR input name; returns the flat graph outputs."""
+    def execute(self, feeds: Mapping[str, np.ndarray], cancel: CancelToken | None = None) -> list[np.ndarray]:
+        """Run with ``feeds`` keyed by IR input name; returns the flat graph outputs. With
+        ``cancel``, every segment runs cancellably (see ``Executable.run_cancellable``)."""
         graph = self.graph
         # every value, per memory domain it currently lives in (a tensor crosses at most once)
         values: dict[str, dict[str, Any]] = {name: {"host": v} for name, v in feeds.items()}
@@ -83,7 +85,7 @@ class Plan:
         for sched, exe in zip(self.schedule.segments, self.executables):
             backend = sched.backend
             args = [_fetch(values[name], owner[name], backend) for name in sched.segment.inputs]
-            results = exe.run(args)
+            results = exe.run(args) if cancel is None else exe.run_cancellable(args, cancel)
             for name, value in zip(sched.segment.outputs, results):
                 values[name] = {backend.memory_domain: value}
                 owner[name] = backend
@@ -315,11 +317,14 @@ class Session:
                 prepared[spec.name] = _array(spec.name, value, spec.dtype)
         return prepared
 
-    def run(self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None) -> dict[str, Any]:
-        """Run the model. Sequence outputs come back as lists of arrays, absent optionals as None."""
+    def run(self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None, *,
+            cancel: CancelToken | None = None) -> dict[str, Any]:
+        """Run the model. Sequence outputs come back as lists of arrays, absent optionals as None.
+        Once ``cancel`` is cancelled the run stops at the next point its backends check
+        (between blocks of work in native kernels) and raises ``RunCancelled``."""
         arrays = self._prepare(feeds)
         plan = self.plan_for(arrays)
-        outputs = dict(zip(self.output_names, plan.outputs(plan.execute(self._flatten(arrays)))))
+        outputs = dict(zip(self.output_names, plan.outputs(plan.execute(self._flatten(arrays), cancel))))
         if output_names is None:
             return outputs
         unknown = [n for n in output_names if n not in outputs]

@@ -233,11 +233,11 @@ class Container:
         try:
             if task.mode == "process":
                 outcome = self._process_pool().run(task.spec.directory, handle.inputs, limits.timeout_s,
-                                                   limits.memory_mb, handle.cancel_event)
+                                                   limits.memory_mb, handle.cancel_token)
             else:
                 if limits.timeout_s is not None:
                     self._watchdog.watch(handle, worker, time.monotonic() + limits.timeout_s)
-                outcome = run_once(task, self._resources_for(task), handle.inputs, handle.cancel_event)
+                outcome = run_once(task, self._resources_for(task), handle.inputs, handle.cancel_token)
         except Exception as exc:  # noqa: BLE001 -- the container's own failure (e.g. closed mid-run): report it
             outcome = Outcome("error", message=f"the container could not run the task: {exc}")
         finally:

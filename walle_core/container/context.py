@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import copy
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from walle_core.cancel import CancelToken
 from walle_core.container.accounting import MemoryAccount
 from walle_core.container.errors import TaskCancelled
 from walle_core.container.kv import KVStore
+from walle_core.errors import RunCancelled
 
 if TYPE_CHECKING:
     from walle_core.session import Session
@@ -28,7 +29,7 @@ class AccountedModel:
     """A task's view of a shared, read-only :class:`~walle_core.session.Session`: ``run``
     checks the cancel flag first and counts the returned arrays against the task's memory."""
 
-    def __init__(self, name: str, session: Session, account: MemoryAccount, cancel: threading.Event) -> None:
+    def __init__(self, name: str, session: Session, account: MemoryAccount, cancel: CancelToken) -> None:
         self.name = name
         self.session = session
         self._account = account
@@ -43,9 +44,12 @@ class AccountedModel:
         return self.session.output_names
 
     def run(self, feeds: Mapping[str, Any], output_names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        if self._cancel.is_set():
+        if self._cancel.cancelled:
             raise TaskCancelled(f"model {self.name!r} not run: the task was cancelled")
-        outputs = self.session.run(feeds, output_names)
+        try:
+            outputs = self.session.run(feeds, output_names, cancel=self._cancel)
+        except RunCancelled as exc:
+            raise TaskCancelled(f"model {self.name!r} stopped mid-run: {exc}") from None
         for out_name, array in outputs.items():
             self._account.track(array, f"output {out_name!r} of model {self.name!r}")
         return outputs
@@ -55,7 +59,7 @@ class TaskContext:
     """The ``ctx`` argument of a task's ``run``."""
 
     def __init__(self, name: str, models: Mapping[str, Session], config: Mapping[str, Any], kv: KVStore,
-                 scratch: Path, account: MemoryAccount, cancel: threading.Event) -> None:
+                 scratch: Path, account: MemoryAccount, cancel: CancelToken) -> None:
         self.name = name
         #: the task's ``[config]`` table; a private copy per run, so runs cannot leak state through it
         self.config: dict[str, Any] = copy.deepcopy(dict(config))
@@ -69,7 +73,7 @@ class TaskContext:
     @property
     def cancelled(self) -> bool:
         """True once the run is past its timeout or was cancelled; long loops may poll it."""
-        return self._cancel.is_set()
+        return self._cancel.cancelled
 
     def model(self, name: str) -> AccountedModel:
         if name not in self._models:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from walle_core.cancel import CancelToken
 from walle_core.container.errors import QueueFull, TaskFailed
 
 if TYPE_CHECKING:
@@ -29,9 +30,10 @@ class TaskHandle:
         self.submitted_at = time.perf_counter()
         self.started_at: float | None = None
         self.latency_s: float | None = None
-        #: set when the run should stop; the task sees it as ``ctx.cancelled``
-        self.cancel_event = threading.Event()
-        self.stop_reason = ""  # "timeout" or "cancelled" once cancel_event is set
+        #: cancelled when the run should stop; the task sees it as ``ctx.cancelled`` and native
+        #: kernels of the models it runs stop between blocks of work
+        self.cancel_token = CancelToken()
+        self.stop_reason = ""  # "timeout" or "cancelled" once cancel_token is cancelled
         self._status = "queued"
         self._result: dict[str, Any] | None = None
         self._failure: TaskFailed | None = None
@@ -75,10 +77,10 @@ class TaskHandle:
     # -- used by the container ------------------------------------------------------------
     def request_stop(self, reason: str) -> bool:
         with self._lock:
-            if self.cancel_event.is_set() or self._done.is_set():
+            if self.cancel_token.cancelled or self._done.is_set():
                 return False
             self.stop_reason = reason
-            self.cancel_event.set()
+            self.cancel_token.cancel()
             return True
 
     def mark_running(self) -> bool:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from walle_core.cancel import CancelToken
 from walle_core.container.runner import Outcome, TaskResources, run_once
 
 #: how often a waiting run checks its cancel flag (seconds); cancelling is rare
@@ -97,7 +98,7 @@ class ProcessPool:
             self._cond.notify()
 
     def run(self, directory: Path, inputs: dict[str, Any], timeout_s: float | None,
-            memory_mb: float | None, cancel: threading.Event) -> Outcome:
+            memory_mb: float | None, cancel: CancelToken) -> Outcome:
         worker = self._acquire()
         dead = True
         try:
@@ -108,7 +109,7 @@ class ProcessPool:
             self._release(worker, dead)
 
     def _run_on(self, worker: WorkerProcess, directory: Path, inputs: dict[str, Any],
-                timeout_s: float | None, memory_mb: float | None, cancel: threading.Event) -> Outcome:
+                timeout_s: float | None, memory_mb: float | None, cancel: CancelToken) -> Outcome:
         try:
             worker.conn.send((str(directory), inputs, timeout_s, memory_mb))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:  # nothing reached the pipe
@@ -129,7 +130,7 @@ class ProcessPool:
             if worker.process.sentinel in ready:
                 status, message = worker.death_outcome()
                 return Outcome(status, message=message)
-            if cancel.is_set():
+            if cancel.cancelled:
                 return Outcome("cancelled", message="cancelled; its worker process was killed")
             if deadline is not None and time.monotonic() > deadline:
                 return Outcome("timeout", message=f"still running after {timeout_s} s; its worker process "

@@ -4,12 +4,12 @@ Shared by the thread workers and the process workers, so both report failures al
 
 from __future__ import annotations
 
-import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from walle_core.cancel import CancelToken
 from walle_core.container.accounting import MemoryAccount
 from walle_core.container.context import TaskContext
 from walle_core.container.errors import TaskCancelled, TaskMemoryExceeded
@@ -43,14 +43,14 @@ class TaskResources:
 
 
 def run_once(task: Task, resources: TaskResources, inputs: dict[str, Any],
-             cancel: threading.Event | None = None) -> Outcome:
+             cancel: CancelToken | None = None) -> Outcome:
     """Run ``task`` on ``inputs`` in the calling thread; never raises for task failures."""
     if task.run_function is None:
         return Outcome("error", message=f"task {task.name!r} was not imported in this process")
     limit = task.spec.limits.memory_mb
     account = MemoryAccount(task.name, None if limit is None else int(limit * 2**20))
     ctx = TaskContext(task.name, task.models, task.spec.config, resources.kv, resources.scratch, account,
-                      cancel if cancel is not None else threading.Event())
+                      cancel if cancel is not None else CancelToken())
     try:
         result = call_interruptible(task.run_function, ctx, inputs)
     except TaskCancelled as exc:

@@ -60,7 +60,12 @@ void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::v
                   chosen, std::move(pool));
 }
 
-void run_plan(const Plan& plan, const nb::list& inputs, const nb::list& outputs) {
+// A cancel flag Python can hold and raise from any thread (see CancelFlag in common.hpp).
+struct PyCancelFlag {
+  CancelFlag raised{false};
+};
+
+void run_plan(const Plan& plan, const nb::list& inputs, const nb::list& outputs, const PyCancelFlag* cancel) {
   require(nb::len(inputs) == plan.num_inputs(), "expected " + std::to_string(plan.num_inputs()) + " inputs, got " +
                                                     std::to_string(nb::len(inputs)));
   require(nb::len(outputs) == plan.num_outputs(), "expected " + std::to_string(plan.num_outputs()) +
@@ -78,7 +83,7 @@ void run_plan(const Plan& plan, const nb::list& inputs, const nb::list& outputs)
   }
   // the arrays stay referenced by the argument lists, so their memory outlives the call
   nb::gil_scoped_release release;
-  plan.execute(lease);
+  plan.execute(lease, cancel ? &cancel->raised : nullptr);
 }
 
 }  // namespace
@@ -99,14 +104,21 @@ NB_MODULE(_ext, m) {
   m.def("op_names", &op_names);
   m.def("tensor_kinds", [] { return std::vector<std::string>{"input", "output", "arena", "constant"}; });
 
+  nb::exception<Cancelled>(m, "Cancelled");
+  nb::class_<PyCancelFlag>(m, "CancelFlag", "Raised from any thread to stop the runs it was passed to.")
+      .def(nb::init<>())
+      .def("set", [](PyCancelFlag& f) { f.raised.store(true, std::memory_order_relaxed); })
+      .def_prop_ro("is_set", [](const PyCancelFlag& f) { return f.raised.load(std::memory_order_relaxed); });
+
   nb::class_<ThreadPool>(m, "ThreadPool", "Worker threads shared by the plans of one backend instance.")
       .def("__init__", [](ThreadPool* self, int threads) { new (self) ThreadPool(threads); }, "threads"_a)
       .def_prop_ro("threads", &ThreadPool::threads);
 
   nb::class_<Plan>(m, "Plan", "A compiled segment; run() is thread-safe.")
       .def("__init__", &init_plan, "tensors"_a, "constants"_a, "inputs"_a, "outputs"_a, "ops"_a, "arena_bytes"_a, "isa"_a, "pool"_a)
-      .def("run", &run_plan, "inputs"_a, "outputs"_a,
-           "Run with inputs/outputs given as uint8 views of C-contiguous arrays (GIL released).")
+      .def("run", &run_plan, "inputs"_a, "outputs"_a, "cancel"_a.none() = nb::none(),
+           "Run with inputs/outputs given as uint8 views of C-contiguous arrays (GIL released); raises "
+           "Cancelled once the optional CancelFlag is set.")
       .def_prop_ro("isa", [](const Plan& p) { return std::string(isa_name(p.isa())); })
       .def_prop_ro("arena_bytes", &Plan::arena_bytes)
       .def_prop_ro("scratch_bytes_per_worker", &Plan::scratch_bytes_per_worker)

@@ -3,6 +3,7 @@
 // builds its encoding from them, so the two sides cannot drift apart silently.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -62,6 +63,18 @@ class IndexError : public std::out_of_range {
  public:
   explicit IndexError(const std::string& msg) : std::out_of_range("[cpu_x86] " + msg) {}
 };
+
+// The caller's cancel flag was raised while a plan ran. Bound to Python as walle_cpu_x86's Cancelled.
+class Cancelled : public std::runtime_error {
+ public:
+  explicit Cancelled(const std::string& msg) : std::runtime_error("[cpu_x86] " + msg) {}
+};
+
+// Set by another thread to stop a run; kernels poll it between blocks of work (relaxed loads:
+// stopping a little later is fine, stopping never is not).
+using CancelFlag = std::atomic<bool>;
+
+inline bool is_cancelled(const CancelFlag* flag) { return flag && flag->load(std::memory_order_relaxed); }
 
 inline void require(bool ok, const std::string& msg) {
   if (!ok) throw Error(msg);

@@ -232,7 +232,7 @@ class Conv2DKernel : public OpKernel {
       for (int64_t n = 0; n < s_.n; ++n) {
         const int64_t out_off = n * s_.o * plane_out;
         winograd_->run(blk_, x + n * s_.c * plane_in, y + out_off, bias, res ? res + out_off : nullptr, act_,
-                       ctx.pool, ctx.scratch, ctx.workspace);
+                       ctx.pool, ctx.scratch, ctx.workspace, ctx.cancel);
       }
       return;
     }
@@ -256,7 +256,7 @@ class Conv2DKernel : public OpKernel {
       p.epilogue.act = act_;
       return p;
     };
-    gemm(blk_, s_.og, plane_out, gemm_k_, s_.n * s_.groups, problem, ctx.pool, ctx.scratch);
+    gemm(blk_, s_.og, plane_out, gemm_k_, s_.n * s_.groups, problem, ctx.pool, ctx.scratch, ctx.cancel);
   }
 
  private:
@@ -266,6 +266,7 @@ class Conv2DKernel : public OpKernel {
     const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
     const DepthwiseLayout layout = DepthwiseLayout::of(s_);
     ctx.pool.parallel_for(s_.n * s_.o, [&](int64_t t, int worker) {
+      if (is_cancelled(ctx.cancel)) return;
       const int64_t n = t / s_.o, o = t % s_.o, c = o / mult;
       float* out = y + t * plane_out;
       float* pad = ctx.scratch(worker);

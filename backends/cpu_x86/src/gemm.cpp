@@ -164,7 +164,8 @@ static float* align64(unsigned char* p) {
 }
 
 void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batch,
-          FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch) {
+          FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch,
+          const CancelFlag* cancel) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
   const int64_t nt = ceil_div(n, blk.nc);
@@ -177,6 +178,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
   const int64_t rows_per_task = ceil_div(panels, splits) * mr;
   const int64_t ms = ceil_div(m, rows_per_task);
   pool.parallel_for(batch * nt * ms, [&](int64_t task, int worker) {
+    if (is_cancelled(cancel)) return;
     const int64_t bi = task / (nt * ms), rem = task % (nt * ms);
     const int64_t j0 = (rem / ms) * blk.nc, i_begin = (rem % ms) * rows_per_task;
     const int64_t i_end = std::min(m, i_begin + rows_per_task);

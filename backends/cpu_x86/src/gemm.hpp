@@ -75,8 +75,10 @@ size_t packed_b_floats(int64_t k, int64_t n, int nr);
 
 // Runs `batch` independent problems of one shape, parallel over batch x output tiles.
 // scratch(worker) returns that worker's scratch_bytes() of 64-byte aligned memory.
+// Tasks not yet started are skipped once *cancel is raised (the result is then incomplete).
 void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batch,
-          FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch);
+          FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch,
+          const CancelFlag* cancel = nullptr);
 
 // Applies bias, residual and activation to rows [i0, i0+rows) x cols [j0, j0+cols) of c, with
 // vector code when isa allows it.

@@ -144,7 +144,7 @@ class MatMulKernel : public OpKernel {
       p.epilogue.act = act_;
       return p;
     };
-    gemm(blk_, m_, n_, k_, batch_, problem, ctx.pool, ctx.scratch);
+    gemm(blk_, m_, n_, k_, batch_, problem, ctx.pool, ctx.scratch, ctx.cancel);
   }
 
  private:

@@ -255,7 +255,7 @@ size_t Plan::arenas_created() const {
   return created_;
 }
 
-void Plan::execute(ArenaLease& lease) const {
+void Plan::execute(ArenaLease& lease, const CancelFlag* cancel) const {
   Arena& arena = lease.arena();
   for (int id : inputs_) require(arena.ptrs[id] != nullptr || tensors_[id].nbytes == 0, "input not bound");
   for (size_t s = 0; s < outputs_.size(); ++s) {
@@ -268,9 +268,15 @@ void Plan::execute(ArenaLease& lease) const {
     auto p = reinterpret_cast<uintptr_t>(scratch_base + per_worker * static_cast<size_t>(worker));
     return reinterpret_cast<float*>((p + 63) & ~uintptr_t(63));
   };
-  RunContext ctx{arena.ptrs.data(), *pool_, scratch, workspace};
+  RunContext ctx{arena.ptrs.data(), *pool_, scratch, workspace, cancel};
+  auto check = [&](size_t i) {
+    if (is_cancelled(cancel)) {
+      throw Cancelled("run cancelled after " + std::to_string(i) + " of " + std::to_string(kernels_.size()) + " ops");
+    }
+  };
   if (profiling()) {
     for (size_t i = 0; i < kernels_.size(); ++i) {
+      check(i);
       const auto t0 = std::chrono::steady_clock::now();
       kernels_[i]->run(ctx);
       const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0);
@@ -278,8 +284,12 @@ void Plan::execute(ArenaLease& lease) const {
       op_runs_[i].fetch_add(1, std::memory_order_relaxed);
     }
   } else {
-    for (const auto& kernel : kernels_) kernel->run(ctx);
+    for (size_t i = 0; i < kernels_.size(); ++i) {
+      check(i);
+      kernels_[i]->run(ctx);
+    }
   }
+  check(kernels_.size());  // a kernel cut short left garbage: never hand it out
   // Outputs not written in place: inputs or constants passed through, and repeated outputs.
   for (size_t s = 0; s < outputs_.size(); ++s) {
     const int id = outputs_[s];

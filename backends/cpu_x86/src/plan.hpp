@@ -47,6 +47,7 @@ struct RunContext {
   ThreadPool& pool;
   FunctionRef<float*(int)> scratch;  // this run's per-worker scratch
   float* workspace = nullptr;         // this run's workspace_bytes(), shared by all workers, 64-byte aligned
+  const CancelFlag* cancel = nullptr;  // when set, kernels skip their remaining blocks of work
 };
 
 class OpKernel {
@@ -132,7 +133,8 @@ class Plan {
 
   ArenaLease acquire() const;
   // Runs every op; the lease must have all inputs and outputs bound. Call without the GIL.
-  void execute(ArenaLease& lease) const;
+  // Throws Cancelled, before the next op, once *cancel is raised (kernels in flight cut short).
+  void execute(ArenaLease& lease, const CancelFlag* cancel = nullptr) const;
 
   Isa isa() const { return isa_; }
   size_t num_inputs() const { return inputs_.size(); }

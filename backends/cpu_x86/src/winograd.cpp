@@ -93,13 +93,15 @@ size_t winograd_workspace_bytes(int m, const WinogradShape& s) {
 }
 
 void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
-                       const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace) const {
+                       const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace,
+                       const CancelFlag* cancel) const {
   const int64_t positions = t_ * t_;
   float* v = workspace;                          // [T*T][C][tiles]
   float* mm = workspace + positions * s_.c * tiles_;  // [T*T][O][tiles]
   const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
   const bool wide = blk.isa != Isa::kPortable;  // AVX2 and AVX-512 plans: the AVX2 transforms
   pool.parallel_for(s_.c, [&](int64_t c, int worker) {
+    if (is_cancelled(cancel)) return;
     float* pad = scratch(worker);
     if (wide) winograd_avx2::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
     else winograd_portable::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
@@ -112,8 +114,9 @@ void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const 
     g.ldc = tiles_;
     return g;
   };
-  gemm(blk, s_.o, tiles_, s_.c, positions, problem, pool, scratch);
+  gemm(blk, s_.o, tiles_, s_.c, positions, problem, pool, scratch, cancel);
   pool.parallel_for(s_.o, [&](int64_t o, int) {
+    if (is_cancelled(cancel)) return;
     float* out = y + o * plane_out;
     if (wide) winograd_avx2::output_tiles(m_, s_, tiles_y_, tiles_x_, mm, o, out);
     else winograd_portable::output_tiles(m_, s_, tiles_y_, tiles_x_, mm, o, out);

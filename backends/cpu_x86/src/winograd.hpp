@@ -44,8 +44,10 @@ class WinogradConv {
   // Transformed input and GEMM output of one image, shared by the workers.
   size_t workspace_bytes() const { return winograd_workspace_bytes(m_, s_); }
   // One image: x [C, H, W] -> y [O, OH, OW], then bias, residual [O, OH, OW] and activation.
+  // Work not yet started is skipped once *cancel is raised.
   void run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
-           const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace) const;
+           const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace,
+           const CancelFlag* cancel = nullptr) const;
 
  private:
   int m_;

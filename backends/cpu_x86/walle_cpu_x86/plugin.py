@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from walle_core.backend import Availability, Backend, Executable, Segment
-from walle_core.errors import BackendError
+from walle_core.cancel import CancelToken
+from walle_core.errors import BackendError, RunCancelled
 from walle_core.hookspecs import hookimpl
 from walle_core.ir import Node, TensorType
 from walle_core.ops import BinaryFn, Op, UnaryFn
@@ -107,6 +108,21 @@ class CpuX86Executable(Executable):
         self._out_types = [segment.types.get(n) or _const_type(segment, n) for n in segment.outputs]
 
     def run(self, inputs: list[Any]) -> list[Any]:
+        return self._run(inputs, None)
+
+    def run_cancellable(self, inputs: list[Any], cancel: CancelToken) -> list[Any]:
+        """The native plan polls a flag of its own between ops and between blocks of work
+        inside them; the token raises it from whichever thread cancels."""
+        flag = _ext.CancelFlag()
+        unsubscribe = cancel.subscribe(flag.set)
+        try:
+            return self._run(inputs, flag)
+        except _ext.Cancelled as exc:
+            raise RunCancelled(str(exc)) from None
+        finally:
+            unsubscribe()
+
+    def _run(self, inputs: list[Any], flag: Any) -> list[Any]:
         if len(inputs) != len(self._in_types):
             raise ValueError(f"[cpu_x86] expected {len(self._in_types)} inputs, got {len(inputs)}")
         views = []
@@ -119,7 +135,7 @@ class CpuX86Executable(Executable):
             views.append(as_bytes(np.ascontiguousarray(array)))
         outputs = [np.empty(t.shape, t.dtype) for t in self._out_types]
         try:
-            self.plan.run(views, [as_bytes(o) for o in outputs])
+            self.plan.run(views, [as_bytes(o) for o in outputs], flag)
         except IndexError as exc:
             raise BackendError(str(exc)) from None
         return outputs
