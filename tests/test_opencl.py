@@ -96,11 +96,11 @@ def test_declines_what_it_lacks(backend):
     b = GraphBuilder()
     x = b.add_input("x", TensorType(np.dtype(np.float32), (3, 4)))
     i = b.add_input("i", TensorType(np.dtype(np.int64), (3, 4)))
-    h = b.add_input("h", TensorType(np.dtype(np.float16), (3, 4)))
+    d = b.add_input("d", TensorType(np.dtype(np.float64), (3, 4)))
     b.emit(Op.TOPK, [i], ops.TopKAttrs(1, 2), n_outputs=2)  # int64 selection
     b.emit(Op.CUMULATIVE, [i], ops.CumulativeAttrs(0))
     b.emit(Op.UNARY, [i], ops.UnaryAttrs(UnaryFn.ABS))  # int64 unary math
-    b.emit(Op.BINARY, [h, h], ops.BinaryAttrs(BinaryFn.ADD))  # float16 arithmetic
+    b.emit(Op.BINARY, [d, d], ops.BinaryAttrs(BinaryFn.ADD))  # float64 arithmetic
     b.emit(Op.REDUCE, [i], ops.ReduceAttrs(ReduceFn.SUM, (0,), False))
     b.emit(Op.CAST, [x], ops.CastAttrs(np.dtype(np.int32), bitcast=True))
     for node in b.graph.nodes:
@@ -396,6 +396,23 @@ def test_run_checks_inputs(backend):
         exe.run([f32(1, 2, 5, 4)])
     with pytest.raises(ValueError, match="expected 1 inputs"):
         exe.run([])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int64])
+def test_scalars_keep_rank_zero_on_device(backend, dtype):
+    """A 0-d tensor (or a NumPy scalar, as ONNX's tests feed) uploads as shape (), so a segment
+    typed with a scalar input accepts it."""
+    x = f32(3, 4).astype(dtype)
+    scale = dtype(2)
+    t = backend.to_device(scale)
+    assert t.shape == () and t.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(backend.to_host(t), np.asarray(scale))
+    b = GraphBuilder()
+    names = [b.add_input("x", TensorType(x.dtype, x.shape)), b.add_input("s", TensorType(x.dtype, ()))]
+    y = b.emit1(Op.BINARY, names, ops.BinaryAttrs(BinaryFn.MUL))
+    exe = backend.compile(Segment(b.graph.nodes, names, [y], dict(b.graph.types), {}))
+    (got,) = exe.run([backend.to_device(x), t])
+    np.testing.assert_array_equal(backend.to_host(got), x * scale)
 
 
 def test_one_executable_many_threads(backend):

@@ -44,9 +44,10 @@ NB_MODULE(_ext, m) {
 
   m.def("probe", [] {
     Probe p = probe();
-    return std::make_tuple(p.available, p.reason, p.device);
+    return std::make_tuple(p.available, p.reason, p.device, p.has_fp16);
   }, nb::call_guard<nb::gil_scoped_release>(),
-        "(available, reason, device): whether an OpenCL device exists, without creating a context.");
+        "(available, reason, device, has_fp16): whether an OpenCL device exists (and reports\n"
+        "cl_khr_fp16), without creating a context.");
 
   nb::class_<Buffer>(m, "Buffer")
       .def_prop_ro("nbytes", &Buffer::nbytes);
@@ -64,6 +65,7 @@ NB_MODULE(_ext, m) {
       .def_prop_ro("driver_version", &Context::driver_version)
       .def_prop_ro("platform_name", &Context::platform_name)
       .def_prop_ro("correctly_rounded_divide_sqrt", &Context::correctly_rounded_divide_sqrt)
+      .def_prop_ro("has_fp16", &Context::has_fp16)
       .def("alloc", &Context::alloc, nb::arg("nbytes"), nb::call_guard<nb::gil_scoped_release>())
       .def("write", [](const Context& c, const Buffer& b, ConstBytes data) {
         const std::uint8_t* ptr = data.data();

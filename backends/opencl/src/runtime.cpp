@@ -33,6 +33,12 @@ std::string platform_string(cl_platform_id platform, cl_platform_info param) {
   return out;
 }
 
+bool reports_fp16(cl_device_id device) {
+  // Extensions are a space-separated list; match whole names only.
+  const std::string list = " " + device_string(device, CL_DEVICE_EXTENSIONS) + " ";
+  return list.find(" cl_khr_fp16 ") != std::string::npos;
+}
+
 struct Choice {
   cl_platform_id platform = nullptr;
   cl_device_id device = nullptr;
@@ -67,6 +73,7 @@ Probe probe() {
       return out;
     }
     out.available = true;
+    out.has_fp16 = reports_fp16(c.device);
     out.device = device_string(c.device, CL_DEVICE_NAME) + " (" + platform_string(c.platform, CL_PLATFORM_NAME) +
                  ", driver " + device_string(c.device, CL_DRIVER_VERSION) + ")";
   } catch (const std::exception& exc) {
@@ -112,6 +119,7 @@ Context::Context() {
   cl_device_fp_config fp = 0;
   clGetDeviceInfo(device_, CL_DEVICE_SINGLE_FP_CONFIG, sizeof(fp), &fp, nullptr);
   correct_div_sqrt_ = (fp & CL_FP_CORRECTLY_ROUNDED_DIVIDE_SQRT) != 0;
+  has_fp16_ = reports_fp16(device_);
 }
 
 Context::~Context() {

@@ -18,6 +18,7 @@ struct Probe {
   bool available = false;
   std::string reason;
   std::string device;
+  bool has_fp16 = false;  // the device reports cl_khr_fp16
 };
 Probe probe();
 
@@ -70,6 +71,9 @@ class Context {
   const std::string& driver_version() const { return driver_version_; }
   const std::string& platform_name() const { return platform_name_; }
   bool correctly_rounded_divide_sqrt() const { return correct_div_sqrt_; }
+  // Whether the device reports cl_khr_fp16 (half arithmetic). float16 *storage* (vload_half /
+  // vstore_half) is OpenCL 1.2 core and works without it.
+  bool has_fp16() const { return has_fp16_; }
 
  private:
   cl_device_id device_ = nullptr;
@@ -77,6 +81,7 @@ class Context {
   cl_command_queue queue_ = nullptr;
   std::string device_name_, driver_version_, platform_name_;
   bool correct_div_sqrt_ = false;
+  bool has_fp16_ = false;
 };
 
 // One kernel argument: a buffer slot of the plan, or a scalar.

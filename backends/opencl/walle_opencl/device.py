@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from walle_core.ops import BinaryFn, ReduceFn, UnaryFn
-from walle_opencl.lowering import ARITHMETIC_FNS, COMPARE_FNS, INT_FNS, UNARY_FNS
+from walle_opencl.lowering import ARITHMETIC_FNS, COMPARE_FNS, FLOAT_SUFFIXES, INT_FNS, UNARY_FNS
 
 try:
     from walle_opencl import _ext
@@ -48,16 +48,21 @@ class DeviceTensor:
 
 
 def kernel_source() -> str:
-    """The OpenCL C source, preceded by the function codes generated from ``walle_core.ops`` and the
-    lists of functions to instantiate kernels for."""
+    """The OpenCL C source: the function codes generated from ``walle_core.ops`` and the lists of
+    functions to instantiate kernels for, ``kernels.cl``, then ``kernels_float.cl`` once per float
+    storage type (``FN`` names it: ``f32``, ``f16``)."""
     lines = [f"#define U_{fn.name} {i}" for i, fn in enumerate(UnaryFn)]
     lines += [f"#define B_{fn.name} {i}" for i, fn in enumerate(BinaryFn)]
     lines += [f"#define R_{fn.name} {i}" for i, fn in enumerate(ReduceFn)]
     for group, fns in (("UNARY", UNARY_FNS), ("BINARY", ARITHMETIC_FNS), ("COMPARE", COMPARE_FNS),
                        ("INT_BINARY", INT_FNS)):
         lines.append(f"#define FOR_EACH_{group}(X) " + " ".join(f"X({fn.name})" for fn in fns))
-    body = resources.files("walle_opencl").joinpath("kernels.cl").read_text(encoding="utf-8")
-    return "\n".join(lines) + "\n" + body
+    files = resources.files("walle_opencl")
+    lines.append(files.joinpath("kernels.cl").read_text(encoding="utf-8"))
+    generic = files.joinpath("kernels_float.cl").read_text(encoding="utf-8")
+    for suffix in FLOAT_SUFFIXES.values():
+        lines += [f"#define FN {suffix}", generic, "#undef FN"]
+    return "\n".join(lines) + "\n"
 
 
 def cache_dir() -> Path:
@@ -117,10 +122,11 @@ class Device:
         return self.context.alloc(int(nbytes))
 
     def upload(self, array: np.ndarray) -> DeviceTensor:
+        shape = np.shape(array)  # ascontiguousarray makes a 0-d array 1-d; the tensor keeps its rank
         array = np.ascontiguousarray(array)
         buffer = self.context.alloc(array.nbytes)
         self.context.write(buffer, array.reshape(-1).view(np.uint8))
-        return DeviceTensor(buffer, tuple(array.shape), array.dtype)
+        return DeviceTensor(buffer, tuple(shape), array.dtype)
 
     def download(self, tensor: DeviceTensor) -> np.ndarray:
         out = np.empty(tensor.shape, tensor.dtype)

@@ -40,11 +40,14 @@ SCATTER_FNS = (None, BinaryFn.ADD, BinaryFn.MUL, BinaryFn.MAX, BinaryFn.MIN)
 INT32_MAX = 2**31 - 1
 
 _BITS = {1: "b8", 2: "b16", 4: "b32", 8: "b64"}
-#: kernel-name suffix of the typed (non-float32) arithmetic and comparison kernels
-_TYPED = {np.dtype(np.int32): "i32", np.dtype(np.int64): "i64", np.dtype(bool): "b8"}
-_SCATTER_TYPES = {np.dtype(np.float32): "f32", np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
-_CAST_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.int32): "int32", np.dtype(np.int64): "int64",
-               np.dtype(bool): "bool"}
+#: float storage types and their kernel-name suffix (kernels_float.cl is instantiated once for each);
+#: float16 is stored as half and computed in float32
+FLOAT_SUFFIXES = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+#: kernel-name suffix of the arithmetic, comparison and scatter kernels per dtype
+_TYPED = {**FLOAT_SUFFIXES, np.dtype(np.int32): "i32", np.dtype(np.int64): "i64", np.dtype(bool): "b8"}
+_SCATTER_TYPES = {**FLOAT_SUFFIXES, np.dtype(np.int32): "i32", np.dtype(np.int64): "i64"}
+_CAST_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int32): "int32",
+               np.dtype(np.int64): "int64", np.dtype(bool): "bool"}
 _UNARY_CODE = {fn: i for i, fn in enumerate(UnaryFn)}
 _REDUCE_CODE = {fn: i for i, fn in enumerate(ReduceFn)}
 
@@ -244,13 +247,22 @@ def _raster(lw: _Lowering, node: Node, a: ops.RasterAttrs) -> None:
                                            i32(r.src_offset), i32(r.dst_offset), i32(total)], total)
 
 
+def _float_suffix(lw: _Lowering, node: Node) -> str:
+    """Kernel-name suffix of the float storage type of ``node``'s first input."""
+    dtype = lw.type(node.inputs[0]).dtype
+    if dtype not in FLOAT_SUFFIXES:
+        raise BackendError(f"[opencl] {node_label(node)}: no kernel for {dtype}")
+    return FLOAT_SUFFIXES[dtype]
+
+
 def _unary(lw: _Lowering, node: Node, a: ops.UnaryAttrs) -> None:
     n = lw.type(node.outputs[0]).size
     if a.fn is UnaryFn.NOT:
         lw.launch(node, "unary_bool_NOT", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(n)], n)
         return
-    lw.launch(node, f"unary_{a.fn.name}", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]),
-                                           f32(a.alpha), f32(a.beta), i32(n)], n)
+    suffix = _float_suffix(lw, node)
+    lw.launch(node, f"unary_{suffix}_{a.fn.name}", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]),
+                                                    f32(a.alpha), f32(a.beta), i32(n)], n)
 
 
 def _broadcast_params(lw: _Lowering, node: Node, names: list[str]) -> int:
@@ -266,8 +278,6 @@ def _binary(lw: _Lowering, node: Node, a: ops.BinaryAttrs) -> None:
     dtype = lw.type(node.inputs[0]).dtype
     if a.fn in LOGIC_FNS:
         kernel = f"logic_{a.fn.name}"
-    elif dtype == np.float32:
-        kernel = f"{'compare' if a.fn in ops.COMPARISON_FNS else 'binary'}_{a.fn.name}"
     else:
         kernel = f"{'compare' if a.fn in ops.COMPARISON_FNS else 'binary'}_{_TYPED[dtype]}_{a.fn.name}"
     p = _broadcast_params(lw, node, node.inputs)
@@ -302,8 +312,9 @@ def _reduce(lw: _Lowering, node: Node, a: ops.ReduceAttrs) -> None:
     n = lw.type(node.outputs[0]).size
     p = lw.params([len(kept), len(red), count, *[shape[d] for d in kept], *[strides[d] for d in kept],
                    *[shape[d] for d in red], *[strides[d] for d in red]])
-    lw.launch(node, "reduce_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), slot(p),
-                                   i32(_REDUCE_CODE[a.fn]), i32(n)], n)
+    kernel = f"reduce_{_float_suffix(lw, node)}"
+    lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), slot(p),
+                             i32(_REDUCE_CODE[a.fn]), i32(n)], n)
 
 
 def _batch_offsets(shape: tuple[int, ...], batch: tuple[int, ...], matrix: int) -> np.ndarray:
@@ -346,7 +357,7 @@ def _matmul(lw: _Lowering, node: Node, a: ops.MatMulAttrs) -> None:
             i32(sam), i32(sak), i32(sbk), i32(sbn), i32(int(has_bias)), i32(bsm), i32(bsn),
             i32(_UNARY_CODE[act.fn]), f32(act.alpha), f32(act.beta)]
     rounded = [-(-n // TILE) * TILE, -(-m // TILE) * TILE, batch]
-    lw.launch(node, "matmul_f32", args, rounded, [TILE, TILE, 1])
+    lw.launch(node, f"matmul_{_float_suffix(lw, node)}", args, rounded, [TILE, TILE, 1])
 
 
 def _conv2d(lw: _Lowering, node: Node, a: ops.Conv2DAttrs) -> None:
@@ -360,8 +371,9 @@ def _conv2d(lw: _Lowering, node: Node, a: ops.Conv2DAttrs) -> None:
     act = a.activation
     p = lw.params([nb, c, h, w, o, oh, ow, kh, kw, *a.strides, a.pads[0], a.pads[1], *a.dilations, a.groups,
                    int(a.has_bias), int(a.has_residual), _UNARY_CODE[act.fn]])
-    lw.launch(node, "conv2d_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.inputs[1]]), slot(bias),
-                                   slot(res), slot(y), slot(p), f32(act.alpha), f32(act.beta), i32(out.size)],
+    kernel = f"conv2d_{_float_suffix(lw, node)}"
+    lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.inputs[1]]), slot(bias),
+                             slot(res), slot(y), slot(p), f32(act.alpha), f32(act.beta), i32(out.size)],
               out.size)
 
 
@@ -370,8 +382,9 @@ def _pool2d(lw: _Lowering, node: Node, a: ops.Pool2DAttrs) -> None:
     out = lw.type(node.outputs[0])
     p = lw.params([h, w, *out.shape[2:], *a.kernel, *a.strides, *a.pads, *a.dilations,
                    int(a.kind is ops.PoolKind.AVG), int(a.count_include_pad)])
-    lw.launch(node, "pool2d_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), slot(p),
-                                   i32(out.size)], out.size)
+    kernel = f"pool2d_{_float_suffix(lw, node)}"
+    lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), slot(p),
+                             i32(out.size)], out.size)
 
 
 def _gather(lw: _Lowering, node: Node, a: ops.GatherAttrs) -> None:
@@ -401,16 +414,18 @@ def _arg_reduce(lw: _Lowering, node: Node, a: ops.ArgReduceAttrs) -> None:
     outer, dim, inner = _lines(lw, node, a.axis)
     if dim == 0 and outer * inner > 0:
         raise BackendError(f"[opencl] {node_label(node)}: reducing an empty axis {a.axis}")
-    lw.launch(node, "arg_reduce_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(dim),
-                                       i32(inner), i32(int(a.largest)), i32(int(a.select_last_index)),
-                                       i32(outer * inner)], outer * inner)
+    kernel = f"arg_reduce_{_float_suffix(lw, node)}"
+    lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(dim),
+                             i32(inner), i32(int(a.largest)), i32(int(a.select_last_index)),
+                             i32(outer * inner)], outer * inner)
 
 
 def _cumulative(lw: _Lowering, node: Node, a: ops.CumulativeAttrs) -> None:
     outer, dim, inner = _lines(lw, node, a.axis)
-    lw.launch(node, "cumulative_f32", [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(dim),
-                                       i32(inner), i32(int(a.exclusive)), i32(int(a.reverse)),
-                                       i32(outer * inner)], outer * inner)
+    kernel = f"cumulative_{_float_suffix(lw, node)}"
+    lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), slot(lw.slots[node.outputs[0]]), i32(dim),
+                             i32(inner), i32(int(a.exclusive)), i32(int(a.reverse)),
+                             i32(outer * inner)], outer * inner)
 
 
 def _topk(lw: _Lowering, node: Node, a: ops.TopKAttrs) -> None:
@@ -418,8 +433,9 @@ def _topk(lw: _Lowering, node: Node, a: ops.TopKAttrs) -> None:
     if not 0 <= a.k <= dim:
         raise BackendError(f"[opencl] {node_label(node)}: k={a.k} outside [0, {dim}]")
     values, indices = (slot(lw.slots[name]) for name in node.outputs)
-    lw.launch(node, "topk_f32", [slot(lw.slots[node.inputs[0]]), values, indices, i32(dim), i32(inner), i32(a.k),
-                                 i32(int(a.largest)), i32(outer * inner)], outer * inner)
+    kernel = f"topk_{_float_suffix(lw, node)}"
+    lw.launch(node, kernel, [slot(lw.slots[node.inputs[0]]), values, indices, i32(dim), i32(inner), i32(a.k),
+                             i32(int(a.largest)), i32(outer * inner)], outer * inner)
 
 
 def _scatter(lw: _Lowering, node: Node, a: ops.ScatterAttrs) -> None:

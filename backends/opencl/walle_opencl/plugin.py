@@ -22,6 +22,7 @@ from walle_opencl.device import DeviceTensor
 from walle_opencl.lowering import (
     ARITHMETIC_FNS,
     COMPARE_FNS,
+    FLOAT_SUFFIXES,
     INT_FNS,
     LOGIC_FNS,
     LOWERED_OPS,
@@ -31,11 +32,16 @@ from walle_opencl.lowering import (
 )
 
 F32 = np.dtype(np.float32)
+F16 = np.dtype(np.float16)
 BOOL = np.dtype(bool)
+#: float dtypes with kernels; float16 is stored as half and computed in float32 (see kernels_float.cl)
+_FLOATS = frozenset(FLOAT_SUFFIXES)
 _INDEX = (np.dtype(np.int32), np.dtype(np.int64))
 _INTS = (np.dtype(np.int32), np.dtype(np.int64))
 #: dtypes CAST converts between
-_CASTABLE = frozenset({F32, *_INTS, BOOL})
+_CASTABLE = frozenset({*_FLOATS, *_INTS, BOOL})
+#: how float16 runs: ``storage`` (half in buffers, float32 arithmetic; every OpenCL 1.2 device)
+FLOAT16_MODE = "storage"
 #: element sizes the pure data movers (RASTER, SELECT, GATHER) copy for any bool/int/float dtype
 _MOVABLE_SIZES = frozenset({1, 2, 4, 8})
 _MAX_REGION_RANK = 8
@@ -50,7 +56,7 @@ def _movable(dtype: np.dtype) -> bool:
 
 
 def _binary_supported(fn: object, dtype: np.dtype) -> bool:
-    if dtype == F32:
+    if dtype in _FLOATS:
         return fn in _BINARY
     if dtype in _INTS:
         return fn in _INT_BINARY
@@ -62,7 +68,7 @@ def _supported(node: Node, t: list[TensorType], o: list[TensorType]) -> bool:
     if op is Op.RASTER:
         return _movable(o[0].dtype) and all(len(r.size) <= _MAX_REGION_RANK for r in a.regions)
     if op is Op.UNARY:
-        return (a.fn in _UNARY and t[0].dtype == F32) or (a.fn is UnaryFn.NOT and t[0].dtype == BOOL)
+        return (a.fn in _UNARY and t[0].dtype in _FLOATS) or (a.fn is UnaryFn.NOT and t[0].dtype == BOOL)
     if op is Op.BINARY:
         return t[0].dtype == t[1].dtype and _binary_supported(a.fn, t[0].dtype)
     if op is Op.SELECT:
@@ -72,13 +78,20 @@ def _supported(node: Node, t: list[TensorType], o: list[TensorType]) -> bool:
     if op is Op.GATHER:
         return _movable(t[0].dtype) and t[1].dtype in _INDEX
     if op in (Op.ARG_REDUCE, Op.CUMULATIVE, Op.TOPK):
-        return t[0].dtype == F32
+        return t[0].dtype in _FLOATS
     if op is Op.SCATTER:
-        return (t[0].dtype in (F32, *_INTS) and t[1].dtype == np.dtype(np.int64) and t[2].dtype == t[0].dtype
+        return (t[0].dtype in (*_FLOATS, *_INTS) and t[1].dtype == np.dtype(np.int64) and t[2].dtype == t[0].dtype
                 and a.reduction in SCATTER_FNS)
+    same_float = t[0].dtype in _FLOATS and all(x.dtype == t[0].dtype for x in t)
     if op in (Op.MATMUL, Op.CONV2D):
-        return a.activation.fn in _UNARY and all(x.dtype == F32 for x in t)
-    return op in LOWERED_OPS and all(x.dtype == F32 for x in t)
+        return a.activation.fn in _UNARY and same_float
+    return op in LOWERED_OPS and same_float
+
+
+def float16_summary(has_fp16: bool) -> str:
+    """How float16 runs, for the device description (``walle backends``)."""
+    ext = "the device reports cl_khr_fp16" if has_fp16 else "no cl_khr_fp16"
+    return f"float16: {FLOAT16_MODE} (half buffers, float32 arithmetic; {ext})"
 
 
 class OpenCLExecutable(Executable):
@@ -171,7 +184,9 @@ class OpenCLBackend(Backend):
     def availability(cls) -> Availability:
         if dev._ext is None:
             return Availability(False, reason=dev.IMPORT_ERROR)
-        available, reason, device = dev._ext.probe()
+        available, reason, device, has_fp16 = dev._ext.probe()
+        if available:
+            device = f"{device}; {float16_summary(has_fp16)}"
         return Availability(bool(available), reason=reason, device=device)
 
     @classmethod
@@ -208,6 +223,7 @@ class OpenCLBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["cache_dir"] = str(dev.cache_dir())
+        info["float16"] = {"mode": FLOAT16_MODE, "cl_khr_fp16": bool(self._device().context.has_fp16)}
         return info
 
 
