@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from deploy_testlib import ENROLL, Keys, ThreadServer, make_task
 
 from walle_deploy.agent import AgentConfig, DeviceAgent
 from walle_deploy.bundle import PackedBundle, pack_task
+from walle_deploy.server.hotpaths import BundleCache
 
 
 def test_admin_routes_need_the_admin_token(server: ThreadServer, bundle: PackedBundle) -> None:
@@ -83,6 +85,41 @@ def test_range_and_etag(server: ThreadServer, bundle: PackedBundle) -> None:
     assert admin.get(f"/v1/bundles/{digest}", headers={"Range": "bytes=0-1,5-6"}).status_code == 416
     head = admin.head(f"/v1/bundles/{digest}")
     assert head.status_code == 200 and head.headers["content-length"] == str(len(data)) and head.content == b""
+
+
+def test_bundle_cache_serves_what_is_on_disk(server: ThreadServer, bundle: PackedBundle) -> None:
+    """The in-memory copy of a pulled bundle is checked against the file on every pull: a file
+    damaged on disk after the first pull is served as it now is (the device's digest check
+    then rejects it), never the stale good copy."""
+    digest = server.publish(bundle)["digest"]
+    data = bundle.path.read_bytes()
+    assert server.admin.get(f"/v1/bundles/{digest}").content == data
+    stored = server.state.blobs.path(digest)
+    damaged = bytearray(data)
+    damaged[len(damaged) // 2] ^= 0xFF
+    stored.write_bytes(bytes(damaged))
+    os.utime(stored, ns=(stored.stat().st_atime_ns, stored.stat().st_mtime_ns + 1_000_000))
+    assert server.admin.get(f"/v1/bundles/{digest}").content == bytes(damaged)
+    assert server.admin.get(f"/v1/bundles/{digest}", headers={"Range": "bytes=0-9"}).content == damaged[:10]
+    stored.write_bytes(data[:100])  # truncated
+    short = server.admin.get(f"/v1/bundles/{digest}")
+    assert short.status_code == 200 and short.content == data[:100]
+
+
+def test_bundle_cache_is_bounded(tmp_path: Path) -> None:
+    cache = BundleCache(max_bytes=250)
+
+    async def main() -> None:
+        for name in "abc":
+            path = tmp_path / name
+            path.write_bytes(name.encode() * 100)
+            assert await cache.get(path, path.stat()) == name.encode() * 100
+        assert cache.size == 200  # "a" was dropped to stay within 250 bytes
+        path = tmp_path / "a"
+        path.write_bytes(b"z" * 100)
+        assert await cache.get(path, path.stat()) == b"z" * 100
+
+    asyncio.run(main())
 
 
 def test_agent_resumes_a_partial_download(tmp_path: Path, server: ThreadServer, keys: Keys) -> None:

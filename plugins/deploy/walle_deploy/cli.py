@@ -93,10 +93,12 @@ def keygen(ctx: click.Context, out: Path) -> None:
 @click.option("--push", type=click.Choice(["embedded", "mqtt"]), default="embedded", show_default=True)
 @click.option("--mqtt", "mqtt_url", default="mqtt://127.0.0.1:1883", show_default=True)
 @click.option("--mqtt-prefix", default="walle", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="uvicorn's log level (info logs every push connection).")
 @click.pass_context
 def server(ctx: click.Context, data_dir: Path, host: str, port: int, admin_token: str | None,
            enroll_token: str | None, trusted_keys: tuple[str, ...], public_url: str | None,
-           bundle_base_url: str | None, push: str, mqtt_url: str, mqtt_prefix: str) -> None:
+           bundle_base_url: str | None, push: str, mqtt_url: str, mqtt_prefix: str, log_level: str) -> None:
     """Run the deploy server (SQLite + local bundle store + embedded or MQTT push)."""
     from walle_deploy.server.app import ServerConfig
     from walle_deploy.server.run import serve_forever
@@ -109,7 +111,7 @@ def server(ctx: click.Context, data_dir: Path, host: str, port: int, admin_token
         trusted_keys=TrustedKeys.from_files(trusted_keys), public_url=public_url or f"http://{host}:{port}",
         bundle_base_url=bundle_base_url, push=make_channel(push, mqtt_url, mqtt_prefix))
     _terminal(ctx).display(f"walle deploy server on http://{host}:{port} (push: {push}); tokens in {data_dir}")
-    serve_forever(config, host, port)
+    serve_forever(config, host, port, log_level)
 
 
 def make_channel(push: str, mqtt_url: str, mqtt_prefix: str) -> Any:
@@ -276,13 +278,15 @@ deploy_group.command("advance", help="Move NAME's active release to its next sta
 def simulate(ctx: click.Context, devices: int, push: str, mqtt_url: str | None, stages: str, rate: float,
              jitter: float, workers: int, bundle_kib: int, seed: int, as_json: bool) -> None:
     """Simulate a fleet on loopback: a server process, devices in worker processes, real HTTP and push."""
-    from walle_deploy.simulate import SimulationConfig, run_blocking, run_simulation
+    import asyncio
+
+    from walle_deploy.simulate import SimulationConfig, run_simulation
 
     term = _terminal(ctx)
     config = SimulationConfig(devices=devices, push=push, mqtt_url=mqtt_url, stages=stages, bundle_kib=bundle_kib,
                               seed=seed, rate=rate, jitter_s=jitter, workers=workers)
     with term.status(f"simulating {devices} devices over {push} push"):
-        report = run_blocking(run_simulation(config))
+        report = asyncio.run(run_simulation(config))
     if as_json:
         term.print_json(report)
         return

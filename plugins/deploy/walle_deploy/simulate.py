@@ -75,8 +75,10 @@ class SimulationConfig:
 
 
 def run_blocking(coro: Any) -> Any:
-    """Run the simulator, on uvloop when it is installed (``walle-deploy[fast]``): the fleet is
-    thousands of sockets in one process and the event loop is most of its cost."""
+    """Run a many-socket program (``walle demo``'s in-process fleet) on uvloop when it is
+    installed (``walle-deploy[fast]``). The simulator's coordinator does not use it: it only
+    drives child processes, and uvloop crashed now and then while collecting their pipe
+    transports at exit; its workers, where the sockets are, do use it."""
     try:
         import uvloop
     except ImportError:
@@ -140,7 +142,7 @@ async def server_process(data: Path, port: int, admin: str, enroll: str, pub: Pa
                          mqtt_url: str | None) -> AsyncIterator[str]:
     """``python -m walle_deploy server`` as a child process; yields its base URL once healthy."""
     args = [sys.executable, "-m", "walle_deploy", "server", "--data", str(data), "--port", str(port),
-            "--trusted-key", str(pub), "--push", push]
+            "--trusted-key", str(pub), "--push", push, "--log-level", "warning"]
     if mqtt_url:
         args += ["--mqtt", mqtt_url]
     env = _child_env(WALLE_DEPLOY_TOKEN=admin, WALLE_DEPLOY_ENROLL_TOKEN=enroll)
@@ -349,7 +351,8 @@ async def _release_and_measure(config: SimulationConfig, root: Path, key: Any, c
         await asyncio.sleep(0.05)
         status = await call("GET", f"/v1/admin/tasks/{TASK}/status")
     stage_started = [s["started"] for s in status["releases"][0]["stages"]]
-    delivery, full_stage = [], []
+    delivery: list[float] = []
+    per_stage: list[list[float]] = [[] for _ in stages]
     for i in range(config.devices):
         dev = device_id(i)
         t = fleet.time_of(TASK, "installed", dev)
@@ -357,8 +360,8 @@ async def _release_and_measure(config: SimulationConfig, root: Path, key: Any, c
         if t is None or stage is None or stage_started[stage] is None:
             continue
         delivery.append(t - stage_started[stage])
-        if stage == len(stages) - 1:
-            full_stage.append(t - stage_started[stage])
+        per_stage[stage].append(t - stage_started[stage])
+    full_stage = per_stage[-1]
 
     tampered = await _tamper_probe(root, key, call, fleet)
     return {
@@ -367,8 +370,9 @@ async def _release_and_measure(config: SimulationConfig, root: Path, key: Any, c
                        "max": percentile(delivery, 100)},
         "full_stage_delivery_s": {"devices": len(full_stage), "p50": percentile(full_stage, 50),
                                   "p99": percentile(full_stage, 99)},
-        "stages": [{k: s[k] for k in ("name", "targeted", "notified", "downloaded", "installed", "failed")}
-                   for s in status["releases"][0]["stages"]],
+        "stages": [{**{k: s[k] for k in ("name", "targeted", "notified", "downloaded", "installed", "failed")},
+                    "delivery_p50_s": percentile(times, 50), "delivery_p99_s": percentile(times, 99)}
+                   for s, times in zip(status["releases"][0]["stages"], per_stage)],
         "release_state": status["releases"][0]["state"],
         "tampered_rejected": tampered,
         "release_cpu": release_cpu,

@@ -11,13 +11,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Any
-
-from starlette.websockets import WebSocket
+from typing import Any, Protocol
 
 from walle_deploy.push import PushChannel
 
 log = logging.getLogger("walle_deploy.server")
+
+
+class DeviceSocket(Protocol):
+    """What the hub needs of a device's WebSocket (``server.hotpaths.PushSocket``)."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000) -> None: ...
 
 
 class EmbeddedHub(PushChannel):
@@ -25,15 +31,15 @@ class EmbeddedHub(PushChannel):
     per_device = True
 
     def __init__(self) -> None:
-        self._sockets: dict[str, WebSocket] = {}
+        self._sockets: dict[str, DeviceSocket] = {}
 
-    def attach(self, device_id: str, ws: WebSocket) -> WebSocket | None:
+    def attach(self, device_id: str, ws: DeviceSocket) -> DeviceSocket | None:
         """Register a device's socket; returns the socket it replaces (a reconnect), if any."""
         old = self._sockets.get(device_id)
         self._sockets[device_id] = ws
         return old
 
-    def detach(self, device_id: str, ws: WebSocket) -> None:
+    def detach(self, device_id: str, ws: DeviceSocket) -> None:
         if self._sockets.get(device_id) is ws:
             del self._sockets[device_id]
 

@@ -21,21 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from walle_deploy.bundle import CHUNK, DIGEST_RE, MAX_TOTAL_BYTES, verify_and_extract
+from walle_deploy.bundle import MAX_TOTAL_BYTES, verify_and_extract
 from walle_deploy.errors import BundleError, DeployError
 from walle_deploy.policy import parse_stages
 from walle_deploy.push import PushChannel
 from walle_deploy.push.embedded import EmbeddedHub
 from walle_deploy.server import auth
 from walle_deploy.server.blobs import BlobStore
+from walle_deploy.server.hotpaths import HotPaths, PushSocket
 from walle_deploy.server.results import MAX_RESULTS_BODY, ResultRecord, aggregate, parse_metrics
 from walle_deploy.server.rollout import RolloutEngine
 from walle_deploy.server.store import STATES, BundleRecord, Device, Store
@@ -46,7 +45,6 @@ ATTR_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 MAX_ATTRS = 32
 MAX_ATTR_VALUE = 128
 MAX_JSON_BODY = 64 << 10
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 @dataclass
@@ -68,13 +66,6 @@ class Metrics:
     bytes_served: int = 0
     bundle_requests: int = 0
     started: float = field(default_factory=time.time)
-
-
-def _read_at(path: Path, start: int, length: int) -> bytes:
-    """``length`` bytes of ``path`` from ``start`` (fewer if the file is shorter)."""
-    with open(path, "rb") as f:
-        f.seek(start)
-        return f.read(length)
 
 
 def _error(status: int, message: str) -> HTTPException:
@@ -218,34 +209,9 @@ class DeployServer:
         device = self.device_from(request)
         return JSONResponse({"notices": self.engine.on_connect(device)})
 
-    async def push(self, ws: WebSocket) -> None:
-        hub = self.channel
-        try:
-            device = self.device_from(ws)
-        except HTTPException:
-            await ws.close(code=1008)  # before accept: the client sees HTTP 403
-            return
-        if not isinstance(hub, EmbeddedHub):
-            await ws.close(code=1008)
-            return
-        await ws.accept()
-        old = hub.attach(device.id, ws)
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.close(code=1000)
-        try:
-            device.last_seen = time.time()
-            for notice in self.engine.on_connect(device):
-                await ws.send_text(json.dumps(notice))
-            while True:
-                message = await ws.receive_text()
-                await self._push_message(device, message, ws)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            hub.detach(device.id, ws)
-
-    async def _push_message(self, device: Device, message: str, ws: WebSocket) -> None:
+    async def push_message(self, device: Device, message: str, ws: PushSocket) -> None:
+        """One message a device sent over its push socket (see :mod:`.hotpaths`): a report or
+        a heartbeat; anything else is answered with an error message on the socket."""
         try:
             data = json.loads(message)
             if not isinstance(data, dict):
@@ -261,67 +227,6 @@ class DeployServer:
             await ws.send_text(json.dumps({"type": "error", "status": 400, "error": f"invalid JSON: {exc}"}))
         except HTTPException as exc:
             await ws.send_text(json.dumps({"type": "error", "status": exc.status_code, "error": exc.detail}))
-
-    async def bundle(self, request: Request) -> Response:
-        digest = request.path_params["digest"]
-        if not DIGEST_RE.match(digest):
-            raise _error(404, "no such bundle")
-        token = auth.bearer(request)
-        if token is None or not auth.same(token, self.config.admin_token):
-            device = self.device_from(request)
-            if not self.engine.may_fetch(device, digest):
-                raise _error(403, f"bundle {digest[:12]} is not released to device {device.id}")
-        path = self.blobs.path(digest)
-        if not path.is_file():
-            raise _error(404, "no such bundle")
-        return await self._ranged_file(request, path, digest)
-
-    async def _ranged_file(self, request: Request, path: Path, digest: str) -> Response:
-        size = path.stat().st_size
-        etag = f'"{digest}"'
-        headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, max-age=31536000, immutable"}
-        if request.headers.get("if-none-match") in (etag, "*"):
-            return Response(status_code=304, headers=headers)
-        start, end, status = 0, size - 1, 200
-        spec = request.headers.get("range")
-        if_range = request.headers.get("if-range")
-        if spec and (if_range is None or if_range == etag):
-            m = RANGE_RE.match(spec.strip())
-            if m is None or m.groups() == ("", ""):
-                raise _error(416, "only a single 'bytes=START-END' range is supported")
-            first, last = m.groups()
-            if first == "":  # suffix range: the last N bytes
-                start, end = max(0, size - int(last)), size - 1
-            else:
-                start, end = int(first), min(int(last), size - 1) if last else size - 1
-            if start >= size or start > end:
-                return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{size}"})
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        length = end - start + 1
-        headers["Content-Length"] = str(length)
-        if request.method == "HEAD":
-            return Response(status_code=status, headers=headers)
-        self.metrics.bundle_requests += 1
-        if length <= CHUNK:
-            # the common case (task bundles are small): one worker-thread hop for open + read
-            # instead of one each for open, seek, read and close behind a streaming generator
-            block = await anyio.to_thread.run_sync(_read_at, path, start, length)
-            self.metrics.bytes_served += len(block)
-            return Response(block, status_code=status, headers=headers, media_type="application/x-tar")
-        return StreamingResponse(self._read_range(path, start, length), status_code=status, headers=headers,
-                                 media_type="application/x-tar")
-
-    async def _read_range(self, path: Path, start: int, length: int) -> AsyncIterator[bytes]:
-        async with await anyio.open_file(path, "rb") as f:
-            await f.seek(start)
-            while length > 0:
-                block = await f.read(min(CHUNK, length))
-                if not block:
-                    break
-                length -= len(block)
-                self.metrics.bytes_served += len(block)
-                yield block
 
     async def signing_keys(self, request: Request) -> Response:
         return JSONResponse({"keys": [public_pem(k).decode() for k in self.config.trusted_keys.public_keys()]})
@@ -456,7 +361,9 @@ async def _http_error(request: HTTPConnection, exc: Exception) -> Response:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(config: ServerConfig) -> Starlette:
+def create_app(config: ServerConfig) -> HotPaths:
+    """The deploy server as an ASGI app: the hot device routes (bundle pulls, the push socket)
+    as plain ASGI (:mod:`.hotpaths`), every other route through Starlette."""
     server = DeployServer(config)
     routes = [
         Route("/v1/health", server.health),
@@ -466,8 +373,6 @@ def create_app(config: ServerConfig) -> Starlette:
         Route("/v1/device/report", server.report, methods=["POST"]),
         Route("/v1/device/results", server.results, methods=["POST"]),
         Route("/v1/device/notices", server.notices),
-        WebSocketRoute("/v1/push", server.push),
-        Route("/v1/bundles/{digest}", server.bundle, methods=["GET", "HEAD"]),
         Route("/v1/admin/bundles", server.upload, methods=["POST"]),
         Route("/v1/admin/releases", server.create_release, methods=["POST"]),
         Route("/v1/admin/tasks", server.tasks),
@@ -477,4 +382,4 @@ def create_app(config: ServerConfig) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers={HTTPException: _http_error})
     app.state.deploy = server
-    return app
+    return HotPaths(app, server)
