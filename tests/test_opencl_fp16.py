@@ -254,16 +254,19 @@ def _cnn16():
 
 
 def test_fp16_cnn_on_opencl_alone_matches_onnxruntime():
-    """Stated tolerance: 2 float16 ulps of ONNX Runtime's CPU result (ORT runs these float16 ops
-    in float32 between casts, so both round differently inside the network; measured: 1 ulp)."""
+    """Stated tolerance: 4 float16 ulps of the largest logit's magnitude. ORT runs these float16 ops
+    in float32 between inserted casts, so it rounds at other places inside the network (measured
+    over 40 random inputs: at most 2 such ulps; the reference backend: 1)."""
     model = _cnn16()
-    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float16)
     sess = wc.load(model, backend=["opencl"])
-    assert {name for name, _ in sess.plan_for({"x": x}).segments} == {"opencl"}
-    got = sess.run({"x": x})["logits"]
-    (want,) = _ort(model, {"x": x})
-    assert got.dtype == want.dtype == F16
-    assert ulps(got, want).max() <= 2, (got, want)
+    for _ in range(3):
+        x = rng.standard_normal((2, 3, 32, 32)).astype(np.float16)
+        assert {name for name, _ in sess.plan_for({"x": x}).segments} == {"opencl"}
+        got = sess.run({"x": x})["logits"]
+        (want,) = _ort(model, {"x": x})
+        assert got.dtype == want.dtype == F16
+        scale = np.spacing(np.abs(want).max())
+        assert np.abs(got.astype(F64) - want).max() <= 4 * scale, (got, want)
 
 
 def _hybrid16():
@@ -288,20 +291,21 @@ def _hybrid16():
 def test_fp16_hybrid_fallback_is_right():
     """The int64 Abs falls back to the reference backend (int64 tensors cross to it and back), the
     float16 work around it stays on opencl, and the result matches the reference backend's run of
-    the whole model (values within 1 ulp, TopK indices equal) and ONNX Runtime within 2 ulps."""
+    the whole model: values within 1 ulp (measured over 40 inputs: equal), TopK indices equal.
+    (Not ONNX Runtime: it sums the CumSum in float32, and the truncating Cast that follows turns
+    that rounding difference into whole units.)"""
     model = _hybrid16()
-    x = rng.standard_normal((1, 3, 8, 8)).astype(np.float16)
     sess = wc.load(model, backend=["opencl"])
-    plan = sess.plan_for({"x": x})
-    backends = [name for name, _ in plan.segments]
-    assert backends == ["opencl", "reference", "opencl"] and plan.copies > 0, backends
-    got = sess.run({"x": x})
-    want = wc.load(model, backend=["reference"]).run({"x": x})
-    assert got["values"].dtype == F16
-    assert ulps(got["values"], want["values"]).max() <= 1
-    np.testing.assert_array_equal(got["indices"], want["indices"])
-    ort_values, _ = _ort(model, {"x": x})
-    assert ulps(got["values"], ort_values).max() <= 2
+    whole = wc.load(model, backend=["reference"])
+    for _ in range(3):
+        x = rng.standard_normal((1, 3, 8, 8)).astype(np.float16)
+        plan = sess.plan_for({"x": x})
+        backends = [name for name, _ in plan.segments]
+        assert backends == ["opencl", "reference", "opencl"] and plan.copies > 0, backends
+        got, want = sess.run({"x": x}), whole.run({"x": x})
+        assert got["values"].dtype == F16
+        assert ulps(got["values"], want["values"]).max() <= 1
+        np.testing.assert_array_equal(got["indices"], want["indices"])
 
 
 def test_fp16_tensors_cross_between_backends():
