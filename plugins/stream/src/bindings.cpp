@@ -67,7 +67,9 @@ void init_matcher(nb::module_& m) {
             }
             return std::make_pair(to_numpy(std::move(fire_event)), to_numpy(std::move(fire_trigger)));
           },
-          "keys"_a, "ts"_a, "types"_a, "pages"_a, "vals"_a,
+          // no implicit dtype conversion: a silently narrowed id would be a wrong id
+          "keys"_a.noconvert(), "ts"_a.noconvert(), "types"_a.noconvert(), "pages"_a.noconvert(),
+          "vals"_a.noconvert(),
           "Advance the matcher by a batch of events (int32 key/type/page ids, int64 ts, int32 value ids "
           "[n, n_cols]); returns (event index, trigger id) arrays of the firings in event order.")
       .def(

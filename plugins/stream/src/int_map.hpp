@@ -1,5 +1,6 @@
 // A small open-addressing hash map from non-negative int32 ids to values: linear probing in a
-// power-of-two table at most half full, deletion by backward shift (no tombstones). The
+// power-of-two table at most half full, deletion by backward shift (no tombstones), each key
+// next to its value so a lookup touches one cache line. The
 // matcher's per-key maps (node -> slot, predicate -> waiting list, trigger -> last firing) are
 // touched several times per event; std::unordered_map allocates a node per insert and divides
 // by a prime per lookup, which dominated the matcher's profile.
@@ -19,59 +20,59 @@ class IntMap {
   V* find(int32_t key) {
     if (size_ == 0) return nullptr;
     for (size_t i = home(key);; i = (i + 1) & mask_) {
-      if (keys_[i] == key) return &vals_[i];
-      if (keys_[i] == kEmpty) return nullptr;
+      if (slots_[i].key == key) return &slots_[i].val;
+      if (slots_[i].key == kEmpty) return nullptr;
     }
   }
   const V* find(int32_t key) const { return const_cast<IntMap*>(this)->find(key); }
 
   // The value of `key`, inserted as V() first when missing (`added` says which).
   V& get(int32_t key, bool* added = nullptr) {
-    if (2 * (size_ + 1) > keys_.size()) grow();
+    if (2 * (size_ + 1) > slots_.size()) grow();
     size_t i = home(key);
-    for (; keys_[i] != kEmpty; i = (i + 1) & mask_)
-      if (keys_[i] == key) {
+    for (; slots_[i].key != kEmpty; i = (i + 1) & mask_)
+      if (slots_[i].key == key) {
         if (added) *added = false;
-        return vals_[i];
+        return slots_[i].val;
       }
-    keys_[i] = key;
-    vals_[i] = V();
+    slots_[i].key = key;
+    slots_[i].val = V();
     ++size_;
     if (added) *added = true;
-    return vals_[i];
+    return slots_[i].val;
   }
 
   bool erase(int32_t key) {
     if (size_ == 0) return false;
     size_t i = home(key);
-    for (; keys_[i] != key; i = (i + 1) & mask_)
-      if (keys_[i] == kEmpty) return false;
+    for (; slots_[i].key != key; i = (i + 1) & mask_)
+      if (slots_[i].key == kEmpty) return false;
     // shift later members of the probe run back so lookups never stop early at the hole
     for (size_t j = i;;) {
       j = (j + 1) & mask_;
-      if (keys_[j] == kEmpty) break;
-      const size_t k = home(keys_[j]);
+      if (slots_[j].key == kEmpty) break;
+      const size_t k = home(slots_[j].key);
       const bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
       if (stays) continue;
-      keys_[i] = keys_[j];
-      vals_[i] = std::move(vals_[j]);
+      slots_[i].key = slots_[j].key;
+      slots_[i].val = std::move(slots_[j].val);
       i = j;
     }
-    keys_[i] = kEmpty;
-    vals_[i] = V();
+    slots_[i].key = kEmpty;
+    slots_[i].val = V();
     --size_;
     return true;
   }
 
   template <class F>
   void for_each(F&& f) const {
-    for (size_t i = 0; i < keys_.size(); ++i)
-      if (keys_[i] != kEmpty) f(keys_[i], vals_[i]);
+    for (const Slot& s : slots_)
+      if (s.key != kEmpty) f(s.key, s.val);
   }
   template <class F>
   void for_each(F&& f) {
-    for (size_t i = 0; i < keys_.size(); ++i)
-      if (keys_[i] != kEmpty) f(keys_[i], vals_[i]);
+    for (Slot& s : slots_)
+      if (s.key != kEmpty) f(s.key, s.val);
   }
 
   // Removes the members for which `drop(key, value)` is true.
@@ -94,18 +95,19 @@ class IntMap {
   }
 
   void grow() {
-    std::vector<int32_t> keys(keys_.empty() ? 8 : 2 * keys_.size(), kEmpty);
-    std::vector<V> vals(keys.size());
-    keys.swap(keys_);
-    vals.swap(vals_);
-    mask_ = keys_.size() - 1;
+    std::vector<Slot> old(slots_.empty() ? 8 : 2 * slots_.size());
+    old.swap(slots_);
+    mask_ = slots_.size() - 1;
     size_ = 0;
-    for (size_t i = 0; i < keys.size(); ++i)
-      if (keys[i] != kEmpty) get(keys[i]) = std::move(vals[i]);
+    for (Slot& s : old)
+      if (s.key != kEmpty) get(s.key) = std::move(s.val);
   }
 
-  std::vector<int32_t> keys_;
-  std::vector<V> vals_;
+  struct Slot {
+    int32_t key = kEmpty;
+    V val{};
+  };
+  std::vector<Slot> slots_;
   size_t size_ = 0;
   size_t mask_ = 0;
 };

@@ -111,8 +111,7 @@ int32_t Matcher::add_node(int32_t parent, bool strict, int32_t pred) {
   nodes_.push_back(std::move(node));
   (strict ? nodes_[parent].strict : nodes_[parent].relaxed).emplace_back(pred, id);
   index_edges(parent);
-  cand_epoch_.resize(nodes_.size(), 0);
-  cand_start_.resize(nodes_.size());
+  cands_by_node_.resize(nodes_.size());
   ++version_;
   return id;
 }
@@ -142,7 +141,7 @@ int32_t Matcher::add_trigger(int32_t node, int64_t within) {
   require(triggers_.size() < static_cast<size_t>(kMaxIds), "add_trigger: too many triggers");
   const auto id = static_cast<int32_t>(triggers_.size());
   triggers_.push_back(TriggerInfo{node, within, ordinal_, true});
-  nodes_[node].triggers.push_back(id);
+  nodes_[node].triggers.push_back(TriggerRef{id, within, ordinal_});
   update_max_within(node);
   ++version_;
   return id;
@@ -155,7 +154,8 @@ void Matcher::remove_trigger(int32_t trigger) {
   TriggerInfo& t = triggers_[trigger];
   t.alive = false;
   auto& list = nodes_[t.node].triggers;
-  list.erase(std::remove(list.begin(), list.end(), trigger), list.end());
+  list.erase(std::remove_if(list.begin(), list.end(), [&](const TriggerRef& r) { return r.id == trigger; }),
+             list.end());
   update_max_within(t.node);
   ++version_;
 }
@@ -178,7 +178,7 @@ void Matcher::update_max_within(int32_t node) {
   while (node >= 0) {
     Node& n = nodes_[node];
     int64_t best = 0;
-    for (int32_t t : n.triggers) best = std::max(best, triggers_[t].within);
+    for (const TriggerRef& t : n.triggers) best = std::max(best, t.within);
     for (const auto* edges : {&n.relaxed, &n.strict})
       for (const auto& e : *edges) best = std::max(best, nodes_[e.second].max_within);
     n.max_within = best;
@@ -266,12 +266,13 @@ KeyState& Matcher::touch(int32_t key) {
 }
 
 void Matcher::offer(int32_t child, Start start) {
-  if (cand_epoch_[child] != epoch_) {
-    cand_epoch_[child] = epoch_;
-    cand_start_[child] = start;
+  Candidate& c = cands_by_node_[child];
+  if (c.epoch != epoch_) {
+    c.epoch = epoch_;
+    c.start = start;
     cands_.push_back(child);
-  } else if (start.seq > cand_start_[child].seq) {
-    cand_start_[child] = start;
+  } else if (start.seq > c.start.seq) {
+    c.start = start;
   }
 }
 
@@ -304,16 +305,15 @@ void Matcher::step(const EventIds& e, int64_t index, std::vector<int64_t>& fire_
     ks.fresh.clear();
   }
   for (int32_t child : cands_) {
-    const Start start = cand_start_[child];
+    const Start start = cands_by_node_[child].start;
     const Node& n = nodes_[child];
-    for (int32_t t : n.triggers) {
-      const TriggerInfo& info = triggers_[t];
-      if (clock - start.clock > info.within || start.seq <= info.added_at) continue;
-      const int64_t* last = ks.last_fire.find(t);
+    for (const TriggerRef& t : n.triggers) {
+      if (clock - start.clock > t.within || start.seq <= t.added_at) continue;
+      const int64_t* last = ks.last_fire.find(t.id);
       if (last != nullptr && start.seq <= *last) continue;
-      ks.last_fire.get(t) = seq;
+      ks.last_fire.get(t.id) = seq;
       fire_event.push_back(index);
-      fire_trigger.push_back(t);
+      fire_trigger.push_back(t.id);
     }
     if (!n.relaxed.empty()) activate(ks, child, start);
     if (!n.strict.empty()) ks.fresh.emplace_back(child, start);
@@ -537,6 +537,8 @@ void Matcher::set_added_at(int32_t trigger, int64_t ordinal) {
           "set_added_at: no live trigger " + std::to_string(trigger));
   require(ordinal >= 0, "set_added_at: negative ordinal");
   triggers_[trigger].added_at = ordinal;
+  for (TriggerRef& ref : nodes_[triggers_[trigger].node].triggers)
+    if (ref.id == trigger) ref.added_at = ordinal;
 }
 
 int64_t Matcher::state_size() {

@@ -35,6 +35,14 @@ struct Start {
   int64_t clock = 0;
 };
 
+// A trigger as its terminal node sees it: copied from TriggerInfo so the firing check reads
+// one place.
+struct TriggerRef {
+  int32_t id;
+  int64_t within;
+  int64_t added_at;
+};
+
 struct Node {
   int32_t parent = -1;
   bool alive = true;
@@ -46,16 +54,17 @@ struct Node {
   IntMap<int32_t> relaxed_index;                      // predicate -> relaxed child
   IntMap<int32_t> strict_index;                       // predicate -> strict child
   std::vector<int32_t> relaxed_types;                 // event types of the relaxed children
-  std::vector<int32_t> triggers;                      // trigger ids ending here
+  std::vector<TriggerRef> triggers;                   // the triggers ending here
 };
 
 // A node with more relaxed children than this waits in its key's by-type list (one entry per
 // event type of its children, the children found by a lookup per matched predicate), not in
 // one list per child's predicate: activating a node then costs at most one entry per event
 // type, while a node with few children keeps the exact index that costs nothing on events it
-// cannot use. Measured on the benchmark's 1,000 random triggers: 4 -> 8 -> 16 gave
-// <fill> events/s.
-constexpr size_t kBroadFanout = 8;
+// cannot use. Measured with `python -m walle_stream.bench` workloads (CPU time, loaded
+// machine): 4, 8, 16, 32 are within noise of each other (~0.6 M events/s at 1,000 triggers,
+// 0.08-0.12 M at 10,000); registering every node per child's predicate ran at half that.
+constexpr size_t kBroadFanout = 16;
 
 struct TriggerInfo {
   int32_t node = -1;
@@ -198,8 +207,11 @@ class Matcher {
   std::vector<int32_t> matched_;
   std::vector<int32_t> scratch_vals_;
   std::vector<int32_t> cands_;
-  std::vector<uint64_t> cand_epoch_;
-  std::vector<Start> cand_start_;
+  struct Candidate {
+    uint64_t epoch = 0;  // == epoch_: entered by the current event
+    Start start;         // the best start entering the node on it
+  };
+  std::vector<Candidate> cands_by_node_;
   std::vector<int32_t> expired_;
   uint64_t epoch_ = 0;
 };
