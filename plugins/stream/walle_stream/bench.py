@@ -1,19 +1,22 @@
-"""Throughput of the shared automaton vs a naive matcher, by number of triggers.
+"""Throughput of the native and Python shared matchers vs a naive matcher, by number of triggers.
 
     python -m walle_stream.bench [--events N] [--triggers 1,100,1000,10000] [--seed S]
 
 The naive matcher keeps, per trigger and key, the same best-start partial matches as the
 shared automaton but checks every trigger on every event: its cost grows linearly with the
-number of triggers. Both get pre-parsed events (matching only); the full engine (JSON
-parsing, validation, features, SQLite commits) is measured separately, with its
+number of triggers. All get pre-parsed events (matching only). The native matcher runs on
+batches interned once (``native``: best of ``--repeats`` runs, wall clock and CPU time); its
+``native+encode`` column includes interning the Event objects in Python. The full engine
+(JSON parsing, validation, features, SQLite commits) is measured separately, with its
 event-to-sink latency and the state size per 1,000 keys. Not a test: numbers depend on the
-machine and its load.
+machine and its load (printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import sqlite3
 import tempfile
@@ -24,6 +27,7 @@ from walle_stream.automaton import TriggerAutomaton
 from walle_stream.engine import EngineConfig, StreamEngine
 from walle_stream.events import Event
 from walle_stream.gen import generate_events, write_jsonl
+from walle_stream.native import NativeAutomaton, native_available
 from walle_stream.pattern import STRICT, Pattern, Trigger
 from walle_stream.sinks import ListSink
 from walle_stream.tasks import StreamTask
@@ -110,37 +114,77 @@ class NaiveMatcher:
         return fired
 
 
-def _rate(process, events: list[Event], budget_s: float) -> tuple[float, int, int]:
-    """Events per second over the events (or as many as fit in ``budget_s``)."""
-    fired, start = 0, time.perf_counter()
+def _rate(process, events: list[Event], budget_s: float) -> tuple[float, int, list[list[str]]]:
+    """Events per second over the events (or as many as fit in ``budget_s``), and the names
+    of the triggers fired on each event processed."""
+    fired: list[list[str]] = []
+    start = time.perf_counter()
     for count, event in enumerate(events, start=1):
-        fired += len(process(event.key, event))
+        fired.append([t if isinstance(t, str) else t.name for t in process(event.key, event)])
         if count % 1000 == 0 and time.perf_counter() - start > budget_s:
             break
     return count / (time.perf_counter() - start), count, fired
 
 
-def bench_matching(events: list[Event], counts: list[int], seed: int, budget_s: float) -> list[list[str]]:
-    rows = []
+def _native_rate(triggers: list[Trigger], events: list[Event], repeats: int) -> dict:
+    """The native matcher on whole batches: the best of ``repeats`` runs (a fresh matcher
+    each), wall clock and process CPU time, plus one run that includes interning the events."""
+    best_wall = best_cpu = 0.0
+    fired: list[list[str]] = []
+    for _ in range(repeats):
+        automaton = NativeAutomaton(triggers)
+        batch = automaton.encode(events)
+        wall, cpu = time.perf_counter(), time.process_time()
+        event_index, trigger_ids = automaton.process_encoded(batch)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        best_wall, best_cpu = max(best_wall, len(events) / wall), max(best_cpu, len(events) / max(cpu, 1e-9))
+    fired = [[] for _ in events]
+    for i, tid in zip(event_index.tolist(), trigger_ids.tolist()):
+        fired[i].append(automaton.trigger_of(tid).name)
+    for names in fired:
+        names.sort()
+    automaton = NativeAutomaton(triggers)
+    start = time.perf_counter()
+    automaton.process_encoded(automaton.encode(events))
+    with_encoding = len(events) / (time.perf_counter() - start)
+    return {"wall": best_wall, "cpu": best_cpu, "with_encoding": with_encoding, "fired": fired,
+            "nodes": len(automaton.nodes)}
+
+
+def bench_matching(events: list[Event], counts: list[int], seed: int, budget_s: float,
+                   repeats: int = 3) -> tuple[list[list[str]], dict[int, float]]:
+    """One row per trigger count; ``agree`` checks the native firings event by event against
+    the Python automaton, and the naive matcher's firing count against both."""
+    rows, native_rates = [], {}
     for count in counts:
         triggers = random_triggers(count, seed)
-        automaton = TriggerAutomaton(triggers)
-        shared, _, fired = _rate(automaton.process, events, budget_s)
+        native = _native_rate(triggers, events, repeats) if native_available() else None
+        python_rate, n_python, python_fired = _rate(TriggerAutomaton(triggers).process, events, budget_s)
         naive_rate, n_naive, naive_fired = _rate(NaiveMatcher(triggers).process, events, budget_s)
         check = TriggerAutomaton(triggers)
-        same = naive_fired == sum(len(check.process(e.key, e)) for e in events[:n_naive])
-        rows.append([str(count), f"{shared:,.0f}", f"{naive_rate:,.0f}", f"{shared / naive_rate:.1f}x",
-                     str(len(automaton.nodes)), f"{fired:,}", "yes" if same else "NO"])
-    return rows
+        same = sum(map(len, naive_fired)) == sum(len(check.process(e.key, e)) for e in events[:n_naive])
+        if native is not None:
+            same = same and native["fired"][:n_python] == python_fired
+            native_rates[count] = native["wall"]
+        cells = [f"{native['wall']:,.0f}", f"{native['cpu']:,.0f}", f"{native['with_encoding']:,.0f}"] \
+            if native is not None else ["-", "-", "-"]
+        fired = sum(map(len, native["fired"])) if native is not None else sum(map(len, python_fired))
+        rows.append([str(count), *cells, f"{python_rate:,.0f}", f"{naive_rate:,.0f}",
+                     f"{(native['wall'] if native else python_rate) / naive_rate:,.0f}x",
+                     str(len(check.nodes)), f"{fired / (len(events) if native else n_python):.2f}",
+                     "yes" if same else "NO"])
+    return rows, native_rates
 
 
-def bench_engine(path: Path, triggers: int, seed: int, state: Path | None) -> dict:
+def bench_engine(path: Path, triggers: int, seed: int, state: Path | None, matcher: str,
+                 limit: int | None = None) -> dict:
     features = (FeatureSpec("views", "sliding", "count", size_ms=300_000, slide_ms=60_000, types=("page_view",)),
                 FeatureSpec("skus", "count", "last_n", "attrs.sku", size=20, n=3))
     tasks = [StreamTask(t.name, t, features) for t in random_triggers(triggers, seed)]
-    engine = StreamEngine(tasks, EngineConfig(commit_every=1000), sinks=[ListSink()], state_path=state)
+    engine = StreamEngine(tasks, EngineConfig(commit_every=1000, matcher=matcher), sinks=[ListSink()],
+                          state_path=state)
     start = time.perf_counter()
-    lines = engine.run_jsonl(path)
+    lines = engine.run_jsonl(path, limit)
     elapsed = time.perf_counter() - start
     engine.close()
     stats = engine.stats()
@@ -154,29 +198,43 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_000)
     parser.add_argument("--triggers", default="1,100,1000,10000")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--budget-s", type=float, default=3.0, help="time cap per naive/shared measurement")
+    parser.add_argument("--budget-s", type=float, default=3.0, help="time cap per Python/naive measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="native runs per trigger count (the best counts)")
+    parser.add_argument("--engine-python-lines", type=int, default=20_000,
+                        help="lines for the full engine on the Python automaton at 1,000 triggers (it is slow)")
     args = parser.parse_args()
     counts = [int(c) for c in args.triggers.split(",")]
     raw = list(generate_events(args.events, args.users, args.seed))
     events = [Event(r["type"], r["ts"], r["key"], r["page"], r["attrs"]) for r in raw]
 
-    print(f"matching only, {len(events):,} pre-parsed events, {args.users:,} users")
-    header = ["triggers", "shared ev/s", "naive ev/s", "speed-up", "trie nodes", "fired (shared)", "agree"]
-    _print_table(header, bench_matching(events, counts, args.seed, args.budget_s))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"matching only, {len(events):,} pre-parsed events, {args.users:,} users, load average {load:.2f}")
+    if not native_available():
+        print("(the native matcher is not built: native columns are empty)")
+    header = ["triggers", "native ev/s", "native cpu ev/s", "native+encode ev/s", "python ev/s", "naive ev/s",
+              "native/naive", "trie nodes", "fires/event", "agree"]
+    rows, native_rates = bench_matching(events, counts, args.seed, args.budget_s, args.repeats)
+    _print_table(header, rows)
+    if 1 in native_rates and 1000 in native_rates:
+        print(f"native throughput 1000 triggers / 1 trigger: {native_rates[1000] / native_rates[1]:.3f}")
 
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.jsonl"
         write_jsonl(trace, iter(raw))
         print("\nfull engine from JSONL (validation, 2 features per task, SQLite state, commit every 1000)")
         rows = []
-        for count in (1, 1000):
-            stats = bench_engine(trace, count, args.seed, Path(tmp) / f"state{count}.db")
-            size, keys = _live_state(Path(tmp) / f"state{count}.db")
-            rows.append([str(count), f"{stats['lines_per_s']:,.0f}", str(stats["latency_ms"]["p50"]),
+        runs = [(1, "auto", None), (1000, "auto", None), (1000, "python", args.engine_python_lines)]
+        for count, matcher, limit in runs:
+            db = Path(tmp) / f"state{count}{matcher}.db"
+            stats = bench_engine(trace, count, args.seed, db, matcher, limit)
+            size, keys = _live_state(db)
+            used = sorted(set(stats["matchers"].values()))
+            rows.append([str(count), ",".join(m.split(":")[0] for m in used), f"{limit or len(raw):,}",
+                         f"{stats['lines_per_s']:,.0f}", str(stats["latency_ms"]["p50"]),
                          str(stats["latency_ms"]["p99"]), f"{sum(t['fired'] for t in stats['tasks'].values()):,}",
                          str(stats["partial_matches"]), f"{size / max(keys, 1) * 1000 / 1024:,.0f}"])
-        _print_table(["triggers", "events/s", "fire latency p50 ms", "p99 ms", "fired", "partial matches",
-                      "live state KiB / 1000 keys"], rows)
+        _print_table(["triggers", "matcher", "lines", "events/s", "fire latency p50 ms", "p99 ms", "fired",
+                      "partial matches", "live state KiB / 1000 keys"], rows)
 
 
 def _live_state(db: Path) -> tuple[int, int]:
