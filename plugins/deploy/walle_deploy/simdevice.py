@@ -87,6 +87,7 @@ class SimDevice:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._inflight: dict[str, Any] = {}
         self._manifests: dict[str, list[dict[str, Any]]] = {}
+        self._current: dict[str, str | None] = {}
 
     # ------------------------------------------------------------ enrollment and push
 
@@ -150,8 +151,12 @@ class SimDevice:
                 self.submit(entry)
 
     def _current_digest(self, task: str) -> str | None:
-        current = self.installer.current(task)
-        return None if current is None else current.digest
+        # only this object installs into its state directory, so the answer read from disk
+        # once stays true until this object installs again (the real agent reads it each time)
+        if task not in self._current:
+            current = self.installer.current(task)
+            self._current[task] = None if current is None else current.digest
+        return self._current[task]
 
     # ------------------------------------------------------------ pull, verify, install, report
 
@@ -188,6 +193,7 @@ class SimDevice:
             await self.report(release, "installed")
             return
         try:
+            self._current.pop(task, None)
             if self.installer.has(task, version, digest):
                 self.installer.switch(task, version, digest)
             else:
@@ -197,6 +203,7 @@ class SimDevice:
                     await asyncio.sleep(delay)
                 body = await self._pull(url[len(self.base):], digest)
                 self.installer.install(io.BytesIO(body), self.keys, task, version, digest)
+            self._current[task] = digest
         except (DeployError, OSError) as exc:
             self.emit(task, "failed", self.id)
             await self.report(release, "failed", str(exc))

@@ -105,9 +105,20 @@ def write_task(root: Path, name: str, version: str, payload_bytes: int, seed: in
     return task_dir
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a running process (Linux /proc), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @contextlib.contextmanager
-def mosquitto(port: int, workdir: Path) -> Iterator[str]:
-    """Run a private mosquitto broker on 127.0.0.1:port; yields its URL."""
+def mosquitto(port: int, workdir: Path, cpu: dict[str, float | None] | None = None) -> Iterator[str]:
+    """Run a private mosquitto broker on 127.0.0.1:port; yields its URL. When ``cpu`` is
+    given, ``cpu["broker_s"]`` is set to the broker's CPU seconds just before it stops."""
     binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
     if binary is None:
         raise DeployError("[deploy] mosquitto is not installed (apt-get install mosquitto)")
@@ -128,6 +139,8 @@ def mosquitto(port: int, workdir: Path) -> Iterator[str]:
             time.sleep(0.05)
         yield f"mqtt://127.0.0.1:{port}"
     finally:
+        if cpu is not None:
+            cpu["broker_s"] = process_cpu_s(proc.pid)
         proc.terminate()
         proc.wait(timeout=10)
 
@@ -269,11 +282,15 @@ async def run_simulation(config: SimulationConfig) -> dict[str, Any]:
     ram = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="walle-sim-", dir=ram) as tmp:
         root = Path(tmp)
+        broker: dict[str, float | None] = {}
         with contextlib.ExitStack() as stack:
             push_url = config.mqtt_url
             if config.push == "mqtt" and push_url is None:
-                push_url = stack.enter_context(mosquitto(free_port(), root))
-            return await _simulate(config, root, push_url)
+                push_url = stack.enter_context(mosquitto(free_port(), root, broker))
+            report = await _simulate(config, root, push_url)
+        if broker:
+            report["broker_cpu_s"] = broker["broker_s"]
+        return report
 
 
 async def _simulate(config: SimulationConfig, root: Path, mqtt_url: str | None) -> dict[str, Any]:
