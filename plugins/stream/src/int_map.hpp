@@ -1,7 +1,7 @@
-// A small open-addressing hash map from non-negative int32 ids to values: linear probing in a
-// power-of-two table at most half full, deletion by backward shift (no tombstones), each key
-// next to its value so a lookup touches one cache line. The
-// matcher's per-key maps (node -> slot, predicate -> waiting list, trigger -> last firing) are
+// A small open-addressing hash map from non-negative int32 ids (or 64-bit hashes) to values:
+// linear probing in a power-of-two table at most half full, deletion by backward shift (no
+// tombstones), each key next to its value so a lookup touches one cache line. The matcher's
+// per-key maps (node -> slot, predicate -> waiting list, trigger -> last firing) are
 // touched several times per event; std::unordered_map allocates a node per insert and divides
 // by a prime per lookup, which dominated the matcher's profile.
 #pragma once
@@ -12,22 +12,22 @@
 
 namespace walle_stream {
 
-template <class V>
-class IntMap {
+template <class K, class V>
+class FlatMap {
  public:
   size_t size() const { return size_; }
 
-  V* find(int32_t key) {
+  V* find(K key) {
     if (size_ == 0) return nullptr;
     for (size_t i = home(key);; i = (i + 1) & mask_) {
       if (slots_[i].key == key) return &slots_[i].val;
       if (slots_[i].key == kEmpty) return nullptr;
     }
   }
-  const V* find(int32_t key) const { return const_cast<IntMap*>(this)->find(key); }
+  const V* find(K key) const { return const_cast<FlatMap*>(this)->find(key); }
 
   // The value of `key`, inserted as V() first when missing (`added` says which).
-  V& get(int32_t key, bool* added = nullptr) {
+  V& get(K key, bool* added = nullptr) {
     if (2 * (size_ + 1) > slots_.size()) grow();
     size_t i = home(key);
     for (; slots_[i].key != kEmpty; i = (i + 1) & mask_)
@@ -42,7 +42,7 @@ class IntMap {
     return slots_[i].val;
   }
 
-  bool erase(int32_t key) {
+  bool erase(K key) {
     if (size_ == 0) return false;
     size_t i = home(key);
     for (; slots_[i].key != key; i = (i + 1) & mask_)
@@ -78,20 +78,20 @@ class IntMap {
   // Removes the members for which `drop(key, value)` is true.
   template <class F>
   void erase_if(F&& drop) {
-    std::vector<int32_t> doomed;
-    for_each([&](int32_t k, const V& v) {
+    std::vector<K> doomed;
+    for_each([&](K k, const V& v) {
       if (drop(k, v)) doomed.push_back(k);
     });
-    for (int32_t k : doomed) erase(k);
+    for (K k : doomed) erase(k);
   }
 
  private:
-  static constexpr int32_t kEmpty = -1;
+  // ids are never negative and hashes never all ones (see hash_ids), so this marks a free slot
+  static constexpr K kEmpty = static_cast<K>(-1);
 
   // Fibonacci hashing: ids are small and dense, the multiply spreads them over the table.
-  size_t home(int32_t key) const {
-    return static_cast<size_t>((static_cast<uint64_t>(static_cast<uint32_t>(key)) * 0x9E3779B97F4A7C15ull) >> 32) &
-           mask_;
+  size_t home(K key) const {
+    return static_cast<size_t>((static_cast<uint64_t>(key) * 0x9E3779B97F4A7C15ull) >> 32) & mask_;
   }
 
   void grow() {
@@ -104,12 +104,15 @@ class IntMap {
   }
 
   struct Slot {
-    int32_t key = kEmpty;
+    K key = kEmpty;
     V val{};
   };
   std::vector<Slot> slots_;
   size_t size_ = 0;
   size_t mask_ = 0;
 };
+
+template <class V>
+using IntMap = FlatMap<int32_t, V>;
 
 }  // namespace walle_stream

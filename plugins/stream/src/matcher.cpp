@@ -24,7 +24,8 @@ uint64_t hash_ids(const int32_t* v, size_t n) {
   h *= 0xbf58476d1ce4e5b9ull;
   h ^= h >> 27;
   h *= 0x94d049bb133111ebull;
-  return h ^ (h >> 31);
+  h ^= h >> 31;
+  return h == ~0ull ? 0 : h;  // all ones marks a free slot in FlatMap
 }
 
 }  // namespace
@@ -87,11 +88,14 @@ int32_t Matcher::add_pred(int32_t type, int32_t page, const std::vector<int32_t>
   std::vector<int32_t> key;
   if (page >= 0) key.push_back(page);
   key.insert(key.end(), vals.begin(), vals.end());
-  auto& bucket = shape->table[hash_ids(key.data(), key.size())];
-  for (const auto& [k, pred] : bucket)
-    if (k == key) return pred;
+  bool added = false;
+  int32_t& head = shape->table.get(hash_ids(key.data(), key.size()), &added);
+  if (added) head = -1;
+  for (int32_t e = head; e >= 0; e = shape->entries[e].next)
+    if (shape->entries[e].key == key) return shape->entries[e].pred;
   const auto pred = static_cast<int32_t>(preds_.size());
-  bucket.emplace_back(key, pred);
+  shape->entries.push_back(Shape::Entry{key, pred, head});
+  head = static_cast<int32_t>(shape->entries.size()) - 1;
   preds_.emplace_back(type, std::move(key));
   return pred;
 }
@@ -221,8 +225,55 @@ void Matcher::process(int64_t n, const int32_t* keys, const int64_t* ts, const i
                            " of column " + std::to_string(c) + " out of range");
     }
   }
-  for (int64_t i = 0; i < n; ++i)
-    step(EventIds{keys[i], ts[i], types[i], pages[i], vals + i * n_cols}, i, fire_event, fire_trigger);
+  // Keys never interact: an event's ordinal is only compared with ordinals of the same key (its
+  // partial matches and last firings) and with trigger registration ordinals, which are all
+  // older than the batch. So the batch is matched key by key, each key's events in their
+  // order and with their own ordinals, which keeps one key's state in cache for all its events;
+  // the firings are then put back in event order. The result is the event-by-event one.
+  const int64_t base = ordinal_;
+  if (n <= 1) {
+    for (int64_t i = 0; i < n; ++i)
+      step(EventIds{keys[i], ts[i], types[i], pages[i], vals + i * n_cols}, i, base + i + 1, fire_event,
+           fire_trigger);
+    ordinal_ = base + n;
+    return;
+  }
+  group_by_key(n, keys);
+  grouped_event_.clear();
+  grouped_trigger_.clear();
+  for (const int64_t i : order_)
+    step(EventIds{keys[i], ts[i], types[i], pages[i], vals + i * n_cols}, i, base + i + 1, grouped_event_,
+         grouped_trigger_);
+  ordinal_ = base + n;
+  // counting sort of the firings by event index; stable, so one event's firings keep their order
+  std::vector<int64_t> first(static_cast<size_t>(n) + 1, 0);
+  for (const int64_t e : grouped_event_) ++first[e + 1];
+  for (int64_t i = 0; i < n; ++i) first[i + 1] += first[i];
+  const size_t done = fire_event.size();
+  fire_event.resize(done + grouped_event_.size());
+  fire_trigger.resize(done + grouped_event_.size());
+  for (size_t f = 0; f < grouped_event_.size(); ++f) {
+    const int64_t at = first[grouped_event_[f]]++;
+    fire_event[done + at] = grouped_event_[f];
+    fire_trigger[done + at] = grouped_trigger_[f];
+  }
+}
+
+// order_ = 0..n-1 stably grouped by key: a counting sort when the key table is small next to
+// the batch, else a sort of (key, index) pairs.
+void Matcher::group_by_key(int64_t n, const int32_t* keys) {
+  order_.resize(static_cast<size_t>(n));
+  if (static_cast<int64_t>(keys_.size()) <= 4 * n) {
+    std::vector<int64_t> first(keys_.size() + 1, 0);
+    for (int64_t i = 0; i < n; ++i) ++first[keys[i] + 1];
+    for (size_t k = 0; k < keys_.size(); ++k) first[k + 1] += first[k];
+    for (int64_t i = 0; i < n; ++i) order_[first[keys[i]]++] = i;
+    return;
+  }
+  std::vector<std::pair<int32_t, int64_t>> pairs(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) pairs[i] = {keys[i], i};
+  std::sort(pairs.begin(), pairs.end());
+  for (int64_t i = 0; i < n; ++i) order_[i] = pairs[i].second;
 }
 
 void Matcher::match_preds(const EventIds& e) {
@@ -245,10 +296,12 @@ void Matcher::match_preds(const EventIds& e) {
       scratch_vals_.push_back(e.vals[c]);
     }
     if (!known) continue;
-    auto it = shape.table.find(hash_ids(scratch_vals_.data(), scratch_vals_.size()));
-    if (it == shape.table.end()) continue;
-    for (const auto& [k, pred] : it->second)
-      if (k == scratch_vals_) matched_.push_back(pred);
+    const int32_t* head = shape.table.find(hash_ids(scratch_vals_.data(), scratch_vals_.size()));
+    for (int32_t i = head != nullptr ? *head : -1; i >= 0; i = shape.entries[i].next)
+      if (shape.entries[i].key == scratch_vals_) {
+        matched_.push_back(shape.entries[i].pred);
+        break;
+      }
   }
 }
 
@@ -276,10 +329,9 @@ void Matcher::offer(int32_t child, Start start) {
   }
 }
 
-void Matcher::step(const EventIds& e, int64_t index, std::vector<int64_t>& fire_event,
+void Matcher::step(const EventIds& e, int64_t index, int64_t seq, std::vector<int64_t>& fire_event,
                    std::vector<int32_t>& fire_trigger) {
   KeyState& ks = touch(e.key);
-  const int64_t seq = ++ordinal_;
   const int64_t clock = e.ts > ks.clock ? e.ts : ks.clock;
   ks.clock = clock;
   match_preds(e);
@@ -309,9 +361,11 @@ void Matcher::step(const EventIds& e, int64_t index, std::vector<int64_t>& fire_
     const Node& n = nodes_[child];
     for (const TriggerRef& t : n.triggers) {
       if (clock - start.clock > t.within || start.seq <= t.added_at) continue;
-      const int64_t* last = ks.last_fire.find(t.id);
-      if (last != nullptr && start.seq <= *last) continue;
-      ks.last_fire.get(t.id) = seq;
+      // no entry yet: the trigger never fired for this key, so it fires now
+      bool first = false;
+      int64_t& last = ks.last_fire.get(t.id, &first);
+      if (!first && start.seq <= last) continue;
+      last = seq;
       fire_event.push_back(index);
       fire_trigger.push_back(t.id);
     }
@@ -361,8 +415,10 @@ void Matcher::register_slot(KeyState& ks, int32_t slot) {
 }
 
 void Matcher::activate(KeyState& ks, int32_t node, Start start) {
-  if (const int32_t* known = ks.slot_of.find(node)) {
-    Slot& slot = ks.slots[*known];
+  bool added = false;
+  int32_t& known = ks.slot_of.get(node, &added);
+  if (!added) {
+    Slot& slot = ks.slots[known];
     if (start.seq > slot.start.seq) slot.start = start;
     return;
   }
@@ -378,7 +434,7 @@ void Matcher::activate(KeyState& ks, int32_t node, Start start) {
   s.node = node;
   s.max_within = nodes_[node].max_within;
   s.start = start;
-  ks.slot_of.get(node) = slot;
+  known = slot;
   register_slot(ks, slot);
 }
 

@@ -16,7 +16,6 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -78,7 +77,13 @@ struct TriggerInfo {
 struct Shape {
   bool page = false;
   std::vector<int32_t> cols;
-  std::unordered_map<uint64_t, std::vector<std::pair<std::vector<int32_t>, int32_t>>> table;
+  struct Entry {
+    std::vector<int32_t> key;  // [page?] + values
+    int32_t pred;
+    int32_t next;  // the next entry with the same hash, or -1
+  };
+  std::vector<Entry> entries;
+  FlatMap<uint64_t, int32_t> table;  // hash of the key -> first entry
 };
 
 struct TypeIndex {
@@ -182,7 +187,9 @@ class Matcher {
   void check_key(int64_t key) const;
   void update_max_within(int32_t node);
   void match_preds(const EventIds& e);
-  void step(const EventIds& e, int64_t index, std::vector<int64_t>& fire_event, std::vector<int32_t>& fire_trigger);
+  void step(const EventIds& e, int64_t index, int64_t seq, std::vector<int64_t>& fire_event,
+            std::vector<int32_t>& fire_trigger);
+  void group_by_key(int64_t n, const int32_t* keys);
   void reindex(KeyState& ks);
   void rebuild_waiting(KeyState& ks);
   void register_slot(KeyState& ks, int32_t slot);
@@ -213,6 +220,9 @@ class Matcher {
   };
   std::vector<Candidate> cands_by_node_;
   std::vector<int32_t> expired_;
+  std::vector<int64_t> order_;           // a batch's event indices grouped by key
+  std::vector<int64_t> grouped_event_;   // its firings in that order
+  std::vector<int32_t> grouped_trigger_;
   uint64_t epoch_ = 0;
 };
 
