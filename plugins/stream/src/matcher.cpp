@@ -239,11 +239,27 @@ void Matcher::process(int64_t n, const int32_t* keys, const int64_t* ts, const i
     return;
   }
   group_by_key(n, keys);
+  // copy the events into that order first: a tight loop of independent loads overlaps the
+  // cache misses that reading them scattered inside step() would take one at a time
+  g_ts_.resize(static_cast<size_t>(n));
+  g_ids_.resize(static_cast<size_t>(n) * (3 + n_cols));
+  const int64_t width = 3 + n_cols;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t i = order_[j];
+    g_ts_[j] = ts[i];
+    int32_t* row = g_ids_.data() + j * width;
+    row[0] = keys[i];
+    row[1] = types[i];
+    row[2] = pages[i];
+    for (int64_t c = 0; c < n_cols; ++c) row[3 + c] = vals[i * n_cols + c];
+  }
   grouped_event_.clear();
   grouped_trigger_.clear();
-  for (const int64_t i : order_)
-    step(EventIds{keys[i], ts[i], types[i], pages[i], vals + i * n_cols}, i, base + i + 1, grouped_event_,
-         grouped_trigger_);
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t* row = g_ids_.data() + j * width;
+    const int64_t i = order_[j];
+    step(EventIds{row[0], g_ts_[j], row[1], row[2], row + 3}, i, base + i + 1, grouped_event_, grouped_trigger_);
+  }
   ordinal_ = base + n;
   // counting sort of the firings by event index; stable, so one event's firings keep their order
   std::vector<int64_t> first(static_cast<size_t>(n) + 1, 0);

@@ -221,6 +221,8 @@ class Matcher {
   std::vector<Candidate> cands_by_node_;
   std::vector<int32_t> expired_;
   std::vector<int64_t> order_;           // a batch's event indices grouped by key
+  std::vector<int64_t> g_ts_;            // its timestamps in that order
+  std::vector<int32_t> g_ids_;           // its (key, type, page, values...) rows in that order
   std::vector<int64_t> grouped_event_;   // its firings in that order
   std::vector<int32_t> grouped_trigger_;
   uint64_t epoch_ = 0;
