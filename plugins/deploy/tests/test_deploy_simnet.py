@@ -1,18 +1,23 @@
-"""The simulator's minimal HTTP/1.1 and WebSocket clients, against reference peers: the deploy
-server itself (uvicorn), the `websockets` library's server, and raw asyncio servers that
-misbehave on purpose."""
+"""The simulator's minimal HTTP/1.1, WebSocket and MQTT clients, against reference peers: the
+deploy server itself (uvicorn), the `websockets` library's server, mosquitto with paho as the
+publisher, and raw asyncio servers that misbehave on purpose."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
+from pathlib import Path
 
 import pytest
 from deploy_testlib import ENROLL, ThreadServer
+from test_deploy_simulate import HAVE_MOSQUITTO
 
 from walle_deploy.bundle import PackedBundle
-from walle_deploy.simnet import HttpPool, SimNetError, _mask, open_websocket
+from walle_deploy.push.mqtt import parse_mqtt_url
+from walle_deploy.server.run import free_port
+from walle_deploy.simnet import HttpPool, SimNetError, _mask, mqtt_length, open_mqtt, open_websocket
+from walle_deploy.simulate import mosquitto
 
 
 def test_mask_matches_a_bytewise_reference() -> None:
@@ -55,6 +60,27 @@ def test_http_pool_reuses_connections_and_survives_an_idle_close() -> None:
         assert [a.body for a in answers] == [b"hello /r%d" % i for i in range(5)]
         assert [a.headers["x-n"] for a in answers] == ["0", "1", "2", "0", "1"]
         assert connections == 2
+
+    asyncio.run(main())
+
+
+def test_http_pool_times_out_a_silent_server() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(5)  # never answers in time
+        writer.close()
+
+    async def main() -> None:
+        server, port = await _raw_server(handler)
+        pool = HttpPool("127.0.0.1", port, 1, timeout_s=0.3)
+        try:
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(SimNetError, match="TimeoutError"):
+                await pool.request("GET", "/slow")
+            assert asyncio.get_running_loop().time() - started < 3
+        finally:
+            pool.close()
+            server.close()
 
     asyncio.run(main())
 
@@ -160,5 +186,57 @@ def test_clients_speak_the_device_protocol_with_the_server(server: ThreadServer,
             ws.close()
         finally:
             pool.close()
+
+    asyncio.run(main())
+
+
+def test_mqtt_length_matches_the_spec_examples() -> None:
+    # MQTT 3.1.1, section 2.2.3: the boundaries of 1 to 4 byte encodings
+    table = {0: "00", 127: "7f", 128: "8001", 16383: "ff7f", 16384: "808001", 2097151: "ffff7f",
+             2097152: "80808001", 268435455: "ffffff7f"}
+    assert {n: mqtt_length(n).hex() for n in table} == table
+    with pytest.raises(SimNetError):
+        mqtt_length(1 << 28)
+
+
+@pytest.mark.skipif(not HAVE_MOSQUITTO, reason="mosquitto not installed (CI installs it)")
+def test_mqtt_subscriber_against_mosquitto(tmp_path: Path) -> None:
+    """A retained message from before the subscription and a live QoS 1 one after it both
+    arrive, published by paho (the reference client) through a real broker."""
+    import paho.mqtt.client as mqtt
+
+    with mosquitto(free_port(), tmp_path) as url:
+        host, port = parse_mqtt_url(url)
+        publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ref-pub", protocol=mqtt.MQTTv311)
+        publisher.connect(host, port)
+        publisher.loop_start()
+        try:
+            big = b"x" * 20000  # a remaining length of three bytes
+            publisher.publish("t/retained", big, qos=1, retain=True).wait_for_publish(10)
+
+            async def main() -> list[tuple[str, bytes]]:
+                got: list[tuple[str, bytes]] = []
+                client = await open_mqtt(host, port, "sim-dev-1", ["t/retained", "t/live"],
+                                         lambda topic, payload: got.append((topic, payload)), timeout_s=10)
+                await asyncio.to_thread(lambda: publisher.publish("t/live", b'{"a":1}', qos=1).wait_for_publish(10))
+                for _ in range(500):
+                    if len(got) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                client.close()
+                await asyncio.wait_for(client.closed, 5)
+                return got
+
+            got = asyncio.run(main())
+        finally:
+            publisher.loop_stop()
+            publisher.disconnect()
+    assert got == [("t/retained", big), ("t/live", b'{"a":1}')]
+
+
+def test_mqtt_connect_to_nothing_is_an_error() -> None:
+    async def main() -> None:
+        with pytest.raises(OSError):
+            await open_mqtt("127.0.0.1", free_port(), "nobody", ["t"], lambda *_: None, timeout_s=5)
 
     asyncio.run(main())

@@ -41,9 +41,9 @@ from walle_deploy.agent import REPORT_ATTEMPTS, manifest_choices
 from walle_deploy.bundle import DIGEST_RE
 from walle_deploy.errors import BundleError, DeployError, TaskError
 from walle_deploy.install import TaskInstaller
-from walle_deploy.push.mqtt import MqttSubscription, topic_for
+from walle_deploy.push.mqtt import parse_mqtt_url, topic_for
 from walle_deploy.signing import TrustedKeys, load_public_key
-from walle_deploy.simnet import HttpPool, SimNetError, WebSocketClient, open_websocket
+from walle_deploy.simnet import HttpPool, SimNetError, WebSocketClient, open_mqtt, open_websocket
 from walle_deploy.task import check_name, check_version
 
 log = logging.getLogger("walle_deploy.simdevice")
@@ -122,18 +122,26 @@ class SimDevice:
 
     async def _run_mqtt(self) -> None:
         assert self.mqtt_url is not None
+        host, port = parse_mqtt_url(self.mqtt_url)
         topics = [topic_for(self.mqtt_prefix, "all"), topic_for(self.mqtt_prefix, self.attrs["group"])]
-        subscription = MqttSubscription(self.mqtt_url, topics, self._on_manifest, client_id=f"walle-{self.id}")
-        run = asyncio.create_task(subscription.run())
-        subscribed = asyncio.create_task(subscription.subscribed.wait())
+        client = await open_mqtt(host, port, f"walle-{self.id}", topics, self._on_publish)
+        self.connected.set()
         try:
-            await asyncio.wait([run, subscribed], return_when=asyncio.FIRST_COMPLETED)
-            if not run.done():
-                self.connected.set()
-            await run
+            await client.closed
         finally:
-            run.cancel()
-            subscribed.cancel()
+            client.close()
+
+    def _on_publish(self, topic: str, payload: bytes) -> None:
+        """A retained manifest, read as ``MqttSubscription`` reads it: empty means none."""
+        if not payload:
+            self._on_manifest(topic, [])
+            return
+        try:
+            entries = json.loads(payload)["releases"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if isinstance(entries, list):
+            self._on_manifest(topic, entries)
 
     def _on_message(self, raw: bytes) -> None:
         try:

@@ -122,13 +122,25 @@ class HttpConnection(asyncio.Protocol):
             if headers.get("connection", "").lower() == "close":
                 self.close()
 
-    async def request(self, raw: bytes, no_body: bool = False) -> HttpResponse:
+    async def request(self, raw: bytes, no_body: bool = False, timeout_s: float = 60.0) -> HttpResponse:
         if self.closed or self.transport is None or self._waiter is not None:
             raise SimNetError("[simnet] connection is closed or busy")
-        self._waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
         self._no_body = no_body
+        # a timer, not asyncio.wait_for: that wraps every request in a task of its own
+        timer = loop.call_later(timeout_s, self._time_out, waiter)
         self.transport.write(raw)
-        return await self._waiter
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+
+    def _time_out(self, waiter: asyncio.Future[HttpResponse]) -> None:
+        if not waiter.done():
+            waiter.set_exception(asyncio.TimeoutError())
+            self._waiter = None
+            self.close()
 
     def close(self) -> None:
         self.closed = True
@@ -178,7 +190,7 @@ class HttpPool:
                 try:
                     if conn is None:
                         conn = await asyncio.wait_for(self._connect(), self.timeout_s)
-                    response = await asyncio.wait_for(conn.request(raw, no_body=method == "HEAD"), self.timeout_s)
+                    response = await conn.request(raw, no_body=method == "HEAD", timeout_s=self.timeout_s)
                 except (OSError, asyncio.TimeoutError) as exc:
                     if conn is not None:
                         conn.close()
@@ -345,3 +357,152 @@ async def open_websocket(host: str, port: int, path: str, headers: dict[str, str
         ws.close()
         raise
     return ws
+
+
+# ---------------------------------------------------------------- MQTT 3.1.1 subscriber
+
+MQTT_KEEPALIVE_S = 30
+
+
+def mqtt_length(n: int) -> bytes:
+    """MQTT's variable-length "remaining length": 7 bits per byte, high bit = more follows."""
+    if not 0 <= n < 1 << 28:
+        raise SimNetError(f"[simnet] MQTT remaining length {n} out of range")
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _mqtt_string(text: str) -> bytes:
+    data = text.encode()
+    return len(data).to_bytes(2, "big") + data
+
+
+class MqttSubscriber(asyncio.Protocol):
+    """A subscribe-only MQTT 3.1.1 client: CONNECT (persistent session), SUBSCRIBE at QoS 1,
+    PUBLISH in (QoS 0 or 1, acknowledged), PINGREQ every keepalive period.
+
+    What the simulated devices need of paho, for a fraction of its cost per message (paho was
+    most of a simulated MQTT device's CPU). ``subscribed`` resolves once the broker granted
+    every subscription; ``closed`` when the connection ends."""
+
+    def __init__(self, client_id: str, topics: list[str], on_publish: Callable[[str, bytes], None],
+                 keepalive_s: int = MQTT_KEEPALIVE_S) -> None:
+        loop = asyncio.get_running_loop()
+        self.subscribed: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.client_id, self.topics, self.on_publish = client_id, topics, on_publish
+        self.keepalive_s = keepalive_s
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._ping: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        # variable header: protocol name, level 4 (3.1.1), flags 0 (no clean session: the broker
+        # keeps the subscriptions and queued QoS 1 messages while the device is away), keepalive
+        body = _mqtt_string("MQTT") + bytes((4, 0)) + self.keepalive_s.to_bytes(2, "big")
+        body += _mqtt_string(self.client_id)
+        self.transport.write(b"\x10" + mqtt_length(len(body)) + body)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        if not self.subscribed.done():
+            self.subscribed.set_exception(SimNetError(f"[simnet] MQTT connection closed{f': {exc}' if exc else ''}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        try:
+            self._read_packets()
+        except SimNetError as exc:
+            if not self.subscribed.done():
+                self.subscribed.set_exception(exc)
+            self.close()
+
+    def _read_packets(self) -> None:
+        buf = self._buf
+        while len(buf) >= 2:
+            length, shift, pos = 0, 0, 1
+            while True:
+                if pos >= len(buf):
+                    return
+                byte = buf[pos]
+                length |= (byte & 0x7F) << shift
+                pos += 1
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    raise SimNetError("[simnet] MQTT remaining length longer than 4 bytes")
+            if len(buf) < pos + length:
+                return
+            kind, body = buf[0], bytes(buf[pos:pos + length])
+            del buf[:pos + length]
+            self._on_packet(kind, body)
+
+    def _on_packet(self, kind: int, body: bytes) -> None:
+        packet = kind >> 4
+        if packet == 2:  # CONNACK
+            if len(body) != 2 or body[1] != 0:
+                raise SimNetError(f"[simnet] MQTT broker refused the connection (return code "
+                                  f"{body[1] if len(body) == 2 else '?'})")
+            payload = b"".join(_mqtt_string(t) + b"\x01" for t in self.topics)
+            body = (1).to_bytes(2, "big") + payload
+            self._write(b"\x82" + mqtt_length(len(body)) + body)
+            self._schedule_ping()
+        elif packet == 9:  # SUBACK
+            if len(body) != 2 + len(self.topics) or any(code == 0x80 for code in body[2:]):
+                raise SimNetError("[simnet] MQTT broker refused a subscription")
+            if not self.subscribed.done():
+                self.subscribed.set_result(None)
+        elif packet == 3:  # PUBLISH
+            qos = (kind >> 1) & 0x03
+            if len(body) < 2:
+                raise SimNetError("[simnet] MQTT PUBLISH too short")
+            n = int.from_bytes(body[:2], "big")
+            topic, offset = body[2:2 + n].decode("utf-8", "replace"), 2 + n
+            if qos:
+                packet_id = body[offset:offset + 2]
+                offset += 2
+                self._write(b"\x40\x02" + packet_id)  # PUBACK (QoS 2 is never subscribed to)
+            self.on_publish(topic, body[offset:])
+        # PINGRESP (13) and anything else needs no answer
+
+    def _schedule_ping(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ping = loop.call_later(self.keepalive_s * 0.75, self._send_ping)
+
+    def _send_ping(self) -> None:
+        self._write(b"\xc0\x00")
+        self._schedule_ping()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if self._ping is not None:
+            self._ping.cancel()
+        if self.transport is not None:
+            self._write(b"\xe0\x00")  # DISCONNECT
+            self.transport.close()
+
+
+async def open_mqtt(host: str, port: int, client_id: str, topics: list[str],
+                    on_publish: Callable[[str, bytes], None], timeout_s: float = 30.0) -> MqttSubscriber:
+    """Connect and subscribe; raises :class:`SimNetError` (or ``OSError``) when that fails."""
+    loop = asyncio.get_running_loop()
+    _, client = await asyncio.wait_for(
+        loop.create_connection(lambda: MqttSubscriber(client_id, topics, on_publish), host, port), timeout_s)
+    try:
+        await asyncio.wait_for(asyncio.shield(client.subscribed), timeout_s)
+    except BaseException:
+        client.close()
+        raise
+    return client
