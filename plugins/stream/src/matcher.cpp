@@ -8,6 +8,8 @@ namespace {
 
 // Upper bounds on ids, so a wrong value from Python is an error rather than a huge allocation.
 constexpr int64_t kMaxIds = int64_t{1} << 30;
+// Batches up to this many events keep their scratch buffers (a few MB) for the next one.
+constexpr int64_t kKeptScratch = int64_t{1} << 16;
 
 void require(bool ok, const std::string& what) {
   if (!ok) throw MatcherError(what);
@@ -272,6 +274,11 @@ void Matcher::process(int64_t n, const int32_t* keys, const int64_t* ts, const i
     const int64_t at = first[grouped_event_[f]]++;
     fire_event[done + at] = grouped_event_[f];
     fire_trigger[done + at] = grouped_trigger_[f];
+  }
+  // a huge batch should not pin its scratch copies for the matcher's lifetime
+  if (n > kKeptScratch) {
+    for (auto* v : {&order_, &g_ts_, &grouped_event_}) std::vector<int64_t>().swap(*v);
+    for (auto* v : {&g_ids_, &grouped_trigger_}) std::vector<int32_t>().swap(*v);
   }
 }
 

@@ -160,8 +160,9 @@ class Matcher {
 
   // -- matching ---------------------------------------------------------------------------
   void resize_keys(int64_t n);
-  // Checks every id of the batch, then advances the keys' state event by event; appends the
-  // firings as (index in the batch, trigger id), in event order.
+  // Checks every id of the batch, then advances the keys' state (key by key, each key's events
+  // in order: the same result as event by event); appends the firings as (index in the batch,
+  // trigger id), in event order.
   void process(int64_t n, const int32_t* keys, const int64_t* ts, const int32_t* types, const int32_t* pages,
                const int32_t* vals, int64_t n_cols, std::vector<int64_t>& fire_event,
                std::vector<int32_t>& fire_trigger);

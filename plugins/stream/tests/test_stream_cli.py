@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from oracle import OracleMatcher
 
 from walle_core.cli.terminal import Terminal
-from walle_stream import Event, plugin
+from walle_stream import Event, native_available, plugin
 from walle_stream.cli import stream_group
 from walle_stream.pattern import trigger_from_table
 
@@ -51,6 +51,7 @@ def test_gen_is_seeded_and_replay_reports_json(tmp_path):
     assert report["events"] + report["rejected"] == 3000 and report["rejected"] > 0
     assert isinstance(report["events_per_s"], float)
     assert set(report["tasks"]) == {"cart"} and report["tasks"]["cart"]["fired"] > 0
+    assert report["matchers"] == {"key": "native" if native_available() else "python: the native matcher is not built"}
 
     # the oracle matcher over the events the engine accepts (valid, not behind the watermark)
     oracle = OracleMatcher([trigger_from_table("cart", {"sequence": ["page_view:detail", "add_to_cart"],

@@ -84,6 +84,7 @@ def replay(term, events: Path, task_dirs: tuple[Path, ...], state: Path | None, 
         "ran_tasks": runs is not None,
         "state": str(state) if state else None,
         "offset": stats["offset"],
+        "matchers": stats["matchers"],
     }
     if runs is not None:
         for name, counts in runs.items():
@@ -97,7 +98,8 @@ def replay(term, events: Path, task_dirs: tuple[Path, ...], state: Path | None, 
         term.display(note)
     term.display(f"{report['events']} events, {report['rejected']} rejected, {report['late_dropped']} late "
                  f"dropped; {report['events_per_s']:.0f} lines/s this run; fire latency p50 "
-                 f"{report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms")
+                 f"{report['latency_ms']['p50']} ms, p99 {report['latency_ms']['p99']} ms; matcher "
+                 + ", ".join(f"{field}: {kind}" for field, kind in sorted(report["matchers"].items())))
     rows = []
     for name, info in report["tasks"].items():
         rows.append([name, info["fired"], ", ".join(f"{k}={v}" for k, v in sorted(info.get("runs", {}).items()))])
