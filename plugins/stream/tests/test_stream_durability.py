@@ -4,6 +4,7 @@ is consumed ends with exactly the same results and state as an uninterrupted run
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import walle_core
 import walle_stream
 from walle_stream import EngineConfig, StreamEngine
 from walle_stream.gen import generate_events, write_jsonl
+from walle_stream.native import native_available
 from walle_stream.state import StateStore
 from walle_stream.tasks import load_tasks
 
@@ -125,6 +127,8 @@ def test_killed_runs_resume_with_identical_results(workload, tmp_path):
     done = subprocess.run(replay_command(tasks, events, reference_db), env=child_env(), capture_output=True, check=False,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["matchers"] == {"key": "native" if native_available() else
+                                                   "python: the native matcher is not built"}
     reference = snapshot(reference_db)
     assert reference["meta"]["offset"] == events.stat().st_size
     assert sum(reference["meta"]["fired"].values()) == len(reference["fires"]) > 100
@@ -181,6 +185,29 @@ def test_in_process_restart_and_source_check(workload, tmp_path):
     with pytest.raises(walle_stream.errors.StreamConfigError, match="offset of source"):
         third.run_jsonl(other)
     third.close()
+
+
+@pytest.mark.skipif(not native_available(), reason="walle_stream._ext is not built")
+@pytest.mark.parametrize("before, after", [("python", "auto"), ("auto", "python")])
+def test_state_moves_between_python_and_native_matchers(workload, tmp_path, before, after):
+    """Both matchers save partial matches in one format: a run stopped on one and resumed on
+    the other fires exactly like an uninterrupted run (the saved rows may differ only in
+    partial matches that had already expired and were not yet dropped)."""
+    tasks, _, events = workload
+    config = EngineConfig(commit_every=50, record_fires=True, allowed_lateness_ms=2000)
+    whole = StreamEngine(load_tasks([tasks]), config, state_path=tmp_path / "a.db")
+    whole.run_jsonl(events)
+    whole.close()
+    first = StreamEngine(load_tasks([tasks]), dataclasses.replace(config, matcher=before), state_path=tmp_path / "b.db")
+    first.run_jsonl(events, limit=2_345)
+    first.close()
+    second = StreamEngine(load_tasks([tasks]), dataclasses.replace(config, matcher=after), state_path=tmp_path / "b.db")
+    assert set(second.matchers.values()) == {"native" if after == "auto" else "python: matcher='python'"}
+    second.run_jsonl(events)
+    second.close()
+    want, got = snapshot(tmp_path / "a.db"), snapshot(tmp_path / "b.db")
+    assert got["fires"] == want["fires"] and len(want["fires"]) > 20
+    assert got["meta"] == want["meta"] and got["windows"] == want["windows"]
 
 
 def test_state_database_uses_wal(tmp_path):
