@@ -645,6 +645,27 @@ def test_every_isa_level(monkeypatch, isa):
     attrs = ops.Conv2DAttrs((2, 2), (1, 1, 1, 1), groups=6)
     (got,) = run1(be, Op.CONV2D, attrs, [x, w], const=(1,))
     close(got, np_conv(x, w, None, (2, 2), (1, 1, 1, 1), groups=6).astype(np.float32), atol=1e-4)
+    # Winograd tile transforms, pooling and the fused epilogue rows have per-ISA copies too;
+    # 13 x 11 maps leave partial lane blocks and partial vectors everywhere
+    x, w, bias, res = f32(1, 9, 13, 11), f32(10, 9, 3, 3), f32(10), f32(1, 10, 13, 11)
+    res[0, 0, 0, :3] = np.nan  # the clip must keep NaN, as NumPy's minimum/maximum do
+    act = Activation(UnaryFn.CLIP, -0.5, 0.75)
+    want = np.clip(np_conv(x, w, bias, pads=(1, 1, 1, 1)) + res, -0.5, 0.75).astype(np.float32)
+    for tile in ("2", "4"):
+        monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", tile)
+        attrs = ops.Conv2DAttrs(pads=(1, 1, 1, 1), activation=act, has_bias=True, has_residual=True)
+        seg, feeds = build(Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
+        exe = be.compile(seg)
+        assert exe.plan.workspace_bytes > 0  # Winograd ran
+        got = exe.run(feeds)[0]
+        assert np.isnan(got[0, 0, 0, :3]).all()
+        close(got, want, atol=1e-4)
+    x = f32(2, 3, 17, 19)
+    for kind in ("max", "avg"):
+        attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1),
+                                (9, 10))
+        (got,) = run1(be, Op.POOL2D, attrs, [x])
+        close(got, np_pool(x, kind, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), (9, 10)))
 
 
 def test_unknown_isa_is_rejected(monkeypatch):

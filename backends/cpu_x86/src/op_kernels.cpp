@@ -360,7 +360,7 @@ class TopKKernel : public OpKernel {
 
 class Pool2DKernel : public OpKernel {
  public:
-  explicit Pool2DKernel(const BuildContext& ctx) {
+  explicit Pool2DKernel(const BuildContext& ctx) : isa_(ctx.gemm().isa) {
     ctx.expect_arity(1, 1, 1);
     const TensorInfo &x = ctx.input(0), &y = ctx.output(0);
     expect_f32(ctx, x, "input");
@@ -387,10 +387,11 @@ class Pool2DKernel : public OpKernel {
     y_ = ctx.output_id(0);
   }
   void run(const RunContext& ctx) const override {
-    pool2d_op(p_, static_cast<const float*>(ctx.ptrs[x_]), static_cast<float*>(ctx.ptrs[y_]), ctx.pool);
+    pool2d_op(p_, isa_, static_cast<const float*>(ctx.ptrs[x_]), static_cast<float*>(ctx.ptrs[y_]), ctx.pool);
   }
 
  private:
+  Isa isa_;
   PoolParams p_;
   int x_, y_;
 };

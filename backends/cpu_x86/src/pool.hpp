@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "common.hpp"
+#include "isa.hpp"
 #include "threadpool.hpp"
 
 namespace walle {
@@ -16,6 +17,14 @@ struct PoolParams {
   bool count_include_pad = false;
 };
 
-void pool2d_op(const PoolParams& p, const float* x, float* y, ThreadPool& pool);
+void pool2d_op(const PoolParams& p, Isa isa, const float* x, float* y, ThreadPool& pool);
+
+// Planes [begin, end) of the output, per instruction set (declarations only, like microkernel.hpp).
+namespace pool_portable {
+void pool_planes(const PoolParams& p, const float* x, float* y, int64_t begin, int64_t end);
+}
+namespace pool_avx2 {
+void pool_planes(const PoolParams& p, const float* x, float* y, int64_t begin, int64_t end);
+}
 
 }  // namespace walle
