@@ -204,8 +204,7 @@ class Conv2DKernel : public OpKernel {
         packed_.resize(static_cast<size_t>(g * packed_stride_) * sizeof(float));
         for (int64_t gi = 0; gi < g; ++gi) {
           MatView v{static_cast<const float*>(data) + gi * s_.og * gemm_k_, gemm_k_, 1};
-          AlignedBuffer one = pack_a_full(v, s_.og, gemm_k_, mr);
-          std::copy_n(one.as<float>(), packed_stride_, packed_.as<float>() + gi * packed_stride_);
+          pack_a_full(v, s_.og, gemm_k_, mr, packed_.as<float>() + gi * packed_stride_);
         }
       }
     }

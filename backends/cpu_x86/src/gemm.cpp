@@ -43,13 +43,13 @@ static void pack_a_block(const MatView& a, int64_t i0, int64_t rows, int64_t k0,
   for (int64_t p = 0; p < rows; p += mr) {
     int64_t valid = std::min<int64_t>(mr, rows - p);
     float* panel = dst + p * kc;
-    for (int64_t i = 0; i < mr; ++i) {
-      if (i >= valid) {
-        for (int64_t k = 0; k < kc; ++k) panel[k * mr + i] = 0.f;
-        continue;
-      }
-      const float* src = a.p + (i0 + p + i) * a.rs + k0 * a.cs;
-      for (int64_t k = 0; k < kc; ++k) panel[k * mr + i] = src[k * a.cs];
+    // written in order, read from `valid` row streams
+    const float* src = a.p + (i0 + p) * a.rs + k0 * a.cs;
+    for (int64_t k = 0; k < kc; ++k) {
+      float* out = panel + k * mr;
+      const float* col = src + k * a.cs;
+      for (int64_t i = 0; i < valid; ++i) out[i] = col[i * a.rs];
+      for (int64_t i = valid; i < mr; ++i) out[i] = 0.f;
     }
   }
 }
@@ -122,16 +122,12 @@ static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, i
   }
 }
 
-AlignedBuffer pack_a_full(const MatView& a, int64_t m, int64_t k, int mr) {
-  AlignedBuffer buf(packed_a_floats(m, k, mr) * sizeof(float));
-  pack_a_block(a, 0, m, 0, k, mr, buf.as<float>());
-  return buf;
+void pack_a_full(const MatView& a, int64_t m, int64_t k, int mr, float* dst) {
+  pack_a_block(a, 0, m, 0, k, mr, dst);
 }
 
-AlignedBuffer pack_b_full(const MatView& b, int64_t k, int64_t n, int nr) {
-  AlignedBuffer buf(packed_b_floats(k, n, nr) * sizeof(float));
-  pack_b_block(b, 0, k, 0, n, nr, buf.as<float>());
-  return buf;
+void pack_b_full(const MatView& b, int64_t k, int64_t n, int nr, float* dst) {
+  pack_b_block(b, 0, k, 0, n, nr, dst);
 }
 
 void apply_epilogue(const Epilogue& ep, Isa isa, float* c, int64_t ldc, int64_t i0, int64_t rows, int64_t j0,

@@ -68,8 +68,9 @@ struct GemmBlocking {
 };
 
 // Full-K packing of a constant operand (done once, at compile time).
-AlignedBuffer pack_a_full(const MatView& a, int64_t m, int64_t k, int mr);
-AlignedBuffer pack_b_full(const MatView& b, int64_t k, int64_t n, int nr);
+// dst holds packed_a_floats(m, k, mr) / packed_b_floats(k, n, nr) floats.
+void pack_a_full(const MatView& a, int64_t m, int64_t k, int mr, float* dst);
+void pack_b_full(const MatView& b, int64_t k, int64_t n, int nr, float* dst);
 size_t packed_a_floats(int64_t m, int64_t k, int mr);
 size_t packed_b_floats(int64_t k, int64_t n, int nr);
 

@@ -94,8 +94,7 @@ class MatMulKernel : public OpKernel {
       for (int64_t i = 0; i < count; ++i) {
         MatView v = a_view_;
         v.p = static_cast<const float*>(data) + i * m_ * k_;
-        AlignedBuffer one = pack_a_full(v, m_, k_, mr);
-        std::copy_n(one.as<float>(), a_packed_stride_, a_packed_.as<float>() + i * a_packed_stride_);
+        pack_a_full(v, m_, k_, mr, a_packed_.as<float>() + i * a_packed_stride_);
       }
     }
     if (const void* data = ctx.constant_input(1)) {
@@ -105,8 +104,7 @@ class MatMulKernel : public OpKernel {
       for (int64_t i = 0; i < count; ++i) {
         MatView v = b_view_;
         v.p = static_cast<const float*>(data) + i * k_ * n_;
-        AlignedBuffer one = pack_b_full(v, k_, n_, nr);
-        std::copy_n(one.as<float>(), b_packed_stride_, b_packed_.as<float>() + i * b_packed_stride_);
+        pack_b_full(v, k_, n_, nr, b_packed_.as<float>() + i * b_packed_stride_);
       }
     }
     a_ = ctx.input_id(0);

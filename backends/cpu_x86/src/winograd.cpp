@@ -16,22 +16,32 @@ constexpr int64_t kTransformWeight = 4;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// U = G g G^T for every (o, c), scattered to position-major [T*T][O][C].
+// U = G g G^T for every (o, c), written straight into the GEMM's packed A layout of each of the
+// T*T positions: position p's [O x C] matrix in panels of mr rows, [panel][c][row in panel],
+// zero rows padding the last panel. Walking panels, then c, then rows keeps each position's
+// writes sequential (T*T streams), with no unpacked intermediate.
 template <int M>
-void transform_weights(const WinogradShape& s, const float* w, float* u) {
+void transform_weights(const WinogradShape& s, const float* w, int mr, int64_t packed_stride, float* packed) {
   using X = WinogradMatrices<M>;
   constexpr int T = X::T;
-  for (int64_t o = 0; o < s.o; ++o) {
+  for (int64_t o0 = 0; o0 < s.o; o0 += mr) {
     for (int64_t c = 0; c < s.c; ++c) {
-      const float* g = w + (o * s.c + c) * 9;
-      float gt[T][3];  // G g
-      for (int i = 0; i < T; ++i) {
-        for (int j = 0; j < 3; ++j) gt[i][j] = X::G[i][0] * g[j] + X::G[i][1] * g[3 + j] + X::G[i][2] * g[6 + j];
-      }
-      for (int i = 0; i < T; ++i) {
-        for (int j = 0; j < T; ++j) {
-          const float v = gt[i][0] * X::G[j][0] + gt[i][1] * X::G[j][1] + gt[i][2] * X::G[j][2];
-          u[((i * T + j) * s.o + o) * s.c + c] = v;
+      for (int64_t r = 0; r < mr; ++r) {
+        const int64_t o = o0 + r;
+        float* dst = packed + o0 * s.c + c * mr + r;  // position 0; position p is p * packed_stride further
+        if (o >= s.o) {
+          for (int p = 0; p < T * T; ++p) dst[p * packed_stride] = 0.f;
+          continue;
+        }
+        const float* g = w + (o * s.c + c) * 9;
+        float gt[T][3];  // G g
+        for (int i = 0; i < T; ++i) {
+          for (int j = 0; j < 3; ++j) gt[i][j] = X::G[i][0] * g[j] + X::G[i][1] * g[3 + j] + X::G[i][2] * g[6 + j];
+        }
+        for (int i = 0; i < T; ++i) {
+          for (int j = 0; j < T; ++j) {
+            dst[(i * T + j) * packed_stride] = gt[i][0] * X::G[j][0] + gt[i][1] * X::G[j][1] + gt[i][2] * X::G[j][2];
+          }
         }
       }
     }
@@ -72,15 +82,10 @@ WinogradConv::WinogradConv(int m, const WinogradShape& s, const float* weights, 
   tiles_x_ = ceil_div(s.ow, m);
   tiles_ = tiles_y_ * tiles_x_;
   const int64_t positions = t_ * t_;
-  std::vector<float> u(static_cast<size_t>(positions * s.o * s.c));
-  if (m == 2) transform_weights<2>(s, weights, u.data());
-  else transform_weights<4>(s, weights, u.data());
   packed_stride_ = static_cast<int64_t>(packed_a_floats(s.o, s.c, mr));
   weights_.resize(static_cast<size_t>(positions * packed_stride_) * sizeof(float));
-  for (int64_t p = 0; p < positions; ++p) {
-    AlignedBuffer one = pack_a_full(MatView{u.data() + p * s.o * s.c, s.c, 1}, s.o, s.c, mr);
-    std::copy_n(one.as<float>(), packed_stride_, weights_.as<float>() + p * packed_stride_);
-  }
+  if (m == 2) transform_weights<2>(s, weights, mr, packed_stride_, weights_.as<float>());
+  else transform_weights<4>(s, weights, mr, packed_stride_, weights_.as<float>());
 }
 
 size_t WinogradConv::scratch_bytes() const {
