@@ -149,3 +149,51 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+def test_agent_reports_downloaded_only_for_a_slow_install(tmp_path: Path, server: ThreadServer, keys: Keys,
+                                                           monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """"installed" implies "downloaded": a quick install sends one report; an install still
+    verifying after DOWNLOADED_REPORT_AFTER_S sends "downloaded" first. The server counts both
+    devices as downloaded and installed either way."""
+    import walle_deploy.agent as agent_module
+
+    server.publish(pack_task(make_task(tmp_path), keys.private, tmp_path / "o"))
+    monkeypatch.setattr(agent_module, "DOWNLOADED_REPORT_AFTER_S", 0.3)
+    sent: dict[str, list[str]] = {"quick": [], "slow": []}
+
+    async def scenario() -> None:
+        agents = {}
+        for name in sent:
+            agent = DeviceAgent(AgentConfig(server=server.base, device_id=name, state_dir=tmp_path / name,
+                                            enroll_token=ENROLL, trusted_keys=keys.trusted, heartbeat_s=60))
+            original = agent.report
+
+            async def report(release: int, state: str, reason: str = "", _o=original, _n=name) -> None:
+                sent[_n].append(state)
+                await _o(release, state, reason)
+
+            agent.report = report  # type: ignore[method-assign]
+            agents[name] = agent
+        real_install = agents["slow"].installer.install
+
+        def slow_install(*args, **kwargs):  # type: ignore[no-untyped-def]
+            time.sleep(1.0)  # a large bundle still verifying
+            return real_install(*args, **kwargs)
+
+        agents["slow"].installer.install = slow_install  # type: ignore[method-assign]
+        runners = [asyncio.create_task(a.run()) for a in agents.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(a.connected.wait() for a in agents.values())), 20)
+            await asyncio.to_thread(server.release, task="demo", version="1.0.0", stages="100")
+            await wait_for(lambda: server.status("demo")["releases"][0]["stages"][0]["installed"] == 2)
+        finally:
+            for runner in runners:
+                runner.cancel()
+            await asyncio.gather(*runners, return_exceptions=True)
+            await asyncio.gather(*(a.close() for a in agents.values()))
+
+    asyncio.run(scenario())
+    assert sent == {"quick": ["installed"], "slow": ["downloaded", "installed"]}
+    stage = server.status("demo")["releases"][0]["stages"][0]
+    assert (stage["downloaded"], stage["installed"]) == (2, 2)
