@@ -1,5 +1,7 @@
 #include "gemm.hpp"
 
+#include <emmintrin.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -73,6 +75,17 @@ static void pack_b_block(const MatView& b, int64_t k0, int64_t kc, int64_t j0, i
   }
 }
 
+// o[t] = src[2t] for t in [lo, hi): four at a time with one SSE2 (baseline) shuffle of two loads.
+// A step reads src[2t .. 2t+7]; t + 5 <= hi keeps that within src[2hi-2], the last element used.
+static void copy_even(const float* src, int64_t lo, int64_t hi, float* o) {
+  int64_t t = lo;
+  for (; t + 5 <= hi; t += 4) {
+    const __m128 a = _mm_loadu_ps(src + 2 * t), b = _mm_loadu_ps(src + 2 * t + 4);
+    _mm_storeu_ps(o + t, _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)));
+  }
+  for (; t < hi; ++t) o[t] = src[2 * t];
+}
+
 // The same block read through an im2col view of an image. Within one row k = (c, kh, kw) the
 // columns of one output row oy read one input row at ix = ox * sw + shift, so each run is a
 // zero-padded (strided) copy with bounds worked out once per run instead of once per element.
@@ -108,6 +121,8 @@ static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, i
           std::fill(o, o + lo, 0.f);
           if (g.sw == 1) {
             std::memcpy(o + lo, src + ix0 + lo, static_cast<size_t>(hi - lo) * sizeof(float));
+          } else if (g.sw == 2) {
+            copy_even(src + ix0, lo, hi, o);
           } else {
             for (int64_t t = lo; t < hi; ++t) o[t] = src[ix0 + t * g.sw];
           }
