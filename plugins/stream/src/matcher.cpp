@@ -115,8 +115,17 @@ int32_t Matcher::add_node(int32_t parent, bool strict, int32_t pred) {
   Node node;
   node.parent = parent;
   nodes_.push_back(std::move(node));
-  (strict ? nodes_[parent].strict : nodes_[parent].relaxed).emplace_back(pred, id);
-  index_edges(parent);
+  Node& p = nodes_[parent];
+  if (strict) {
+    p.strict.emplace_back(pred, id);
+    p.strict_index.get(pred) = id;
+  } else {
+    p.relaxed.emplace_back(pred, id);
+    p.relaxed_index.get(pred) = id;
+    const int32_t type = preds_[pred].first;
+    if (std::find(p.relaxed_types.begin(), p.relaxed_types.end(), type) == p.relaxed_types.end())
+      p.relaxed_types.push_back(type);
+  }
   cands_by_node_.resize(nodes_.size());
   ++version_;
   return id;
@@ -148,7 +157,10 @@ int32_t Matcher::add_trigger(int32_t node, int64_t within) {
   const auto id = static_cast<int32_t>(triggers_.size());
   triggers_.push_back(TriggerInfo{node, within, ordinal_, true});
   nodes_[node].triggers.push_back(TriggerRef{id, within, ordinal_});
-  update_max_within(node);
+  // adding only raises max_within: stop where it no longer changes (recomputing every
+  // ancestor would scan the root's children on every registration)
+  for (int32_t at = node; at >= 0 && nodes_[at].max_within < within; at = nodes_[at].parent)
+    nodes_[at].max_within = within;
   ++version_;
   return id;
 }

@@ -44,8 +44,23 @@ class EdgeIndex:
         self.simple = True
 
     def add(self, child: TrieNode) -> None:
+        """Index one more child (incrementally: a node may get thousands of children)."""
         self.children.append(child)
-        self._rebuild()
+        element = child.element
+        assert element is not None
+        if element.page is None and not element.attrs:
+            self.plain.append(child)
+            self.simple = self.simple and child.where is None
+            return
+        has_page, names = element.page is not None, tuple(name for name, _ in element.attrs)
+        values = ((element.page,) if has_page else ()) + tuple(v for _, v in element.attrs)
+        for group_page, group_names, table in self.groups:
+            if group_page == has_page and group_names == names:
+                table.setdefault(values, []).append(child)
+                break
+        else:
+            self.groups.append((has_page, names, {values: [child]}))
+        self.simple = False
 
     def remove(self, child: TrieNode) -> bool:
         """Remove ``child``; True when the index is now empty."""
@@ -170,7 +185,11 @@ class TriggerAutomaton:
         node.triggers.sort(key=lambda t: t.name)
         self.triggers[trigger.name] = trigger
         self.added_at[trigger.name] = self.ordinal
-        self._update_max_within(node)
+        # adding can only raise max_within: stop where it no longer changes (a full
+        # recomputation per trigger would scan the root's children every time)
+        while node is not None and node.max_within < trigger.within_ms:
+            node.max_within = trigger.within_ms
+            node = node.parent
         self.version += 1
 
     def remove(self, name: str) -> Trigger:

@@ -105,6 +105,7 @@ class StreamEngine:
         self.validator = EventValidator(self.config.max_disorder_ms)
         self.automata: dict[str, TriggerAutomaton | NativeAutomaton] = {}
         self.matchers: dict[str, str] = {}  # partition field -> "native" or "python: <why>"
+        self._python_only: dict[str, dict[str, str]] = {}  # field -> {trigger: why not native}
         self.features = FeatureStore()
         self.tasks: dict[str, StreamTask] = {}
         self._task_features: dict[str, list[tuple[str, str]]] = {}  # task -> [(feature name, state id)]
@@ -155,33 +156,36 @@ class StreamEngine:
             raise StreamConfigError(f"[stream] no task named '{name}' is registered")
         field = self.partition_field(task.trigger.key)
         self.automata[field].remove(name)
-        self._fit_matcher(field)
+        self._fit_matcher(field, removed=name)
         del self._task_features[name]
         self.features.unregister_unused({sid for pairs in self._task_features.values() for _, sid in pairs})
 
-    def _fit_matcher(self, field: str, adding: Trigger | None = None) -> None:
-        """Choose the matcher of ``field`` for its triggers (plus ``adding``) and switch to it
-        if needed, carrying every key's partial matches over."""
+    def _fit_matcher(self, field: str, adding: Trigger | None = None, removed: str | None = None) -> None:
+        """Choose the matcher of ``field`` for its triggers (plus ``adding``; ``removed`` was
+        just taken out) and switch to it if needed, carrying every key's partial matches over."""
         current = self.automata.get(field)
-        triggers = list(current.triggers.values()) if current is not None else []
-        mode = self.config.matcher
-        why_python = None
-        if mode == "python":
+        # triggers the native matcher cannot run, per field: kept up to date here so that
+        # registering n triggers costs O(n), not a re-check of all of them per trigger
+        python_only = self._python_only.setdefault(field, {})
+        if removed is not None:
+            python_only.pop(removed, None)
+        if adding is not None:
+            why = unsupported_reason(adding)
+            if why is not None:
+                if self.config.matcher == "native":
+                    raise StreamConfigError(f"[stream] matcher='native' cannot run {why}")
+                python_only[adding.name] = why
+        if self.config.matcher == "python":
             why_python = "matcher='python'"
         elif not native_available():
             why_python = "the native matcher is not built"
         else:
-            for trigger in triggers + ([adding] if adding is not None else []):
-                why_python = unsupported_reason(trigger)
-                if why_python is not None:
-                    if mode == "native":
-                        raise StreamConfigError(f"[stream] matcher='native' cannot run {why_python}")
-                    break
+            why_python = next(iter(python_only.values()), None)
         kind = NativeAutomaton if why_python is None else TriggerAutomaton
         self.matchers[field] = "native" if why_python is None else f"python: {why_python}"
         if isinstance(current, kind):
             return
-        replacement = kind(triggers)
+        replacement = kind(current.triggers.values() if current is not None else ())
         if current is not None:
             copy_state(current, replacement)
             log.info("[stream] partition field '%s' now matches on the %s", field,
