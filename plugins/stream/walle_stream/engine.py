@@ -276,9 +276,19 @@ class StreamEngine:
             if key is None:
                 continue
             self._dirty_matches.add((field, key))
-            for trigger in automaton.process(key, event):
-                features = {name: self.features.value(sid, key, event.ts)
-                            for name, sid in self._task_features[trigger.name]}
+            fired = automaton.process(key, event)
+            if not fired:
+                continue
+            # tasks often share feature definitions (stored once): read each once per event;
+            # lists are copied so no two firings share a mutable value
+            values: dict[str, Any] = {}
+            for trigger in fired:
+                features = {}
+                for name, sid in self._task_features[trigger.name]:
+                    if sid not in values:
+                        values[sid] = self.features.value(sid, key, event.ts)
+                    value = values[sid]
+                    features[name] = list(value) if isinstance(value, list) else value
                 fires.append(Fire(trigger.name, key, features, event, offset))
         return fires
 
