@@ -508,6 +508,39 @@ def test_winograd_cost_rule(monkeypatch, shape, picks_winograd):
     assert (CpuX86Backend().compile(seg).plan.workspace_bytes > 0) == picks_winograd
 
 
+@pytest.mark.parametrize("winograd", ["0", "4"])
+def test_packed_weights_are_not_kept_twice(monkeypatch, winograd):
+    """Weights packed at compile time (GEMM panels or Winograd transforms) are dropped from the
+    plan's constants; the bias, read at run time, stays."""
+    monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", winograd)
+    x, w, bias = f32(1, 8, 10, 10), f32(16, 8, 3, 3), f32(16)
+    attrs = ops.Conv2DAttrs(pads=(1, 1, 1, 1), has_bias=True)
+    seg, feeds = build(Op.CONV2D, attrs, [x, w, bias], const=(1, 2))
+    exe = CpuX86Backend().compile(seg)
+    assert exe.plan.constant_bytes == bias.nbytes
+    close(exe.run(feeds)[0], np_conv(x, w, bias, pads=(1, 1, 1, 1)).astype(np.float32), atol=1e-4)
+
+
+def test_constant_still_read_at_run_time_is_kept():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import walle_core as wc
+
+    w = f32(4, 4)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Sub", ["y", "w"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 4])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 4])], [numpy_helper.from_array(w, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    session = wc.load(model, backend="cpu_x86")
+    x = f32(4, 4)
+    (exe,) = session.plan_for({"x": x}).executables
+    assert exe.plan.constant_bytes == w.nbytes  # packed for the MatMul, still read by the Sub
+    close(session.run({"x": x})["z"], x @ w - w, atol=1e-5)
+
+
 def test_winograd_env_is_validated(monkeypatch):
     monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "3")
     seg, _ = build(Op.CONV2D, ops.Conv2DAttrs(pads=(1, 1, 1, 1)), [f32(1, 8, 6, 6), f32(8, 8, 3, 3)], const=(1,))

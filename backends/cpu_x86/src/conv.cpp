@@ -194,6 +194,7 @@ class Conv2DKernel : public OpKernel {
       if (tile) {
         winograd_ = std::make_unique<WinogradConv>(tile, ws, static_cast<const float*>(ctx.constant_input(1)),
                                                    blk_.kernel.mr);
+        ctx.release_constant(1);
       }
     }
     if (!depthwise_ && !winograd_) {
@@ -206,6 +207,7 @@ class Conv2DKernel : public OpKernel {
           MatView v{static_cast<const float*>(data) + gi * s_.og * gemm_k_, gemm_k_, 1};
           pack_a_full(v, s_.og, gemm_k_, mr, packed_.as<float>() + gi * packed_stride_);
         }
+        ctx.release_constant(1);
       }
     }
     x_ = ctx.input_id(0);

@@ -96,6 +96,7 @@ class MatMulKernel : public OpKernel {
         v.p = static_cast<const float*>(data) + i * m_ * k_;
         pack_a_full(v, m_, k_, mr, a_packed_.as<float>() + i * a_packed_stride_);
       }
+      ctx.release_constant(0);
     }
     if (const void* data = ctx.constant_input(1)) {
       const int64_t count = numel(bb);
@@ -106,6 +107,7 @@ class MatMulKernel : public OpKernel {
         v.p = static_cast<const float*>(data) + i * k_ * n_;
         pack_b_full(v, k_, n_, nr, b_packed_.as<float>() + i * b_packed_stride_);
       }
+      ctx.release_constant(1);
     }
     a_ = ctx.input_id(0);
     b_ = ctx.input_id(1);

@@ -41,6 +41,10 @@ const void* BuildContext::constant_input(size_t i) const {
   return t.kind == TensorKind::kConstant ? constants_[t.where] : nullptr;
 }
 
+void BuildContext::release_constant(size_t i) const {
+  if (input(i).kind == TensorKind::kConstant) released_.push_back(input_id(i));
+}
+
 int64_t BuildContext::int_at(size_t i) const {
   check(i < rec_.ints.size(), "integer attribute " + std::to_string(i) + " missing");
   return rec_.ints[i];
@@ -110,20 +114,38 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const vo
     t.numel = n;
     t.nbytes = n * t.itemsize;
   }
+  // Kernels are built from the caller's buffers (alive for the whole constructor); afterwards
+  // only the constants some op still reads at run time, or that are outputs, are copied in.
   std::vector<const void*> constant_data;
   for (const auto& [data, nbytes] : constants) {
     require(nbytes >= 0 && (data != nullptr || nbytes == 0), "bad constant buffer");
-    AlignedBuffer buf(static_cast<size_t>(nbytes));
-    if (nbytes) std::memcpy(buf.data(), data, static_cast<size_t>(nbytes));
-    constant_data.push_back(buf.data());
-    constants_.push_back(std::move(buf));
+    constant_data.push_back(data);
+    constant_sizes_.push_back(nbytes);
   }
   validate_tables();
+  std::vector<int64_t> reads(tensors_.size(), 0);  // run-time readers of each constant tensor
   for (const OpRecord& rec : records_) {
-    BuildContext ctx(rec, tensors_, constant_data, gemm_);
+    for (int id : rec.inputs) ++reads[static_cast<size_t>(id)];
+  }
+  for (int id : outputs_) ++reads[static_cast<size_t>(id)];
+  std::vector<int> released;
+  for (const OpRecord& rec : records_) {
+    BuildContext ctx(rec, tensors_, constant_data, gemm_, released);
     kernels_.push_back(build_kernel(ctx));
     scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
     workspace_bytes_ = std::max(workspace_bytes_, kernels_.back()->workspace_bytes());
+  }
+  for (int id : released) --reads[static_cast<size_t>(id)];
+  std::vector<bool> kept(constant_data.size(), false);
+  for (size_t id = 0; id < tensors_.size(); ++id) {
+    const TensorInfo& t = tensors_[id];
+    if (t.kind == TensorKind::kConstant && reads[id] > 0) kept[static_cast<size_t>(t.where)] = true;
+  }
+  constants_.resize(constant_data.size());
+  for (size_t c = 0; c < constant_data.size(); ++c) {
+    if (!kept[c] || constant_sizes_[c] == 0) continue;
+    constants_[c].resize(static_cast<size_t>(constant_sizes_[c]));
+    std::memcpy(constants_[c].data(), constant_data[c], static_cast<size_t>(constant_sizes_[c]));
   }
   scratch_per_worker_ = (scratch_per_worker_ + 127) / 64 * 64;  // aligned, with slack
   workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;
@@ -167,9 +189,9 @@ void Plan::validate_tables() const {
         ready[id] = true;
         break;
       case TensorKind::kConstant:
-        require(t.where >= 0 && t.where < static_cast<int64_t>(constants_.size()),
+        require(t.where >= 0 && t.where < static_cast<int64_t>(constant_sizes_.size()),
                 "tensor " + std::to_string(id) + ": constant index out of range");
-        require(static_cast<int64_t>(constants_[t.where].size()) == t.nbytes,
+        require(constant_sizes_[t.where] == t.nbytes,
                 "tensor " + std::to_string(id) + ": constant size does not match its type");
         ready[id] = true;
         break;

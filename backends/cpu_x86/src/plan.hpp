@@ -64,9 +64,10 @@ class OpKernel {
 // What a kernel builder sees: the record, the tensor table and the constants, with checked access.
 class BuildContext {
  public:
+  // released: tensor ids of constant inputs this op will not read at run time (release_constant)
   BuildContext(const OpRecord& rec, const std::vector<TensorInfo>& tensors,
-               const std::vector<const void*>& constant_data, const GemmBlocking& gemm)
-      : rec_(rec), tensors_(tensors), constants_(constant_data), gemm_(gemm) {}
+               const std::vector<const void*>& constant_data, const GemmBlocking& gemm, std::vector<int>& released)
+      : rec_(rec), tensors_(tensors), constants_(constant_data), gemm_(gemm), released_(released) {}
 
   const OpRecord& rec() const { return rec_; }
   const GemmBlocking& gemm() const { return gemm_; }
@@ -76,8 +77,12 @@ class BuildContext {
   int output_id(size_t i) const;
   const TensorInfo& input(size_t i) const { return tensors_[input_id(i)]; }
   const TensorInfo& output(size_t i) const { return tensors_[output_id(i)]; }
-  // Data of input i if it is a constant (known at compile time), else nullptr.
+  // Data of input i if it is a constant (known at compile time), else nullptr. Valid only while
+  // the kernel is built: it is the caller's buffer.
   const void* constant_input(size_t i) const;
+  // The kernel has taken what it needs from constant input i (e.g. packed it) and will not read
+  // it at run time; a constant no op reads is then not kept by the plan (its pointer is null).
+  void release_constant(size_t i) const;
   int64_t int_at(size_t i) const;
   double float_at(size_t i) const;
   // "op 3 (conv2d ...)": prefix of every message about this op.
@@ -91,6 +96,7 @@ class BuildContext {
   const std::vector<TensorInfo>& tensors_;
   const std::vector<const void*>& constants_;
   const GemmBlocking& gemm_;
+  std::vector<int>& released_;
 };
 
 std::unique_ptr<OpKernel> build_kernel(const BuildContext& ctx);  // dispatch on the op code
@@ -142,6 +148,12 @@ class Plan {
   int64_t arena_bytes() const { return arena_bytes_; }
   size_t scratch_bytes_per_worker() const { return scratch_per_worker_; }
   size_t workspace_bytes() const { return workspace_bytes_; }
+  // Bytes of constants the plan keeps for run time (packed copies not included).
+  size_t constant_bytes() const {
+    size_t total = 0;
+    for (const auto& c : constants_) total += c.size();
+    return total;
+  }
   size_t arenas_created() const;
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
 
@@ -165,7 +177,8 @@ class Plan {
   size_t workspace_offset() const { return (static_cast<size_t>(arena_bytes_) + 63) / 64 * 64; }
 
   std::vector<TensorInfo> tensors_;
-  std::vector<AlignedBuffer> constants_;
+  std::vector<AlignedBuffer> constants_;  // empty for constants every reader released
+  std::vector<int64_t> constant_sizes_;
   std::vector<int> inputs_;
   std::vector<int> outputs_;
   std::vector<OpRecord> records_;
