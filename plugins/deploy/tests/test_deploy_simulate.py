@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from walle_deploy.errors import DeployError
 from walle_deploy.simdevice import device_attrs
-from walle_deploy.simulate import SimulationConfig, percentile, run_simulation
+from walle_deploy.simulate import Fleet, SimulationConfig, Worker, percentile, run_simulation
 
 HAVE_MOSQUITTO = shutil.which("mosquitto") is not None or Path("/usr/sbin/mosquitto").exists()
 
@@ -59,3 +61,25 @@ def test_device_attributes_depend_only_on_seed_and_index() -> None:
     assert [device_attrs(i, 0)["region"] for i in range(4)] == ["eu", "us", "ap", "eu"]
     assert len({tuple(device_attrs(i, 0).items()) for i in range(200)}) > 50
     assert device_attrs(5, 0) != device_attrs(5, 1) or device_attrs(6, 0) != device_attrs(6, 1)
+
+
+@pytest.mark.parametrize("lines, lost", [
+    (['{"connected": 1, "cpu_s": 0.1}', '{"events": [["t", "installed", "d", 1.0]], "cpu_s": 0.2}',
+      '{"done": true, "cpu_s": 0.3}'], []),
+    (['{"connected": 1, "cpu_s": 0.1}'], [0]),  # the stream ends without "done": the worker died
+])
+def test_worker_stream_is_merged_and_a_lost_worker_noticed(lines: list[str], lost: list[int]) -> None:
+    async def main() -> Fleet:
+        fleet = Fleet()
+        script = "".join(f"print({line!r})\n" for line in lines)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdin=subprocess.PIPE,
+                                                    stdout=subprocess.PIPE)
+        worker = Worker(0, proc, fleet)
+        assert (await worker.connected)["connected"] == 1
+        await worker.stop()
+        return fleet
+
+    fleet = asyncio.run(main())
+    assert fleet.lost == lost
+    assert fleet.cpu_s[0] == (0.3 if not lost else 0.1)
+    assert fleet.count("t", "installed") == (0 if lost else 1)

@@ -197,6 +197,8 @@ class Fleet:
     def __init__(self) -> None:
         self.events: dict[tuple[str, str], dict[str, float]] = {}
         self.cpu_s: dict[int, float] = {}
+        #: workers whose stream ended before they said "done" (they crashed or were killed)
+        self.lost: list[int] = []
 
     def add(self, task: str, kind: str, device: str, t: float) -> None:
         if kind in ("installed", "failed"):
@@ -230,6 +232,8 @@ class Worker:
                 self.fleet.add(task, kind, device, t)
             if message.get("done"):
                 self.done = message
+        if not self.done:
+            self.fleet.lost.append(self.number)
         if not self.connected.done():
             self.connected.set_exception(DeployError(f"[simulate] worker {self.number} exited before connecting; "
                                                      "see worker-*.log"))
@@ -358,6 +362,9 @@ async def _release_and_measure(config: SimulationConfig, root: Path, key: Any, c
     deadline = time.monotonic() + config.timeout_s
     while fleet.count(TASK, "installed") + fleet.count(TASK, "failed") < config.devices \
             and time.monotonic() < deadline:
+        if fleet.lost:
+            raise DeployError(f"[simulate] worker process {fleet.lost[0]} died during the release\n"
+                              f"{worker_log(root)}")
         await asyncio.sleep(0.05)
     release_cpu = {"simulator_s": round(sum(fleet.cpu_s.values()) - sim_cpu_before, 2),
                    "server_s": (await call("GET", "/v1/admin/metrics"))["cpu_s"]}
