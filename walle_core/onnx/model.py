@@ -61,14 +61,16 @@ class OnnxModel:
     """A validated ONNX model with its nodes in topological order."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
-        self.proto = proto
         graph = proto.graph
         self.opsets = _read_opsets(proto)
         self.initializers = _read_initializers(graph)
         self.inputs = _read_inputs(graph, self.initializers)
         self.output_names = [out.name for out in graph.output]
-        self.nodes = _topological_order(graph, self.opsets, set(self.initializers),
-                                        [spec.name for spec in self.inputs])
+        ordered = _topological_order(graph, self.opsets, set(self.initializers), [spec.name for spec in self.inputs])
+        # Detached copies: a node message keeps its whole parent model alive, initializer bytes
+        # included, and those are already decoded into ``initializers``. Without this the
+        # weights would stay in memory twice for the session's lifetime.
+        self.nodes = [_detached(node) for node in ordered]
 
     def opset(self, domain: str) -> int:
         """Imported opset version of ``domain`` ('' and 'ai.onnx' are the same domain)."""
@@ -323,6 +325,12 @@ def outer_names(node: onnx.NodeProto) -> set[str]:
             defined |= {name for name in inner.output if name}
         free |= {out.name for out in graph.output} - defined
     return free
+
+
+def _detached(node: onnx.NodeProto) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
 
 
 def _topological_order(graph: onnx.GraphProto, opsets: Mapping[str, int], initializers: set[str],
