@@ -291,15 +291,18 @@ def simulate(ctx: click.Context, devices: int, push: str, mqtt_url: str | None, 
         term.print_json(report)
         return
     d, full, cpu = report["delivery_s"], report["full_stage_delivery_s"], report["release_cpu_s"]
+    columns = ["devices", "installed", "failed", "p50 s", "p99 s", "full stage p99 s", "bytes served", "server MiB",
+               "KiB/device", "server CPU s (release)", "simulator CPU s (release)", "tamper rejected"]
+    row = [report["devices"], report["installed"], report["failed"], d["p50"], d["p99"], full["p99"],
+           report["bytes_served"], report["server"]["rss_mib"], report["server"]["kib_per_device"],
+           f"{report['server']['cpu_s']} ({cpu['server_s']})", f"{report['simulator_cpu_s']} ({cpu['simulator_s']})",
+           report["tampered_rejected"]]
+    if "broker_cpu_s" in report:
+        columns.insert(-1, "broker CPU s")
+        row.insert(-1, report["broker_cpu_s"])
     term.display_table(
         f"fleet simulation ({report['push']} push; stages {stages}, rate {rate:g}/s, jitter {jitter:g} s, "
-        f"{report['workers']} worker processes)",
-        ["devices", "installed", "failed", "p50 s", "p99 s", "full stage p99 s", "bytes served", "server MiB",
-         "KiB/device", "server CPU s (release)", "simulator CPU s (release)", "tamper rejected"],
-        [[report["devices"], report["installed"], report["failed"], d["p50"], d["p99"], full["p99"],
-          report["bytes_served"], report["server"]["rss_mib"], report["server"]["kib_per_device"],
-          f"{report['server']['cpu_s']} ({cpu['server_s']})", f"{report['simulator_cpu_s']} ({cpu['simulator_s']})",
-          report["tampered_rejected"]]])
+        f"{report['workers']} worker processes)", columns, [row])
 
 
 @click.command("agent")
