@@ -8,6 +8,7 @@ namespace {
 
 // Upper bounds on ids, so a wrong value from Python is an error rather than a huge allocation.
 constexpr int64_t kMaxIds = int64_t{1} << 30;
+constexpr int64_t kMaxTs = int64_t{1} << 62;
 // Batches up to this many events keep their scratch buffers (a few MB) for the next one.
 constexpr int64_t kKeptScratch = int64_t{1} << 16;
 
@@ -152,7 +153,7 @@ int32_t Matcher::add_trigger(int32_t node, int64_t within) {
   std::lock_guard<std::mutex> lock(mu_);
   check_node(node, "add_trigger");
   require(node != 0, "add_trigger: a trigger needs at least one element");
-  require(within > 0, "add_trigger: within_ms must be positive");
+  require(within > 0 && within < kMaxTs, "add_trigger: within_ms must be positive and below 2^62");
   require(triggers_.size() < static_cast<size_t>(kMaxIds), "add_trigger: too many triggers");
   const auto id = static_cast<int32_t>(triggers_.size());
   triggers_.push_back(TriggerInfo{node, within, ordinal_, true});
@@ -225,6 +226,10 @@ void Matcher::process(int64_t n, const int32_t* keys, const int64_t* ts, const i
   for (int64_t i = 0; i < n; ++i) {
     if (keys[i] < 0 || keys[i] >= n_keys)
       throw MatcherError("process: event " + std::to_string(i) + ": key id " + std::to_string(keys[i]) +
+                         " out of range");
+    // clock differences must not overflow: |ts| < 2^62 (event time in ms: 146 million years)
+    if (ts[i] <= -kMaxTs || ts[i] >= kMaxTs)
+      throw MatcherError("process: event " + std::to_string(i) + ": ts " + std::to_string(ts[i]) +
                          " out of range");
     if (types[i] < -1 || types[i] >= n_types_)
       throw MatcherError("process: event " + std::to_string(i) + ": type id " + std::to_string(types[i]) +

@@ -209,6 +209,9 @@ def test_engine_uses_native_and_falls_back_visibly():
     assert mixed.fired == reference.fired and mixed.fired["plain"] > 10 and mixed.fired["picky"] > 0
     with pytest.raises(StreamConfigError, match="where"):
         StreamEngine(config=EngineConfig(matcher="native")).add_trigger(picky.trigger("picky"))
+    # a timestamp beyond the native clock range is a rejected event, not a crash
+    assert mixed.push({"type": "page_view", "ts": 1 << 62, "key": "u"}) == []
+    assert mixed.stats()["rejected_by_reason"]["field 'ts' is too large"] == 1
     with pytest.raises(StreamConfigError, match="matcher"):
         EngineConfig(matcher="fast")
 
@@ -234,10 +237,11 @@ def test_bad_input_is_rejected_with_a_clear_error():
         auto._m.process(batch.keys, batch.ts[:1], batch.types, batch.pages, batch.vals)
     with pytest.raises(ValueError, match="attribute columns"):
         auto._m.process(batch.keys, batch.ts, batch.types, batch.pages, np.zeros((2, 3), np.int32))
-    for field, bad in (("keys", 1 << 20), ("types", 7), ("pages", 9), ("vals", 99)):
+    for field, bad, message in (("keys", 1 << 20, "key id"), ("ts", 1 << 62, "ts"), ("types", 7, "type id"),
+                                ("pages", 9, "page id"), ("vals", 99, "value id 99 of column 0")):
         arrays = {name: getattr(batch, name).copy() for name in ("keys", "ts", "types", "pages", "vals")}
         arrays[field].flat[1] = bad
-        with pytest.raises(ValueError, match=f"event 1: {field.rstrip('s').replace('val', 'value')}"):
+        with pytest.raises(ValueError, match=f"event 1: {message} .*out of range"):
             auto._m.process(*arrays.values())
     # a rejected batch changed nothing: the good one still fires exactly once
     event_index, trigger_ids = auto.process_encoded(batch)

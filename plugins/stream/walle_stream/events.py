@@ -41,6 +41,9 @@ class RejectedEvent(ValueError):
 
 
 _REQUIRED = (("type", str), ("ts", int), ("key", str))
+#: timestamps at or above this (ms; 146 million years) are rejected: the native matcher keeps
+#: clocks in 64-bit integers and must be able to subtract them
+MAX_TS = 1 << 62
 
 
 def event_from_dict(raw: Any) -> Event:
@@ -58,6 +61,8 @@ def event_from_dict(raw: Any) -> Event:
         raise RejectedEvent("field 'type' is empty")
     if raw["ts"] < 0:
         raise RejectedEvent("field 'ts' is negative")
+    if raw["ts"] >= MAX_TS:
+        raise RejectedEvent("field 'ts' is too large", f"{raw['ts']} >= 2^62 ms")
     page = raw.get("page", "")
     if not isinstance(page, str):
         raise RejectedEvent(f"field 'page' must be str, got {type(page).__name__}")
