@@ -184,6 +184,13 @@ class SimDevice:
             self._inflight[task] = notice.get("digest")
             try:
                 await self.process(notice)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must end in a report, not in a silent stall
+                log.exception("[simulate] %s: processing %s failed", self.id, task)
+                self.emit(task, "failed", self.id)
+                if type(notice.get("release")) is int:
+                    await self.report(notice["release"], "failed", f"simulator error: {exc}")
             finally:
                 self._inflight.pop(task, None)
 
