@@ -223,6 +223,9 @@ def test_bad_input_is_rejected_with_a_clear_error():
     assert "where" in unsupported_reason(where)
     with pytest.raises(StreamConfigError, match="where"):
         auto.add(where)
+    with pytest.raises(StreamConfigError, match="native clock range"):
+        auto.add(Pattern.begin("x", type="a").within(1 << 62).trigger("forever"))
+    assert "forever" not in auto.triggers
     with pytest.raises(StreamConfigError, match="NaN"):
         auto.add(Pattern.begin("x", type="a", attrs={"v": float("nan")}).within(5).trigger("nan"))
     with pytest.raises(StreamConfigError, match="already registered"):

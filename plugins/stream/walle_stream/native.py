@@ -32,6 +32,7 @@ import numpy as np
 
 from walle_stream.automaton import TrieNode, TriggerAutomaton
 from walle_stream.errors import StreamConfigError
+from walle_stream.events import MAX_TS
 from walle_stream.pattern import STRICT, Element, Trigger
 
 try:
@@ -47,6 +48,8 @@ def native_available() -> bool:
 
 def unsupported_reason(trigger: Trigger) -> str | None:
     """Why ``trigger`` cannot run on the native matcher, or None when it can."""
+    if trigger.within_ms >= MAX_TS:
+        return f"trigger '{trigger.name}': within_ms {trigger.within_ms} is beyond the native clock range"
     for element in trigger.elements:
         if element.where is not None:
             return f"trigger '{trigger.name}': element '{element.label}' has a 'where' predicate"
@@ -107,22 +110,30 @@ class NativeAutomaton:
     def nodes(self) -> dict[str, TrieNode]:
         return self._trie.nodes
 
+    def _path(self, trigger: Trigger) -> list[tuple[TrieNode, Element]]:
+        """The trie nodes of a registered trigger's elements, root excluded, with the element
+        as the trie stores it (a first element is never strict)."""
+        path, node = [], self._trie.root
+        for index, element in enumerate(trigger.elements):
+            if index == 0 and element.contiguity == STRICT:
+                element = Element(element.label, element.type, element.page, element.attrs, element.where)
+            node = node.children[element.edge_key()]
+            path.append((node, element))
+        return path
+
     def add(self, trigger: Trigger) -> None:
         reason = unsupported_reason(trigger)
         if reason is not None:
             raise StreamConfigError(f"[stream] the native matcher cannot run {reason}")
         self._trie.add(trigger)
-        node = self._trie.root
-        for index, element in enumerate(trigger.elements):
-            if index == 0 and element.contiguity == STRICT:
-                element = Element(element.label, element.type, element.page, element.attrs, element.where)
-            child = node.children[element.edge_key()]
-            if child not in self._node_ids:
-                child_id = self._m.add_node(self._node_ids[node], element.contiguity == STRICT, self._pred(element))
-                self._node_ids[child] = child_id
-                self._sig_ids[child.sig] = child_id
-                self._node_sigs[child_id] = child.sig
-            node = child
+        for node, element in self._path(trigger):
+            if node not in self._node_ids:
+                assert node.parent is not None
+                node_id = self._m.add_node(self._node_ids[node.parent], element.contiguity == STRICT,
+                                           self._pred(element))
+                self._node_ids[node] = node_id
+                self._sig_ids[node.sig] = node_id
+                self._node_sigs[node_id] = node.sig
         tid = self._m.add_trigger(self._node_ids[node], trigger.within_ms)
         self._trigger_ids[trigger.name] = tid
         self._by_id[tid] = trigger
@@ -131,12 +142,7 @@ class NativeAutomaton:
         trigger = self._trie.triggers.get(name)
         if trigger is None:
             raise StreamConfigError(f"[stream] no trigger named '{name}' is registered")
-        path, node = [], self._trie.root
-        for index, element in enumerate(trigger.elements):
-            if index == 0 and element.contiguity == STRICT:
-                element = Element(element.label, element.type, element.page, element.attrs, element.where)
-            node = node.children[element.edge_key()]
-            path.append(node)
+        path = [node for node, _ in self._path(trigger)]
         self._trie.remove(name)
         tid = self._trigger_ids.pop(name)
         del self._by_id[tid]
