@@ -190,10 +190,10 @@ class Conv2DKernel : public OpKernel {
       const WinogradShape ws{s_.c, s_.h, s_.w, s_.o, s_.oh, s_.ow, s_.pt, s_.pl};
       int tile = policy > 0 ? static_cast<int>(policy) : choose_winograd_tile(ws, blk_.kernel.nr);
       // the transformed image is (tile+2)^2/tile^2 times the input and output: keep it bounded
-      if (policy < 0 && tile && winograd_workspace_bytes(tile, ws) > kMaxWinogradWorkspace) tile = 0;
+      if (policy < 0 && tile && winograd_workspace_bytes(tile, ws, blk_.kernel.nr) > kMaxWinogradWorkspace) tile = 0;
       if (tile) {
         winograd_ = std::make_unique<WinogradConv>(tile, ws, static_cast<const float*>(ctx.constant_input(1)),
-                                                   blk_.kernel.mr);
+                                                   blk_.kernel.mr, blk_.kernel.nr);
         ctx.release_constant(1);
       }
     }

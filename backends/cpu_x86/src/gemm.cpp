@@ -65,7 +65,11 @@ static void pack_b_block(const MatView& b, int64_t k0, int64_t kc, int64_t j0, i
     for (int64_t k = 0; k < kc; ++k) {
       const float* src = b.p + (k0 + k) * b.rs + (j0 + q) * b.cs;
       float* out = panel + k * nr;
-      if (b.cs == 1) {
+      if (b.cs == 1 && valid == 16) {
+        std::memcpy(out, src, 16 * sizeof(float));  // constant size: inlined, no call per row
+      } else if (b.cs == 1 && valid == 32) {
+        std::memcpy(out, src, 32 * sizeof(float));
+      } else if (b.cs == 1) {
         std::memcpy(out, src, static_cast<size_t>(valid) * sizeof(float));
       } else {
         for (int64_t j = 0; j < valid; ++j) out[j] = src[j * b.cs];
@@ -96,10 +100,16 @@ static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, i
     const int64_t valid = std::min<int64_t>(nr, cols - q);
     float* panel = dst + q * kc;
     const int64_t oy0 = (j0 + q) / g.OW, ox0 = (j0 + q) % g.OW;
-    for (int64_t k = 0; k < kc; ++k) {
-      const int64_t row = k0 + k;
-      const int64_t c = row / taps, r = row % taps;
-      const int64_t kh = r / g.KW, kw = r % g.KW;
+    // row k0 + k = (c, kh, kw), stepped without a division per row
+    int64_t c = k0 / taps, kh = (k0 % taps) / g.KW, kw = k0 % g.KW;
+    for (int64_t k = 0; k < kc; ++k, ++kw) {
+      if (kw == g.KW) {
+        kw = 0;
+        if (++kh == g.KH) {
+          kh = 0;
+          ++c;
+        }
+      }
       const float* plane = image + c * g.H * g.W;
       float* out = panel + k * nr;
       const int64_t shift = kw * g.dw - g.pl;
@@ -114,8 +124,17 @@ static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, i
           const float* src = plane + iy * g.W;
           const int64_t ix0 = ox * g.sw + shift;  // ix of the run's first column
           // columns t in [lo, hi) of the run read inside the row
-          int64_t lo = ix0 >= 0 ? 0 : (-ix0 + g.sw - 1) / g.sw;
-          int64_t hi = ix0 > g.W - 1 ? 0 : std::min(run, (g.W - 1 - ix0) / g.sw + 1);
+          int64_t lo, hi;
+          if (g.sw == 1) {  // the common cases without an integer division
+            lo = ix0 >= 0 ? 0 : -ix0;
+            hi = ix0 > g.W - 1 ? 0 : std::min(run, g.W - ix0);
+          } else if (g.sw == 2) {
+            lo = ix0 >= 0 ? 0 : (-ix0 + 1) >> 1;
+            hi = ix0 > g.W - 1 ? 0 : std::min(run, ((g.W - 1 - ix0) >> 1) + 1);
+          } else {
+            lo = ix0 >= 0 ? 0 : (-ix0 + g.sw - 1) / g.sw;
+            hi = ix0 > g.W - 1 ? 0 : std::min(run, (g.W - 1 - ix0) / g.sw + 1);
+          }
           lo = std::min(lo, run);
           hi = std::max(hi, lo);
           std::fill(o, o + lo, 0.f);

@@ -75,8 +75,8 @@ int choose_winograd_tile(const WinogradShape& s, int nr) {
   return best;
 }
 
-WinogradConv::WinogradConv(int m, const WinogradShape& s, const float* weights, int mr)
-    : m_(m), t_(m + 2), s_(s) {
+WinogradConv::WinogradConv(int m, const WinogradShape& s, const float* weights, int mr, int nr)
+    : m_(m), t_(m + 2), nr_(nr), s_(s) {
   require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
   tiles_y_ = ceil_div(s.oh, m);
   tiles_x_ = ceil_div(s.ow, m);
@@ -92,29 +92,32 @@ size_t WinogradConv::scratch_bytes() const {
   return static_cast<size_t>(winograd_portable::padded_plane_floats(m_, tiles_y_, tiles_x_)) * sizeof(float);
 }
 
-size_t winograd_workspace_bytes(int m, const WinogradShape& s) {
+int64_t packed_columns(int64_t tiles, int nr) { return ceil_div(tiles, nr) * nr; }
+
+size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr) {
   const int64_t t = m + 2, tiles = ceil_div(s.oh, m) * ceil_div(s.ow, m);
-  return static_cast<size_t>(t * t * (s.c + s.o) * tiles) * sizeof(float);
+  return static_cast<size_t>(t * t * (s.c * packed_columns(tiles, nr) + s.o * tiles)) * sizeof(float);
 }
 
 void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
                        const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace,
                        const CancelFlag* cancel) const {
   const int64_t positions = t_ * t_;
-  float* v = workspace;                          // [T*T][C][tiles]
-  float* mm = workspace + positions * s_.c * tiles_;  // [T*T][O][tiles]
+  const int64_t position_stride = s_.c * packed_columns(tiles_, nr_);
+  float* v = workspace;                                // [T*T][tiles / nr][C][nr]
+  float* mm = workspace + positions * position_stride;  // [T*T][O][tiles]
   const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
   const bool wide = blk.isa != Isa::kPortable;  // AVX2 and AVX-512 plans: the AVX2 transforms
   pool.parallel_for(s_.c, [&](int64_t c, int worker) {
     if (is_cancelled(cancel)) return;
     float* pad = scratch(worker);
-    if (wide) winograd_avx2::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
-    else winograd_portable::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, pad, v);
+    if (wide) winograd_avx2::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, nr_, pad, v);
+    else winograd_portable::input_tiles(m_, s_, tiles_y_, tiles_x_, x + c * plane_in, c, nr_, pad, v);
   });
   auto problem = [&](int64_t p) {
     GemmProblem g;
     g.a.packed = weights_.as<float>() + p * packed_stride_;
-    g.b.view = MatView{v + p * s_.c * tiles_, tiles_, 1};
+    g.b.packed = v + p * position_stride;
     g.c = mm + p * s_.o * tiles_;
     g.ldc = tiles_;
     return g;

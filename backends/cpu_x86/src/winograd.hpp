@@ -30,19 +30,25 @@ struct WinogradShape {
 // the direct/Winograd crossover within 10% of the measured one).
 int choose_winograd_tile(const WinogradShape& s, int nr);
 
-// Shared workspace WinogradConv::workspace_bytes() will need for this tile and shape.
-size_t winograd_workspace_bytes(int m, const WinogradShape& s);
+// Tiles rounded up to whole panels of nr GEMM columns. (Not inline: this header is also included
+// by translation units built for wider instruction sets.)
+int64_t packed_columns(int64_t tiles, int nr);
+
+// Shared workspace WinogradConv::workspace_bytes() will need for this tile and shape: the
+// transformed input, already in the GEMM's packed B layout ([position][panel of nr tiles][C][nr],
+// so the GEMM packs nothing), and the GEMM output [position][O][tiles].
+size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr);
 
 class WinogradConv {
  public:
-  // weights: [O, C, 3, 3]. mr: row panel height of the GEMM kernel that will run it.
-  WinogradConv(int m, const WinogradShape& s, const float* weights, int mr);
+  // weights: [O, C, 3, 3]. mr, nr: register tile of the GEMM kernel that will run it.
+  WinogradConv(int m, const WinogradShape& s, const float* weights, int mr, int nr);
 
   int tile() const { return m_; }
   // Per worker: a zero-bordered copy of one input plane (the GEMM's scratch is reused after it).
   size_t scratch_bytes() const;
   // Transformed input and GEMM output of one image, shared by the workers.
-  size_t workspace_bytes() const { return winograd_workspace_bytes(m_, s_); }
+  size_t workspace_bytes() const { return winograd_workspace_bytes(m_, s_, nr_); }
   // One image: x [C, H, W] -> y [O, OH, OW], then bias, residual [O, OH, OW] and activation.
   // Work not yet started is skipped once *cancel is raised.
   void run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
@@ -52,6 +58,7 @@ class WinogradConv {
  private:
   int m_;
   int t_;  // input tile size m + 2
+  int nr_;
   WinogradShape s_;
   int64_t tiles_y_, tiles_x_, tiles_;
   AlignedBuffer weights_;  // t*t packed [O x C] A operands

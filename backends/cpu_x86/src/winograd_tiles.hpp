@@ -9,9 +9,9 @@
 namespace walle {
 
 #define WALLE_WINOGRAD_TILES_API                                                                         \
-  /* V[p][c][tile] = (B^T d B)[p] for the tiles of input channel c; pad: padded_plane_floats() */        \
+  /* (B^T d B) of the tiles of input channel c into v, packed as WinogradConv's GEMM B operands */       \
   void input_tiles(int m, const WinogradShape& s, int64_t tiles_y, int64_t tiles_x, const float* plane,   \
-                   int64_t c, float* pad, float* v);                                                       \
+                   int64_t c, int nr, float* pad, float* v);                                               \
   /* y[o] = A^T M A over the tiles of output channel o, clipped at the image's edges */                   \
   void output_tiles(int m, const WinogradShape& s, int64_t tiles_y, int64_t tiles_x, const float* mm,      \
                     int64_t o, float* y);                                                                  \
