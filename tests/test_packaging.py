@@ -25,8 +25,9 @@ def test_walle_declares_the_backend_extras(walle_dist):
     extras = set(meta.get_all("Provides-Extra") or [])
     assert {"cpu-x86", "opencl", "stream", "deploy", "all"} <= extras
     requires = [r.replace(" ", "") for r in meta.get_all("Requires-Dist") or []]
+    # the deploy extra brings the server's C event loop and HTTP parser along ([fast])
     for extra, dist in (("cpu-x86", "walle-cpu-x86"), ("opencl", "walle-opencl"), ("stream", "walle-stream"),
-                        ("deploy", "walle-deploy")):
+                        ("deploy", "walle-deploy[fast]")):
         assert f'{dist};extra=="{extra}"' in requires
         assert f'{dist};extra=="all"' in requires
 
