@@ -1,5 +1,9 @@
 #include "threadpool.hpp"
 
+#include <emmintrin.h>
+
+#include <chrono>
+
 namespace walle {
 
 ThreadPool::ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
@@ -32,6 +36,12 @@ void ThreadPool::drain(Job& job, int worker) {
 void ThreadPool::worker_main(int worker) {
   uint64_t seen = 0;
   for (;;) {
+    // Poll briefly for the next loop before paying for a sleep and a wake-up.
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+    for (int i = 0; generation_.load(std::memory_order_acquire) == seen; ++i) {
+      _mm_pause();
+      if ((i & 63) == 63 && std::chrono::steady_clock::now() >= spin_until) break;
+    }
     Job* job;
     {
       std::unique_lock<std::mutex> lock(mutex_);

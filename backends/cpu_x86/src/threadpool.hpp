@@ -1,4 +1,6 @@
-// The backend's own worker pool. Workers sleep on a condition variable when idle (no spinning).
+// The backend's own worker pool. After a loop a worker polls for the next one for a short while
+// (kSpinMicros: consecutive ops of one run start their loops microseconds apart, and a futex wake
+// costs more than that), then sleeps on a condition variable: an idle pool uses no CPU.
 // One parallel loop runs at a time; a second concurrent caller (another Python thread running an
 // executable, or a nested loop) simply runs its loop inline, which can neither deadlock nor
 // oversubscribe the cores.
@@ -45,6 +47,9 @@ class ThreadPool {
   void worker_main(int worker);
   void drain(Job& job, int worker);
 
+  // How long a worker polls for the next loop before it sleeps.
+  static constexpr int kSpinMicros = 50;
+
   int threads_;
   std::vector<std::thread> workers_;
   std::mutex busy_;  // held by the one caller whose loop uses the workers
@@ -52,7 +57,7 @@ class ThreadPool {
   std::condition_variable wake_;
   std::condition_variable done_;
   Job* job_ = nullptr;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};  // written under mutex_; polled without it while spinning
   int inside_ = 0;  // workers that joined the current job and have not left it
   bool stop_ = false;
 };
