@@ -45,7 +45,10 @@ void test_gemm(Isa isa, int64_t m, int64_t n, int64_t k, bool prepack_a, ThreadP
     }
   }
   AlignedBuffer packed;
-  if (prepack_a) packed = pack_a_full(MatView{a.data(), k, 1}, m, k, blk.kernel.mr);
+  if (prepack_a) {
+    packed.resize(packed_a_floats(m, k, blk.kernel.mr) * sizeof(float));
+    pack_a_full(MatView{a.data(), k, 1}, m, k, blk.kernel.mr, packed.as<float>());
+  }
   std::vector<float> c(m * n, -1.f);
   AlignedBuffer scratch(blk.scratch_bytes() * pool.threads() + 64);
   auto problem = [&](int64_t) {
