@@ -1,4 +1,6 @@
 // Winograd tile transforms compiled for -mavx2 -mfma; only called when the plan's instruction set is AVX2 or better.
+#include <immintrin.h>
+
 #include <algorithm>
 
 #include "winograd_matrices.hpp"
