@@ -29,6 +29,7 @@ import httpx
 from walle_deploy.bundle import DIGEST_RE
 from walle_deploy.errors import BundleError, DeployError, TaskError
 from walle_deploy.install import TaskInstaller
+from walle_deploy.notices import NoticeWorkers
 from walle_deploy.policy import Stage, first_stage, parse_target
 from walle_deploy.push.mqtt import MqttSubscription, topic_for
 from walle_deploy.signing import TrustedKeys, load_public_key
@@ -95,9 +96,7 @@ class DeviceAgent:
         self._own_http = http is None
         self.http = http or httpx.AsyncClient(timeout=30)
         self._ws: Any = None
-        self._latest: dict[str, dict[str, Any]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
-        self._inflight: dict[str, Any] = {}
+        self._notices = NoticeWorkers(self.process, self._on_process_error)
         self._manifests: dict[str, list[dict[str, Any]]] = {}
         self._rng = random.Random(config.device_id)
         self.connected = asyncio.Event()
@@ -133,9 +132,7 @@ class DeviceAgent:
             backoff = min(backoff * 2, self.config.backoff_max_s)
 
     async def close(self) -> None:
-        for worker in self._workers.values():
-            worker.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await self._notices.close()
         if self._own_http:
             await self.http.aclose()
 
@@ -249,7 +246,7 @@ class DeviceAgent:
         self._manifests[topic] = entries
         for entry in manifest_choices(self._manifests, self.config.device_id, self.config.attrs, self._current_digest):
             if self._current_digest(entry["task"]) != entry.get("digest") \
-                    and self._inflight.get(entry["task"]) != entry.get("digest"):
+                    and self._notices.inflight_digest(entry["task"]) != entry.get("digest"):
                 self.submit(entry)
 
     def _current_digest(self, task: str) -> str | None:
@@ -304,29 +301,13 @@ class DeviceAgent:
     # ------------------------------------------------------------ pull and install
 
     def submit(self, notice: dict[str, Any]) -> None:
-        """Queue a notice; per task only the newest waiting notice is kept and one runs at a time."""
-        task = notice.get("task")
-        if not isinstance(task, str):
-            return
-        self._latest[task] = notice
-        worker = self._workers.get(task)
-        if worker is None or worker.done():
-            self._workers[task] = asyncio.create_task(self._work(task))
+        """Queue a notice (see ``NoticeWorkers``: the newest per task, one at a time)."""
+        self._notices.submit(notice)
 
-    async def _work(self, task: str) -> None:
-        while task in self._latest:
-            notice = self._latest.pop(task)
-            self._inflight[task] = notice.get("digest")
-            try:
-                await self.process(notice)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not kill the agent; report it
-                log.exception("[agent] processing %s failed", task)
-                if isinstance(notice.get("release"), int):
-                    await self.report(notice["release"], "failed", f"agent error: {exc}")
-            finally:
-                self._inflight.pop(task, None)
+    async def _on_process_error(self, task: str, notice: dict[str, Any], exc: Exception) -> None:
+        log.exception("[agent] processing %s failed", task)
+        if isinstance(notice.get("release"), int):
+            await self.report(notice["release"], "failed", f"agent error: {exc}")
 
     async def process(self, notice: dict[str, Any]) -> None:
         try:

@@ -41,6 +41,7 @@ from walle_deploy.agent import REPORT_ATTEMPTS, manifest_choices
 from walle_deploy.bundle import DIGEST_RE
 from walle_deploy.errors import BundleError, DeployError, TaskError
 from walle_deploy.install import TaskInstaller
+from walle_deploy.notices import NoticeWorkers
 from walle_deploy.push.mqtt import parse_mqtt_url, topic_for
 from walle_deploy.signing import TrustedKeys, load_public_key
 from walle_deploy.simnet import HttpPool, SimNetError, WebSocketClient, open_mqtt, open_websocket
@@ -83,9 +84,7 @@ class SimDevice:
         self.reconnects = 0
         self._ws: WebSocketClient | None = None
         self._rng = random.Random(self.id)
-        self._latest: dict[str, dict[str, Any]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
-        self._inflight: dict[str, Any] = {}
+        self._notices = NoticeWorkers(self.process, self._on_process_error)
         self._manifests: dict[str, list[dict[str, Any]]] = {}
         self._current: dict[str, str | None] = {}
 
@@ -155,7 +154,7 @@ class SimDevice:
         self._manifests[topic] = entries
         for entry in manifest_choices(self._manifests, self.id, self.attrs, self._current_digest):
             if self._current_digest(entry["task"]) != entry.get("digest") \
-                    and self._inflight.get(entry["task"]) != entry.get("digest"):
+                    and self._notices.inflight_digest(entry["task"]) != entry.get("digest"):
                 self.submit(entry)
 
     def _current_digest(self, task: str) -> str | None:
@@ -169,30 +168,14 @@ class SimDevice:
     # ------------------------------------------------------------ pull, verify, install, report
 
     def submit(self, notice: dict[str, Any]) -> None:
-        """Per task the newest waiting notice is kept and one runs at a time (as in the agent)."""
-        task = notice.get("task")
-        if not isinstance(task, str):
-            return
-        self._latest[task] = notice
-        worker = self._workers.get(task)
-        if worker is None or worker.done():
-            self._workers[task] = asyncio.create_task(self._work(task))
+        """Queue a notice (see ``NoticeWorkers``: the newest per task, one at a time)."""
+        self._notices.submit(notice)
 
-    async def _work(self, task: str) -> None:
-        while task in self._latest:
-            notice = self._latest.pop(task)
-            self._inflight[task] = notice.get("digest")
-            try:
-                await self.process(notice)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must end in a report, not in a silent stall
-                log.exception("[simulate] %s: processing %s failed", self.id, task)
-                self.emit(task, "failed", self.id)
-                if type(notice.get("release")) is int:
-                    await self.report(notice["release"], "failed", f"simulator error: {exc}")
-            finally:
-                self._inflight.pop(task, None)
+    async def _on_process_error(self, task: str, notice: dict[str, Any], exc: Exception) -> None:
+        log.exception("[simulate] %s: processing %s failed", self.id, task)
+        self.emit(task, "failed", self.id)
+        if type(notice.get("release")) is int:
+            await self.report(notice["release"], "failed", f"simulator error: {exc}")
 
     async def process(self, notice: dict[str, Any]) -> None:
         try:
@@ -261,9 +244,7 @@ class SimDevice:
         log.warning("[simulate] %s: report %s for release %d dropped", self.id, state, release)
 
     async def close(self) -> None:
-        for worker in self._workers.values():
-            worker.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await self._notices.close()
         if self._ws is not None:
             self._ws.close()
 
