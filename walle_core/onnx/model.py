@@ -211,12 +211,31 @@ def _read_initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
         dtype = onnx_to_numpy(tensor.data_type, where)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ModelError(f"{where}: external data was not loaded (load the model from its file path)")
+        if tensor.data_type in _PLAIN_RAW and tensor.HasField("raw_data"):
+            values[tensor.name] = _plain_raw_array(tensor.raw_data, dims, dtype, where)
+            continue
         _check_payload(tensor, dims, dtype, where)
         try:
             values[tensor.name] = np.asarray(numpy_helper.to_array(tensor), order="C")
         except Exception as exc:  # noqa: BLE001 -- numpy_helper raises several kinds on bad payloads
             raise ModelError(f"{where}: cannot decode: {exc}") from None
     return values
+
+
+# Element types whose raw_data is exactly the little-endian NumPy array: they are decoded with a
+# single copy (every read of ``raw_data`` copies the bytes, and weights are most of a model).
+_PLAIN_RAW = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.INT8,
+              onnx.TensorProto.INT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64, onnx.TensorProto.UINT8,
+              onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
+
+
+def _plain_raw_array(raw: bytes, dims: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+    count = int(np.prod(dims, dtype=np.int64))
+    if len(raw) != count * dtype.itemsize:
+        raise ModelError(f"{where}: raw_data has {len(raw)} bytes, dims {list(dims)} of {dtype} need "
+                         f"{count * dtype.itemsize}")
+    # read-only, like every constant: nothing may change a model's weights in place
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims).astype(dtype, copy=False)
 
 
 def _check_payload(tensor: onnx.TensorProto, dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
