@@ -26,14 +26,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from walle_deploy.bundle import DIGEST_RE
 from walle_deploy.errors import BundleError, DeployError, TaskError
 from walle_deploy.install import TaskInstaller
-from walle_deploy.notices import NoticeWorkers
+from walle_deploy.notices import NoticeWorkers, parse_notice
 from walle_deploy.policy import Stage, first_stage, parse_target
 from walle_deploy.push.mqtt import MqttSubscription, topic_for
 from walle_deploy.signing import TrustedKeys, load_public_key
-from walle_deploy.task import check_name, check_version
+from walle_deploy.task import check_name
 
 log = logging.getLogger("walle_deploy.agent")
 #: a hook the compute container will implement: called with the new ``current`` task
@@ -311,11 +310,7 @@ class DeviceAgent:
 
     async def process(self, notice: dict[str, Any]) -> None:
         try:
-            task, version = check_name(notice["task"]), check_version(notice["version"])
-            digest, url, release = notice["digest"], notice["url"], notice["release"]
-            if not isinstance(digest, str) or not DIGEST_RE.match(digest) or not isinstance(url, str) \
-                    or type(release) is not int:
-                raise TaskError("bad digest, url or release")
+            task, version, digest, url, release = parse_notice(notice)
         except (KeyError, TaskError) as exc:
             log.warning("[agent] ignoring malformed notice: %s", exc)
             return

@@ -9,9 +9,31 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
+
+from walle_deploy.bundle import DIGEST_RE
+from walle_deploy.errors import TaskError
+from walle_deploy.task import check_name, check_version
 
 Notice = dict[str, Any]
+
+
+class NoticeFields(NamedTuple):
+    task: str
+    version: str
+    digest: str
+    url: str
+    release: int
+
+
+def parse_notice(notice: Notice) -> NoticeFields:
+    """The fields a device acts on, checked; raises TaskError (or KeyError for a missing one)."""
+    task, version = check_name(notice["task"]), check_version(notice["version"])
+    digest, url, release = notice["digest"], notice["url"], notice["release"]
+    if not isinstance(digest, str) or not DIGEST_RE.match(digest) or not isinstance(url, str) \
+            or type(release) is not int:
+        raise TaskError("bad digest, url or release")
+    return NoticeFields(task, version, digest, url, release)
 
 
 class NoticeWorkers:

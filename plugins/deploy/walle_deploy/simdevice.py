@@ -38,14 +38,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from walle_deploy.agent import REPORT_ATTEMPTS, manifest_choices
-from walle_deploy.bundle import DIGEST_RE
 from walle_deploy.errors import BundleError, DeployError, TaskError
 from walle_deploy.install import TaskInstaller
-from walle_deploy.notices import NoticeWorkers
+from walle_deploy.notices import NoticeWorkers, parse_notice
 from walle_deploy.push.mqtt import parse_mqtt_url, topic_for
 from walle_deploy.signing import TrustedKeys, load_public_key
 from walle_deploy.simnet import HttpPool, SimNetError, WebSocketClient, open_mqtt, open_websocket
-from walle_deploy.task import check_name, check_version
 
 log = logging.getLogger("walle_deploy.simdevice")
 EVENT_FLUSH_S = 0.05
@@ -179,10 +177,8 @@ class SimDevice:
 
     async def process(self, notice: dict[str, Any]) -> None:
         try:
-            task, version = check_name(notice["task"]), check_version(notice["version"])
-            digest, url, release = notice["digest"], notice["url"], notice["release"]
-            if not isinstance(digest, str) or not DIGEST_RE.match(digest) or not isinstance(url, str) \
-                    or type(release) is not int or not url.startswith(self.base + "/"):
+            task, version, digest, url, release = parse_notice(notice)
+            if not url.startswith(self.base + "/"):
                 raise TaskError("bad digest, url or release")
         except (KeyError, TaskError) as exc:
             log.warning("[simulate] %s ignores a malformed notice: %s", self.id, exc)
