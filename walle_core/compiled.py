@@ -40,6 +40,7 @@ import numpy as np
 from walle_core import ops
 from walle_core.errors import ModelError, WalleError
 from walle_core.ir import Graph, Node, TensorType
+from walle_core.mapped import FileMapping, map_file
 from walle_core.shapes import MAX_ELEMENTS, MAX_RANK, infer_types
 
 MAGIC = b"WALLEMDL"
@@ -207,14 +208,12 @@ class CompiledModel:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = str(path)
         try:
-            with open(path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < _PREAMBLE.size:
-                    raise ModelError(f"{self.path}: truncated compiled model ({size} bytes)")
-                # an empty file cannot be mapped; the size check above rules that out
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            mapping = map_file(path)
         except OSError as exc:
             raise ModelError(f"cannot open compiled model {self.path}: {exc}") from None
+        if len(mapping) < _PREAMBLE.size:
+            raise ModelError(f"{self.path}: truncated compiled model ({len(mapping)} bytes)")
+        self._map = mapping
         self.graph = _read_graph(self._map, self.path)
         self.inputs = [CompiledInput(n, self.graph.types[n].dtype, self.graph.types[n].shape)
                        for n in self.graph.inputs]
@@ -222,6 +221,11 @@ class CompiledModel:
 
     def check_supported(self, rules: Mapping[Any, Callable[..., Any]]) -> None:
         """Nothing to check: the graph holds atomic ops only."""
+
+    def drop_weight_pages(self) -> None:
+        """Plans are built and backends hold their own copies: let the mapped pages go."""
+        if isinstance(self._map, FileMapping):
+            self._map.drop_pages()
 
     def op_types(self) -> dict[str, int]:
         """Histogram of the front-end op types the nodes were lowered from."""

@@ -33,7 +33,8 @@ using OpTuple = std::tuple<int, int, std::string, std::vector<int>, std::vector<
 // Decodes the Python tables, then builds the plan in place (into nanobind's storage) without the GIL.
 void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::vector<InBytes>& constants,
                                 std::vector<int> inputs, std::vector<int> outputs, const std::vector<OpTuple>& ops,
-                                int64_t arena_bytes, const std::string& isa, std::shared_ptr<ThreadPool> pool) {
+                                int64_t arena_bytes, const std::string& isa, std::shared_ptr<ThreadPool> pool,
+                                const std::vector<bool>& reclaimable) {
   std::vector<TensorInfo> table;
   for (const auto& [dtype, itemsize, shape, kind, where] : tensors) {
     require(dtype >= 0 && dtype <= static_cast<int>(DType::kOpaque), "unknown dtype code");
@@ -51,8 +52,12 @@ void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::v
     require(op >= 0 && op < static_cast<int>(OpCode::kCount), "unknown op code");
     records.push_back(OpRecord{static_cast<OpCode>(op), index, label, ins, outs, ints, floats});
   }
-  std::vector<std::pair<const void*, int64_t>> blobs;
-  for (const auto& c : constants) blobs.emplace_back(c.data(), static_cast<int64_t>(c.shape(0)));
+  require(reclaimable.empty() || reclaimable.size() == constants.size(),
+          "reclaimable: one flag per constant expected");
+  std::vector<ConstantSource> blobs;
+  for (size_t c = 0; c < constants.size(); ++c)
+    blobs.push_back(ConstantSource{constants[c].data(), static_cast<int64_t>(constants[c].shape(0)),
+                                   !reclaimable.empty() && reclaimable[c]});
   const Isa chosen = choose_isa(isa);
   // packing weights can take a while; the constants stay alive through the Python arguments
   nb::gil_scoped_release release;
@@ -115,7 +120,10 @@ NB_MODULE(_ext, m) {
       .def_prop_ro("threads", &ThreadPool::threads);
 
   nb::class_<Plan>(m, "Plan", "A compiled segment; run() is thread-safe.")
-      .def("__init__", &init_plan, "tensors"_a, "constants"_a, "inputs"_a, "outputs"_a, "ops"_a, "arena_bytes"_a, "isa"_a, "pool"_a)
+      .def("__init__", &init_plan, "tensors"_a, "constants"_a, "inputs"_a, "outputs"_a, "ops"_a, "arena_bytes"_a, "isa"_a, "pool"_a,
+           "reclaimable"_a = std::vector<bool>(),
+           "reclaimable[i]: constant i is a view of a read-only shared file mapping, whose pages may be "
+           "dropped once every op that reads it is built.")
       .def("run", &run_plan, "inputs"_a, "outputs"_a, "cancel"_a.none() = nb::none(),
            "Run with inputs/outputs given as uint8 views of C-contiguous arrays (GIL released); raises "
            "Cancelled once the optional CancelFlag is set.")

@@ -4,6 +4,11 @@
 #include <chrono>
 #include <cstring>
 
+#if defined(__linux__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
+
 namespace walle {
 
 // ------------------------------------------------------------------------- BuildContext
@@ -38,7 +43,14 @@ int BuildContext::output_id(size_t i) const {
 
 const void* BuildContext::constant_input(size_t i) const {
   const TensorInfo& t = input(i);
-  return t.kind == TensorKind::kConstant ? constants_[t.where] : nullptr;
+  if (t.kind != TensorKind::kConstant) return nullptr;
+  const void* data = constants_[t.where];
+  if (reinterpret_cast<uintptr_t>(data) % static_cast<uintptr_t>(t.itemsize) == 0) return data;
+  if (copies_used_ == aligned_copies_.size()) aligned_copies_.emplace_back();
+  AlignedBuffer& copy = aligned_copies_[copies_used_++];
+  if (copy.size() < static_cast<size_t>(t.nbytes)) copy.resize(static_cast<size_t>(t.nbytes));
+  std::memcpy(copy.data(), data, static_cast<size_t>(t.nbytes));
+  return copy.data();
 }
 
 void BuildContext::release_constant(size_t i) const {
@@ -87,9 +99,27 @@ constexpr int64_t kMaxElements = int64_t(1) << 40;
 
 bool valid_itemsize(int s) { return s == 1 || s == 2 || s == 4 || s == 8; }
 
+// Lets the kernel drop the pages wholly inside [data, data + nbytes) of a read-only shared file
+// mapping: the memory stops counting for this process and reads fault the bytes back in from
+// the file. A hint only: where it is unsupported nothing happens.
+void drop_mapped_pages(const void* data, int64_t nbytes) {
+#if defined(__linux__) || defined(__APPLE__)
+  static_assert(sizeof(uintptr_t) >= sizeof(void*), "pointer width");
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  if (page == 0 || nbytes <= 0) return;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + static_cast<uintptr_t>(nbytes)) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+#else
+  (void)data;
+  (void)nbytes;
+#endif
+}
+
 }  // namespace
 
-Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const void*, int64_t>>& constants,
+Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& constants,
            std::vector<int> inputs, std::vector<int> outputs, std::vector<OpRecord> ops, int64_t arena_bytes,
            Isa isa, std::shared_ptr<ThreadPool> pool)
     : tensors_(std::move(tensors)),
@@ -117,10 +147,10 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const vo
   // Kernels are built from the caller's buffers (alive for the whole constructor); afterwards
   // only the constants some op still reads at run time, or that are outputs, are copied in.
   std::vector<const void*> constant_data;
-  for (const auto& [data, nbytes] : constants) {
-    require(nbytes >= 0 && (data != nullptr || nbytes == 0), "bad constant buffer");
-    constant_data.push_back(data);
-    constant_sizes_.push_back(nbytes);
+  for (const ConstantSource& c : constants) {
+    require(c.nbytes >= 0 && (c.data != nullptr || c.nbytes == 0), "bad constant buffer");
+    constant_data.push_back(c.data);
+    constant_sizes_.push_back(c.nbytes);
   }
   validate_tables();
   std::vector<int64_t> reads(tensors_.size(), 0);  // run-time readers of each constant tensor
@@ -128,12 +158,23 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const vo
     for (int id : rec.inputs) ++reads[static_cast<size_t>(id)];
   }
   for (int id : outputs_) ++reads[static_cast<size_t>(id)];
+  // ops still to be built that read each constant: a mapped one is let go after its last
+  std::vector<int64_t> to_build(constant_data.size(), 0);
+  for (const OpRecord& rec : records_)
+    for (int id : rec.inputs)
+      if (tensors_[id].kind == TensorKind::kConstant) ++to_build[static_cast<size_t>(tensors_[id].where)];
   std::vector<int> released;
+  std::vector<AlignedBuffer> aligned_copies;
   for (const OpRecord& rec : records_) {
-    BuildContext ctx(rec, tensors_, constant_data, gemm_, released);
+    BuildContext ctx(rec, tensors_, constant_data, gemm_, released, aligned_copies);
     kernels_.push_back(build_kernel(ctx));
     scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
     workspace_bytes_ = std::max(workspace_bytes_, kernels_.back()->workspace_bytes());
+    for (int id : rec.inputs) {
+      if (tensors_[id].kind != TensorKind::kConstant) continue;
+      const auto c = static_cast<size_t>(tensors_[id].where);
+      if (--to_build[c] == 0 && constants[c].reclaimable) drop_mapped_pages(constant_data[c], constant_sizes_[c]);
+    }
   }
   for (int id : released) --reads[static_cast<size_t>(id)];
   std::vector<bool> kept(constant_data.size(), false);

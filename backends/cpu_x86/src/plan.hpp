@@ -65,9 +65,17 @@ class OpKernel {
 class BuildContext {
  public:
   // released: tensor ids of constant inputs this op will not read at run time (release_constant)
+  // aligned_copies: buffers for copies of misaligned constants, reused from op to op (one
+  // allocation per size class rather than one per weight keeps the heap from fragmenting)
   BuildContext(const OpRecord& rec, const std::vector<TensorInfo>& tensors,
-               const std::vector<const void*>& constant_data, const GemmBlocking& gemm, std::vector<int>& released)
-      : rec_(rec), tensors_(tensors), constants_(constant_data), gemm_(gemm), released_(released) {}
+               const std::vector<const void*>& constant_data, const GemmBlocking& gemm, std::vector<int>& released,
+               std::vector<AlignedBuffer>& aligned_copies)
+      : rec_(rec),
+        tensors_(tensors),
+        constants_(constant_data),
+        gemm_(gemm),
+        released_(released),
+        aligned_copies_(aligned_copies) {}
 
   const OpRecord& rec() const { return rec_; }
   const GemmBlocking& gemm() const { return gemm_; }
@@ -78,7 +86,9 @@ class BuildContext {
   const TensorInfo& input(size_t i) const { return tensors_[input_id(i)]; }
   const TensorInfo& output(size_t i) const { return tensors_[output_id(i)]; }
   // Data of input i if it is a constant (known at compile time), else nullptr. Valid only while
-  // the kernel is built: it is the caller's buffer.
+  // the kernel is built: it is the caller's buffer, or an aligned copy of it when the caller's
+  // buffer is not aligned to its element size (weights viewed straight out of a mapped model
+  // file sit at any byte offset; kernels read them as typed pointers).
   const void* constant_input(size_t i) const;
   // The kernel has taken what it needs from constant input i (e.g. packed it) and will not read
   // it at run time; a constant no op reads is then not kept by the plan (its pointer is null).
@@ -97,6 +107,8 @@ class BuildContext {
   const std::vector<const void*>& constants_;
   const GemmBlocking& gemm_;
   std::vector<int>& released_;
+  std::vector<AlignedBuffer>& aligned_copies_;
+  mutable size_t copies_used_ = 0;  // aligned_copies_[0, copies_used_) hold this op's copies
 };
 
 std::unique_ptr<OpKernel> build_kernel(const BuildContext& ctx);  // dispatch on the op code
@@ -130,10 +142,19 @@ class ArenaLease {
   std::unique_ptr<Arena> arena_;
 };
 
+// A constant as the caller holds it. `reclaimable`: the bytes lie in a read-only shared mapping
+// of a file, so their pages can be dropped after use and read back from the file if needed.
+struct ConstantSource {
+  const void* data;
+  int64_t nbytes;
+  bool reclaimable;
+};
+
 class Plan {
  public:
-  // constants: bytes of each constant, copied into plan-owned aligned memory.
-  Plan(std::vector<TensorInfo> tensors, const std::vector<std::pair<const void*, int64_t>>& constants,
+  // constants: the caller's buffers, alive for the constructor; kernels pack what they need and
+  // only the constants still read at run time are copied into plan-owned aligned memory.
+  Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& constants,
        std::vector<int> inputs, std::vector<int> outputs, std::vector<OpRecord> ops, int64_t arena_bytes,
        Isa isa, std::shared_ptr<ThreadPool> pool);
 

@@ -18,6 +18,7 @@ from walle_core import ops
 from walle_core.backend import Segment
 from walle_core.errors import BackendError
 from walle_core.ir import Node, TensorType
+from walle_core.mapped import is_reclaimable
 from walle_core.memory import plan_segment_memory
 from walle_core.ops import Op
 
@@ -44,6 +45,7 @@ class Codes:
 class EncodedSegment:
     tensors: list[tuple[int, int, list[int], int, int]]
     constants: list[np.ndarray]  # uint8 views, in constant-index order
+    reclaimable: list[bool]  # per constant: a view of a read-only file mapping (walle_core.mapped)
     inputs: list[int]
     outputs: list[int]
     ops: list[tuple[int, int, str, list[int], list[int], list[int], list[float]]]
@@ -139,6 +141,7 @@ def encode_segment(segment: Segment, codes: Codes) -> EncodedSegment:
     ids: dict[str, int] = {}
     tensors: list[tuple[int, int, list[int], int, int]] = []
     constants: list[np.ndarray] = []
+    reclaimable: list[bool] = []
 
     def add(name: str, kind: int, where: int) -> None:
         t = types[name]
@@ -151,6 +154,7 @@ def encode_segment(segment: Segment, codes: Codes) -> EncodedSegment:
         if value.dtype != t.dtype or tuple(value.shape) != t.shape:
             raise BackendError(f"[cpu_x86] constant {name!r} is {value.dtype}{value.shape}, typed as {t}")
         constants.append(as_bytes(np.ascontiguousarray(value)))
+        reclaimable.append(is_reclaimable(constants[-1]))
         add(name, CONSTANT, len(constants) - 1)
 
     for slot, name in enumerate(segment.inputs):
@@ -191,6 +195,7 @@ def encode_segment(segment: Segment, codes: Codes) -> EncodedSegment:
     return EncodedSegment(
         tensors=tensors,
         constants=constants,
+        reclaimable=reclaimable,
         inputs=[ids[n] for n in segment.inputs],
         outputs=[ids[n] for n in segment.outputs],
         ops=records,

@@ -202,7 +202,7 @@ class CpuX86Backend(Backend):
         isa = os.environ.get(ISA_ENV, "").strip().lower()
         try:
             plan = _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
-                             isa, self._thread_pool())
+                             isa, self._thread_pool(), enc.reclaimable)
         except ValueError as exc:
             raise BackendError(f"{exc}") from None
         profile = os.environ.get(PROFILE_ENV, "").strip() not in ("", "0")
