@@ -258,6 +258,8 @@ class Session:
             graph = optimize(graph)
         sched = schedule(graph, self.backends, self._assigner)
         executables = [s.backend.compile(s.segment) for s in sched.segments]
+        if hasattr(self.model, "drop_weight_pages"):
+            self.model.drop_weight_pages()
         return Plan(graph, sched, executables, layout)
 
     def _flatten(self, feeds: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ the node, op type and field at fault; the lowering step then only deals with sem
 from __future__ import annotations
 
 import functools
+import mmap
 import os
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -21,8 +22,10 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
 from walle_core.errors import ModelError, UnsupportedOpError
+from walle_core.mapped import FileMapping, map_file
 from walle_core.onnx import functions
 from walle_core.onnx.dtypes import onnx_to_numpy
+from walle_core.onnx.wire import WireFormatError, split_raw_initializers
 from walle_core.shapes import MAX_ELEMENTS, MAX_RANK
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto
@@ -60,10 +63,11 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
 class OnnxModel:
     """A validated ONNX model with its nodes in topological order."""
 
-    def __init__(self, proto: onnx.ModelProto) -> None:
+    def __init__(self, proto: onnx.ModelProto, payloads: RawPayloads | None = None) -> None:
         graph = proto.graph
         self.opsets = _read_opsets(proto)
-        self.initializers = _read_initializers(graph)
+        self.initializers = _read_initializers(graph, payloads)
+        self._payloads = payloads
         self.inputs = _read_inputs(graph, self.initializers)
         self.output_names = [out.name for out in graph.output]
         ordered = _topological_order(graph, self.opsets, set(self.initializers), [spec.name for spec in self.inputs])
@@ -71,6 +75,12 @@ class OnnxModel:
         # included, and those are already decoded into ``initializers``. Without this the
         # weights would stay in memory twice for the session's lifetime.
         self.nodes = [_detached(node) for node in ordered]
+
+    def drop_weight_pages(self) -> None:
+        """Once plans are built the weights have been packed or folded into new arrays: let
+        the pages of a mapped model file go (re-planning reads them back from the file)."""
+        if self._payloads is not None and isinstance(self._payloads.buffer, FileMapping):
+            self._payloads.buffer.drop_pages()
 
     def opset(self, domain: str) -> int:
         """Imported opset version of ``domain`` ('' and 'ai.onnx' are the same domain)."""
@@ -95,26 +105,57 @@ class OnnxModel:
             raise UnsupportedOpError("; ".join(problems))
 
 
+@dataclass(frozen=True)
+class RawPayloads:
+    """Where the top-level initializers' raw_data lie in the serialized model, which was
+    parsed without them (see :mod:`walle_core.onnx.wire`): ``spans[i]`` is ``(offset,
+    length)`` in ``buffer`` for ``graph.initializer[i]``, or None."""
+
+    buffer: bytes | mmap.mmap
+    spans: list[tuple[int, int] | None]
+
+
 def load_model(source: ModelSource) -> OnnxModel:
-    """Parse ``source`` (a path, serialized bytes or a ModelProto) and validate it."""
+    """Parse ``source`` (a path, serialized bytes or a ModelProto) and validate it.
+
+    From a path the file is memory-mapped read-only and the weights are arrays over the
+    mapping, not copies: loading reads only the pages it needs, and the weights count once
+    in memory. Replace a model file by writing a new one and renaming it over the old (as
+    bundle installs do); truncating a file that a live session maps is not supported.
+    """
+    payloads = None
     if isinstance(source, onnx.ModelProto):
         proto = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        proto = _parse(bytes(source), "model bytes")
+        proto, payloads = _parse_without_weights(source if isinstance(source, bytes) else bytes(source),
+                                                 "model bytes")
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
-            data = path.read_bytes()
+            data = map_file(path)
         except OSError as exc:
             raise ModelError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from None
-        proto = _parse(data, str(path))
+        proto, payloads = _parse_without_weights(data, str(path))
         _load_external_data(proto, path.parent)
     else:
         raise ModelError(f"cannot load a model from {type(source).__name__}; "
                          "pass a path, bytes or an onnx.ModelProto")
     if not proto.HasField("graph"):
         raise ModelError("model has no graph")
-    return OnnxModel(proto)
+    return OnnxModel(proto, payloads)
+
+
+def _parse_without_weights(data: bytes | mmap.mmap, what: str) -> tuple[onnx.ModelProto, RawPayloads | None]:
+    """Parse ``data`` with its initializers' raw_data left in place; bytes the wire walk
+    cannot follow get the ordinary whole parse, and its error message."""
+    try:
+        stripped, spans = split_raw_initializers(data)
+    except WireFormatError:
+        return _parse(bytes(data), what), None
+    proto = _parse(stripped, what)
+    if len(proto.graph.initializer) != len(spans):  # e.g. a graph field repeated: be safe
+        return _parse(bytes(data), what), None
+    return proto, RawPayloads(data, spans)
 
 
 def _parse(data: bytes, what: str) -> onnx.ModelProto:
@@ -199,9 +240,9 @@ def _check_dims(dims: list[int], where: str) -> tuple[int, ...]:
     return tuple(int(d) for d in dims)
 
 
-def _read_initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+def _read_initializers(graph: onnx.GraphProto, payloads: RawPayloads | None) -> dict[str, np.ndarray]:
     values: dict[str, np.ndarray] = {}
-    for tensor in graph.initializer:
+    for index, tensor in enumerate(graph.initializer):
         where = f"initializer {tensor.name!r}"
         if not tensor.name:
             raise ModelError("an initializer has no name")
@@ -211,8 +252,16 @@ def _read_initializers(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
         dtype = onnx_to_numpy(tensor.data_type, where)
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             raise ModelError(f"{where}: external data was not loaded (load the model from its file path)")
-        if tensor.data_type in _PLAIN_RAW and tensor.HasField("raw_data"):
-            values[tensor.name] = _plain_raw_array(tensor.raw_data, dims, dtype, where)
+        span = payloads.spans[index] if payloads is not None else None
+        if span is not None:
+            offset, length = span
+            if tensor.data_type in _PLAIN_RAW:
+                values[tensor.name] = _plain_raw_array(payloads.buffer, offset, length, dims, dtype, where)
+                continue
+            tensor.raw_data = bytes(payloads.buffer[offset:offset + length])  # rare types: the general path
+        elif tensor.data_type in _PLAIN_RAW and tensor.HasField("raw_data"):
+            raw = tensor.raw_data
+            values[tensor.name] = _plain_raw_array(raw, 0, len(raw), dims, dtype, where)
             continue
         _check_payload(tensor, dims, dtype, where)
         try:
@@ -229,13 +278,17 @@ _PLAIN_RAW = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.
               onnx.TensorProto.UINT16, onnx.TensorProto.UINT32, onnx.TensorProto.UINT64, onnx.TensorProto.BOOL}
 
 
-def _plain_raw_array(raw: bytes, dims: tuple[int, ...], dtype: np.dtype, where: str) -> np.ndarray:
+def _plain_raw_array(buffer: bytes | mmap.mmap, offset: int, length: int, dims: tuple[int, ...],
+                     dtype: np.dtype, where: str) -> np.ndarray:
+    """The ``length`` bytes at ``offset`` in ``buffer`` as an array, without a copy on a
+    little-endian machine; read-only, like every constant: nothing may change a model's
+    weights in place."""
     count = int(np.prod(dims, dtype=np.int64))
-    if len(raw) != count * dtype.itemsize:
-        raise ModelError(f"{where}: raw_data has {len(raw)} bytes, dims {list(dims)} of {dtype} need "
+    if length != count * dtype.itemsize:
+        raise ModelError(f"{where}: raw_data has {length} bytes, dims {list(dims)} of {dtype} need "
                          f"{count * dtype.itemsize}")
-    # read-only, like every constant: nothing may change a model's weights in place
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(dims).astype(dtype, copy=False)
+    array = np.frombuffer(buffer, dtype=dtype.newbyteorder("<"), count=count, offset=offset)
+    return array.reshape(dims).astype(dtype, copy=False)
 
 
 def _check_payload(tensor: onnx.TensorProto, dims: tuple[int, ...], dtype: np.dtype, where: str) -> None:
