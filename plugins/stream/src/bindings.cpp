@@ -5,6 +5,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/pair.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
@@ -112,6 +113,31 @@ void init_matcher(nb::module_& m) {
             self.load_key(key, d);
           },
           "key"_a, "clock"_a, "active"_a, "fresh"_a, "last_fire"_a)
+      .def(
+          "dump_key_json",
+          [](Matcher& self, int32_t key) -> nb::object {
+            std::string out;
+            bool held = false;
+            {
+              nb::gil_scoped_release release;
+              held = self.dump_key_json(key, out);
+            }
+            if (!held) return nb::none();
+            return nb::str(out.data(), out.size());
+          },
+          "key"_a, "The key's state as compact JSON text (see matcher.hpp), or None")
+      .def(
+          "set_node_label",
+          [](Matcher& self, int32_t node, nb::bytes sort, std::string json) {
+            self.set_node_label(node, std::string(sort.c_str(), sort.size()), std::move(json));
+          },
+          "node"_a, "sort"_a, "json"_a, "sort: the name's UTF-8 bytes (the order of entries); json: the name as JSON")
+      .def(
+          "set_trigger_label",
+          [](Matcher& self, int32_t trigger, nb::bytes sort, std::string json) {
+            self.set_trigger_label(trigger, std::string(sort.c_str(), sort.size()), std::move(json));
+          },
+          "trigger"_a, "sort"_a, "json"_a)
       .def("forget_key", &Matcher::forget_key, "key"_a)
       .def_prop_rw("ordinal", &Matcher::ordinal, &Matcher::set_ordinal)
       .def("added_at", &Matcher::added_at, "trigger"_a)

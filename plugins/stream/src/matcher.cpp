@@ -543,13 +543,22 @@ std::vector<std::pair<int32_t, bool>> Matcher::evict(int64_t horizon, const std:
     ks.fresh.erase(std::remove_if(ks.fresh.begin(), ks.fresh.end(),
                                   [&](const auto& f) { return horizon - f.second.clock > nodes_[f.first].max_within; }),
                    ks.fresh.end());
+    // last firings older than every partial match no longer block anything: every start that
+    // can complete a trigger is later (see TriggerAutomaton._prune_last_fire)
+    int64_t oldest = INT64_MAX;
+    for (const Slot& s : ks.slots)
+      if (s.node >= 0) oldest = std::min(oldest, s.start.seq);
+    for (const auto& f : ks.fresh) oldest = std::min(oldest, f.second.seq);
+    const size_t fired_before = ks.last_fire.size();
+    ks.last_fire.erase_if([&](int32_t, int64_t seq) { return seq < oldest; });
+    const bool pruned = ks.last_fire.size() != fired_before;
     if (ks.active() == 0 && ks.fresh.empty() && ks.clock < horizon) {
       // nothing in flight and every future event is newer than the key's clock: a new state
       // behaves identically (any future start is after any past firing anyway)
       ks = KeyState();
       --n_keys_;
       changed.emplace_back(key, true);
-    } else if (ks.active() + ks.fresh.size() != before) {
+    } else if (pruned || ks.active() + ks.fresh.size() != before) {
       changed.emplace_back(key, false);
     }
   }
@@ -575,6 +584,82 @@ KeyDump Matcher::dump_key(int32_t key) {
   for (const auto& [node, start] : ks.fresh) out.fresh.emplace_back(node, start.seq, start.clock);
   ks.last_fire.for_each([&](int32_t t, int64_t seq) { out.last_fire.emplace_back(t, seq); });
   return out;
+}
+
+void Matcher::set_node_label(int32_t node, std::string sort, std::string json) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_node(node, "set_node_label");
+  require(!json.empty(), "set_node_label: empty JSON label");
+  if (node_labels_.size() < nodes_.size()) node_labels_.resize(nodes_.size());
+  node_labels_[node] = Label{std::move(sort), std::move(json), true};
+}
+
+void Matcher::set_trigger_label(int32_t trigger, std::string sort, std::string json) {
+  std::lock_guard<std::mutex> lock(mu_);
+  require(trigger >= 0 && trigger < static_cast<int64_t>(triggers_.size()) && triggers_[trigger].alive,
+          "set_trigger_label: no live trigger " + std::to_string(trigger));
+  require(!json.empty(), "set_trigger_label: empty JSON label");
+  if (trigger_labels_.size() < triggers_.size()) trigger_labels_.resize(triggers_.size());
+  trigger_labels_[trigger] = Label{std::move(sort), std::move(json), true};
+}
+
+bool Matcher::dump_key_json(int32_t key, std::string& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  check_key(key);
+  KeyState& ks = keys_[key];
+  out.clear();
+  if (!ks.used) return false;
+  if (ks.version != version_) reindex(ks);
+  auto node_label = [&](int32_t node) -> const Label& {
+    require(node >= 0 && node < static_cast<int64_t>(node_labels_.size()) && node_labels_[node].set,
+            "dump_key_json: node " + std::to_string(node) + " has no label");
+    return node_labels_[node];
+  };
+  // entries sorted by label (labels are unique among a key's active or fresh nodes and
+  // among triggers), as NativeAutomaton.dump_key sorts them
+  std::vector<std::pair<const Label*, Start>> entries;
+  auto write_entries = [&]() {
+    std::sort(entries.begin(), entries.end(),
+              [](const auto& a, const auto& b) { return a.first->sort < b.first->sort; });
+    out += '[';
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (i) out += ',';
+      out += '[';
+      out += entries[i].first->json;
+      out += ',';
+      out += std::to_string(entries[i].second.seq);
+      out += ',';
+      out += std::to_string(entries[i].second.clock);
+      out += ']';
+    }
+    out += ']';
+  };
+  out += "{\"clock\":";
+  out += std::to_string(ks.clock);
+  out += ",\"active\":";
+  for (const Slot& s : ks.slots)
+    if (s.node >= 0) entries.emplace_back(&node_label(s.node), s.start);
+  write_entries();
+  out += ",\"fresh\":";
+  entries.clear();
+  for (const auto& [node, start] : ks.fresh) entries.emplace_back(&node_label(node), start);
+  write_entries();
+  out += ",\"last_fire\":{";
+  std::vector<std::pair<const Label*, int64_t>> fires;
+  ks.last_fire.for_each([&](int32_t t, int64_t seq) {
+    require(t < static_cast<int64_t>(trigger_labels_.size()) && trigger_labels_[t].set,
+            "dump_key_json: trigger " + std::to_string(t) + " has no label");
+    fires.emplace_back(&trigger_labels_[t], seq);
+  });
+  std::sort(fires.begin(), fires.end(), [](const auto& a, const auto& b) { return a.first->sort < b.first->sort; });
+  for (size_t i = 0; i < fires.size(); ++i) {
+    if (i) out += ',';
+    out += fires[i].first->json;
+    out += ':';
+    out += std::to_string(fires[i].second);
+  }
+  out += "}}";
+  return true;
 }
 
 void Matcher::load_key(int32_t key, const KeyDump& dump) {

@@ -146,6 +146,14 @@ struct KeyDump {
   std::vector<std::pair<int32_t, int64_t>> last_fire;         // (trigger, seq)
 };
 
+// How a node or trigger is named in saved state: `sort` orders entries (UTF-8 bytes, so code
+// point order, as Python sorts str), `json` is the name as a JSON string literal.
+struct Label {
+  std::string sort;
+  std::string json;
+  bool set = false;
+};
+
 class Matcher {
  public:
   Matcher();
@@ -173,6 +181,12 @@ class Matcher {
   std::vector<std::pair<int32_t, bool>> evict(int64_t horizon, const std::vector<int32_t>* only);
   bool has_key(int32_t key);
   KeyDump dump_key(int32_t key);
+  // The key's state as the JSON text `json.dumps(NativeAutomaton.dump_key(key),
+  // separators=(",", ":"))` would give, built here to spare a commit the Python objects;
+  // false when the key holds no state. Every node and trigger in it needs a label.
+  bool dump_key_json(int32_t key, std::string& out);
+  void set_node_label(int32_t node, std::string sort, std::string json);
+  void set_trigger_label(int32_t trigger, std::string sort, std::string json);
   void load_key(int32_t key, const KeyDump& dump);
   void forget_key(int32_t key);
   int64_t ordinal();
@@ -207,6 +221,8 @@ class Matcher {
   std::vector<std::pair<int32_t, std::vector<int32_t>>> preds_;  // predicate -> (type, [page?, values])
   std::vector<Node> nodes_;                                       // node 0 is the root
   std::vector<TriggerInfo> triggers_;
+  std::vector<Label> node_labels_;     // by node id
+  std::vector<Label> trigger_labels_;  // by trigger id
   std::vector<KeyState> keys_;
   int64_t n_keys_ = 0;      // keys holding state
   uint64_t version_ = 1;    // bumped on every trie change; keys re-index lazily

@@ -5,6 +5,7 @@ choice of matcher, and bad input."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 
 import numpy as np
@@ -292,3 +293,36 @@ def test_encoded_batch_is_tied_to_its_matcher_state():
     auto.evict(10_000)  # frees the key slot the batch names
     with pytest.raises(StreamConfigError, match="encode it again"):
         auto.process_encoded(dataclasses.replace(batch))
+
+
+def test_native_json_dump_is_the_compact_json_of_dump_key():
+    """What a commit writes for a native key (built in C++) is exactly ``json.dumps`` of
+    ``dump_key``: same order of entries (code points, non-ASCII and surrogates included),
+    same escapes, through evictions that prune entries."""
+    rng = random.Random(12)
+    prefixes = ["t", "é", '"q', "\U0001f600", "\ud800", "Z", "a\\b"]
+    triggers = []
+    for i in range(40):
+        trigger = random_native_trigger(rng, "placeholder")
+        first = trigger.elements[0]
+        # a non-ASCII page on some first elements puts it into node signatures too
+        page = rng.choice([first.page, "détail", "\u4e2d"]) if rng.random() < 0.3 else first.page
+        elements = (dataclasses.replace(first, page=page),) + trigger.elements[1:]
+        triggers.append(dataclasses.replace(trigger, name=f"{rng.choice(prefixes)}{i}", elements=elements))
+    events = native_events(rng, 1200, keys=6)
+    for event in events:
+        if rng.random() < 0.3:
+            event.page = rng.choice(["détail", "\u4e2d"])
+    native = NativeAutomaton(triggers)
+    checked = 0
+    for index, event in enumerate(events):
+        native.process(event.key, event)
+        if index % 50 == 49:
+            if index % 200 == 199:
+                native.evict(event.ts - 30)
+            for key in list(native.keys):
+                text = native.dump_key_json(key)
+                assert text == json.dumps(native.dump_key(key), separators=(",", ":")), f"key {key}"
+                checked += bool(json.loads(text)["last_fire"])
+    assert checked > 10
+    assert native.dump_key_json("no such key") is None

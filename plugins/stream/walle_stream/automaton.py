@@ -20,7 +20,7 @@ keeps the per-event cost flat as triggers are added. The exact semantics are in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from walle_stream.errors import StreamConfigError
@@ -322,6 +322,18 @@ class TriggerAutomaton:
             fired.sort(key=lambda t: t.name)
         return fired
 
+    def process_batch(self, events: Sequence[Any], keys: Sequence[str | None]) -> list[tuple[int, list[Trigger]]]:
+        """``process`` over a batch, ``keys[i]`` partitioning ``events[i]`` (None: the event is
+        not seen); returns ``(index, triggers sorted by name)`` for the events that fired."""
+        process = self.process
+        out = []
+        for index, (key, event) in enumerate(zip(keys, events)):
+            if key is not None:
+                fired = process(key, event)
+                if fired:
+                    out.append((index, fired))
+        return out
+
     def _drop(self, ks: KeyState, node: TrieNode) -> None:
         del ks.active[node]
         for etype in node.relaxed:
@@ -364,15 +376,32 @@ class TriggerAutomaton:
             if ks.fresh:
                 # the key's next event has a clock of at least `horizon`
                 ks.fresh = {n: s for n, s in ks.fresh.items() if horizon - s[1] <= n.max_within}
+            pruned = self._prune_last_fire(ks)
             if not ks.active and not ks.fresh and ks.clock < horizon:
                 # nothing in flight and every future event is newer than the key's clock:
                 # a new KeyState behaves identically (any future start is after any past
                 # firing anyway)
                 del self.keys[key]
                 changed.append(key)
-            elif len(ks.active) + len(ks.fresh) != before:
+            elif pruned or len(ks.active) + len(ks.fresh) != before:
                 changed.append(key)
         return changed
+
+    @staticmethod
+    def _prune_last_fire(ks: KeyState) -> bool:
+        """Forget last firings older than every partial match of the key: a match can only
+        complete from a start after them (every future start is later still), so the check
+        ``start > last firing`` they stand for always passes, as it does for a trigger that
+        never fired. Keeps a busy key's state from growing with every trigger it ever fired."""
+        if not ks.last_fire:
+            return False
+        oldest = min(min((s[0] for s in ks.active.values()), default=0x7FFFFFFFFFFFFFFF),
+                     min((s[0] for s in ks.fresh.values()), default=0x7FFFFFFFFFFFFFFF))
+        kept = {name: seq for name, seq in ks.last_fire.items() if seq >= oldest}
+        if len(kept) == len(ks.last_fire):
+            return False
+        ks.last_fire = kept
+        return True
 
     # -- durable state -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ what the other saved.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,13 @@ def unsupported_reason(trigger: Trigger) -> str | None:
             if isinstance(value, float) and math.isnan(value):
                 return f"trigger '{trigger.name}': element '{element.label}' compares attrs['{name}'] with NaN"
     return None
+
+
+def _label(name: str) -> tuple[bytes, str]:
+    """A node signature or trigger name for the native JSON dump: its UTF-8 bytes order the
+    entries as Python orders str (code points; surrogates kept), and the JSON literal is
+    what ``json.dumps`` writes for it."""
+    return name.encode("utf-8", "surrogatepass"), json.dumps(name)
 
 
 @dataclass(frozen=True)
@@ -134,7 +142,9 @@ class NativeAutomaton:
                 self._node_ids[node] = node_id
                 self._sig_ids[node.sig] = node_id
                 self._node_sigs[node_id] = node.sig
+                self._m.set_node_label(node_id, *_label(node.sig))
         tid = self._m.add_trigger(self._node_ids[node], trigger.within_ms)
+        self._m.set_trigger_label(tid, *_label(trigger.name))
         self._trigger_ids[trigger.name] = tid
         self._by_id[tid] = trigger
 
@@ -249,6 +259,32 @@ class NativeAutomaton:
                                     "the key slots changed; encode it again")
         return self._m.process(batch.keys, batch.ts, batch.types, batch.pages, batch.vals)
 
+    def process_batch(self, events: Sequence[Any], keys: Sequence[str | None]) -> list[tuple[int, list[Trigger]]]:
+        """``process`` over a batch in one native call, ``keys[i]`` partitioning ``events[i]``
+        (None: the event is not seen); returns ``(index, triggers sorted by name)`` for the
+        events that fired, in event order."""
+        if len(events) == 1:
+            fired = self.process(keys[0], events[0]) if keys[0] is not None else []
+            return [(0, fired)] if fired else []
+        if any(key is None for key in keys):
+            seen = [index for index, key in enumerate(keys) if key is not None]
+            sub = self.process_batch([events[i] for i in seen], [keys[i] for i in seen])
+            return [(seen[index], fired) for index, fired in sub]
+        event_index, trigger_ids = self.process_encoded(self.encode(events, keys))
+        out: list[tuple[int, list[Trigger]]] = []
+        by_id = self._by_id
+        last = -1
+        for index, tid in zip(event_index.tolist(), trigger_ids.tolist()):
+            if index != last:
+                out.append((index, [by_id[tid]]))
+                last = index
+            else:
+                out[-1][1].append(by_id[tid])
+        for _, fired in out:
+            if len(fired) > 1:
+                fired.sort(key=lambda t: t.name)
+        return out
+
     def trigger_of(self, trigger_id: int) -> Trigger:
         return self._by_id[int(trigger_id)]
 
@@ -296,6 +332,12 @@ class NativeAutomaton:
             "fresh": sorted([sigs[node], seq, start] for node, seq, start in fresh),
             "last_fire": dict(sorted((self._by_id[t].name, seq) for t, seq in last_fire)),
         }
+
+    def dump_key_json(self, key: str) -> str | None:
+        """``dump_key`` as compact JSON text (``json.dumps(..., separators=(",", ":"))``),
+        built natively: what a commit writes, without the Python objects in between."""
+        kid = self.keys.get(key)
+        return None if kid is None else self._m.dump_key_json(kid)
 
     def load_key(self, key: str, data: dict[str, Any]) -> None:
         """Restore a key from ``dump_key`` (of either automaton); nodes and triggers no longer
