@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
+from pathlib import Path
 
 import pytest
 from oracle import OracleMatcher
 from test_stream_automaton import random_trigger
+from test_stream_durability import snapshot
 from test_stream_windows import naive_value
 
-from walle_stream import EngineConfig, Event, ListSink, Pattern, StreamEngine
+from walle_stream import CallbackSink, EngineConfig, Event, ListSink, Pattern, StreamEngine
+from walle_stream.bench import random_triggers
 from walle_stream.errors import StreamConfigError
-from walle_stream.gen import generate_events
+from walle_stream.gen import generate_events, write_jsonl
+from walle_stream.native import native_available
 from walle_stream.sources import BoundedEventQueue
 from walle_stream.tasks import task_from_table
 from walle_stream.windows import FeatureSpec
@@ -131,3 +136,109 @@ def test_bad_config_is_rejected():
         EngineConfig(late_policy="keep")
     with pytest.raises(StreamConfigError, match="commit_every"):
         EngineConfig(commit_every=0)
+
+
+BATCH_FEATURES = (FeatureSpec("views", "sliding", "count", size_ms=120_000, slide_ms=30_000, types=("page_view",)),
+                  FeatureSpec("price", "session", "mean", "attrs.price", gap_ms=20_000),
+                  FeatureSpec("skus", "count", "last_n", "attrs.sku", size=10, n=3),
+                  FeatureSpec("pages", "tumbling", "distinct", "page", size_ms=60_000),
+                  FeatureSpec("spent", "count", "sum", "attrs.amount", size=5))
+
+
+def batch_engine(batch_size: int, state: Path, sink: ListSink) -> StreamEngine:
+    """Random selective triggers on the user key, one partitioned by the product and one by
+    the search query with a ``where`` predicate (Python automaton); events without a sku or
+    query are not seen by those."""
+    engine = StreamEngine(config=EngineConfig(batch_size=batch_size, commit_every=50, evict_every=200,
+                                              record_fires=True, allowed_lateness_ms=2000),
+                          sinks=[sink], state_path=state)
+    for trigger in random_triggers(40, seed=3):
+        engine.add_trigger(trigger, BATCH_FEATURES[: 1 + int(trigger.name[1:]) % len(BATCH_FEATURES)])
+    per_sku = Pattern.begin("v", type="page_view", page="detail").followed_by("c", type="add_to_cart")
+    engine.add_trigger(dataclasses.replace(per_sku.within(60_000).trigger("per_sku"), key="sku"), BATCH_FEATURES[2:3])
+    long_query = Pattern.begin("s", type="search", where=lambda e: len(e.attrs["query"]) > 4).followed_by(
+        "t", type="search")
+    engine.add_trigger(dataclasses.replace(long_query.within(120_000).trigger("long_query"), key="query"),
+                       BATCH_FEATURES)
+    return engine
+
+
+def test_batches_give_the_results_of_one_event_at_a_time(tmp_path):
+    """run_jsonl in batches (of sizes that do and do not divide the commit interval) fires the
+    same tasks with the same features in the same order, and leaves the same durable state
+    (offsets, counters, firings, partial matches, windows), as one line at a time."""
+    trace = tmp_path / "trace.jsonl"
+    write_jsonl(trace, generate_events(6_000, users=60, seed=9, bad_rate=0.01, late_rate=0.03))
+    runs = {}
+    for batch_size in (1, 37, 256):
+        sink = ListSink()
+        engine = batch_engine(batch_size, tmp_path / f"b{batch_size}.db", sink)
+        if native_available():
+            assert engine.matchers == {"key": "native", "sku": "native",
+                                       "query": "python: trigger 'long_query': element 's' has a 'where' predicate"}
+        commits = []  # (inputs, offset, partial matches) at every commit: a restart resumes from these
+        store_commit = engine.store.commit
+
+        def recording_commit(meta, *rest, _commit=store_commit, _commits=commits, _engine=engine):
+            _commits.append((meta["inputs"], meta["offset"], _engine.stats()["partial_matches"]))
+            _commit(meta, *rest)
+
+        engine.store.commit = recording_commit
+        assert engine.run_jsonl(trace) == 6_000
+        engine.close()
+        stats = engine.stats()
+        del stats["latency_ms"]
+        fires = [(task, key, features, event.to_dict()) for task, key, features, event in sink.fires]
+        runs[batch_size] = (fires, stats, snapshot(tmp_path / f"b{batch_size}.db"), commits)
+    fires, stats, state, commits = runs[1]
+    assert len(commits) == 6_000 // 50 + 1
+    assert len(fires) > 500 and {task for task, *_ in fires} >= {"per_sku", "long_query"}
+    assert stats["rejected"] > 0 and stats["late_dropped"] > 0
+    for batch_size in (37, 256):
+        assert runs[batch_size][0] == fires, f"batch_size={batch_size}"
+        assert runs[batch_size][1] == stats, f"batch_size={batch_size}"
+        assert runs[batch_size][2] == state, f"batch_size={batch_size}"
+        assert runs[batch_size][3] == commits, f"batch_size={batch_size}"
+
+
+def test_batched_queue_matches_push():
+    events = list(generate_events(2_000, users=30, seed=6, late_rate=0.03))
+    reference, batched = ListSink(), ListSink()
+    one = StreamEngine(config=EngineConfig(evict_every=300), sinks=[reference])
+    many = StreamEngine(config=EngineConfig(evict_every=300, batch_size=64), sinks=[batched])
+    for engine in (one, many):
+        for trigger in random_triggers(20, seed=1):
+            engine.add_trigger(trigger, BATCH_FEATURES[:2])
+    for raw in events:
+        one.push(raw)
+    queue = BoundedEventQueue(maxsize=len(events) + 1)
+    for raw in events:
+        queue.put(raw)
+    queue.close()
+    assert many.run_queue(queue) == len(events)
+    assert many.run_queue(queue) == 0  # closed and drained
+    assert batched.fires == reference.fires and len(reference.fires) > 50
+    assert many.push_many([]) == []
+
+
+def test_sinks_cannot_change_tasks_or_push_mid_batch():
+    engine = StreamEngine(config=EngineConfig(batch_size=10))
+    engine.add_trigger(Pattern.begin("x", type="a").within(10).trigger("t"))
+    calls = []
+
+    def add_from_sink(task, key, features, event):
+        calls.append(task)
+        engine.add_trigger(Pattern.begin("x", type="b").within(10).trigger(f"new{len(calls)}"))
+
+    engine.sinks.append(CallbackSink(add_from_sink))
+    engine.push({"type": "a", "ts": 1, "key": "u"})  # a batch of one: the change is exact
+    assert "new1" in engine.tasks
+    with pytest.raises(StreamConfigError, match="batch of 2 inputs"):
+        engine.push_many([{"type": "a", "ts": 2, "key": "u"}, {"type": "b", "ts": 3, "key": "u"}])
+    engine.sinks[-1] = CallbackSink(lambda *_: engine.push({"type": "a", "ts": 9, "key": "u"}))
+    with pytest.raises(StreamConfigError, match="inside a sink"):
+        engine.push({"type": "a", "ts": 4, "key": "u"})
+    with pytest.raises(StreamConfigError, match="offsets"):
+        engine.push_many([{"type": "a", "ts": 5, "key": "u"}], offsets=[1, 2])
+    with pytest.raises(StreamConfigError, match="batch_size"):
+        EngineConfig(batch_size=0)

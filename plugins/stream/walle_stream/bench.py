@@ -177,11 +177,12 @@ def bench_matching(events: list[Event], counts: list[int], seed: int, budget_s: 
 
 
 def bench_engine(path: Path, triggers: int, seed: int, state: Path | None, matcher: str,
-                 limit: int | None = None) -> dict:
+                 limit: int | None = None, batch_size: int = EngineConfig.batch_size) -> dict:
     features = (FeatureSpec("views", "sliding", "count", size_ms=300_000, slide_ms=60_000, types=("page_view",)),
                 FeatureSpec("skus", "count", "last_n", "attrs.sku", size=20, n=3))
     tasks = [StreamTask(t.name, t, features) for t in random_triggers(triggers, seed)]
-    engine = StreamEngine(tasks, EngineConfig(commit_every=1000, matcher=matcher), sinks=[ListSink()],
+    engine = StreamEngine(tasks, EngineConfig(commit_every=1000, matcher=matcher, batch_size=batch_size),
+                          sinks=[ListSink()],
                           state_path=state)
     start = time.perf_counter()
     lines = engine.run_jsonl(path, limit)

@@ -32,14 +32,17 @@ def stream_group() -> None:
 @click.option("--commit-every", type=click.IntRange(min=1), default=1_000, show_default=True,
               help="Commit state every N input lines.")
 @click.option("--record-fires", is_flag=True, help="Also store every firing (with features) in the state file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Lines matched as one batch: larger is faster per event, but firings wait for their "
+                   "batch (1: event by event). Results do not depend on it.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after N input lines.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
               help="Container worker threads (when tasks are run).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_obj
 def replay(term, events: Path, task_dirs: tuple[Path, ...], state: Path | None, no_run: bool, key_name: str,
-           lateness_ms: int, late_policy: str, commit_every: int, record_fires: bool, limit: int | None,
-           workers: int, as_json: bool) -> None:
+           lateness_ms: int, late_policy: str, commit_every: int, record_fires: bool, batch_size: int,
+           limit: int | None, workers: int, as_json: bool) -> None:
     """Replay EVENTS (JSONL) through the stream engine with the tasks' triggers and features."""
     from walle_stream.engine import EngineConfig, StreamEngine
     from walle_stream.tasks import load_tasks
@@ -47,7 +50,7 @@ def replay(term, events: Path, task_dirs: tuple[Path, ...], state: Path | None, 
     tasks = load_tasks(task_dirs)
     config = EngineConfig(key_name=key_name, allowed_lateness_ms=lateness_ms, late_policy=late_policy,
                           max_disorder_ms=max(lateness_ms, EngineConfig.max_disorder_ms),
-                          commit_every=commit_every, record_fires=record_fires)
+                          commit_every=commit_every, record_fires=record_fires, batch_size=batch_size)
     container, sink, note = None, None, ""
     if not no_run:
         container, sink, note = _open_container(tasks, workers)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from walle_stream.events import Event, EventValidator
 from walle_stream.native import NativeAutomaton, copy_state, native_available, unsupported_reason
 from walle_stream.pattern import EVENT_KEY, Trigger
 from walle_stream.sinks import FireSink
-from walle_stream.sources import read_jsonl
-from walle_stream.state import StateStore
+from walle_stream.sources import BoundedEventQueue, read_jsonl
+from walle_stream.state import RawJSON, StateStore
 from walle_stream.tasks import StreamTask
 from walle_stream.windows import FeatureSpec, FeatureStore
 
@@ -56,7 +56,12 @@ class EngineConfig:
     ``matcher``: ``"auto"`` runs a partition field on the native matcher when it is built and
     all the field's triggers can run on it (no ``where`` predicates), else on the Python
     automaton, switching (state included) as triggers come and go; ``"native"`` requires
-    the native matcher; ``"python"`` always uses the Python automaton."""
+    the native matcher; ``"python"`` always uses the Python automaton.
+
+    ``batch_size``: inputs that ``run_jsonl`` / ``run_queue`` match as one batch. Results do
+    not depend on it; larger batches cost less per event (one native call, no per-event
+    Python wrapper) but an event's firings are delivered only once its batch is matched,
+    which is the latency cost (see the README's benchmark)."""
 
     key_name: str = "user"
     allowed_lateness_ms: int = 5_000
@@ -66,6 +71,7 @@ class EngineConfig:
     evict_every: int = 10_000
     record_fires: bool = False
     matcher: str = "auto"
+    batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.matcher not in MATCHERS:
@@ -78,14 +84,14 @@ class EngineConfig:
         for name in ("allowed_lateness_ms", "max_disorder_ms"):
             if getattr(self, name) < 0:
                 raise StreamConfigError(f"[stream] {name} must be >= 0")
-        for name in ("commit_every", "evict_every"):
+        for name in ("commit_every", "evict_every", "batch_size"):
             if getattr(self, name) <= 0:
                 raise StreamConfigError(f"[stream] {name} must be positive")
         if self.allowed_lateness_ms > self.max_disorder_ms:
             raise StreamConfigError("[stream] allowed_lateness_ms must not exceed max_disorder_ms")
 
 
-@dataclass
+@dataclass(slots=True)
 class Fire:
     """One firing: the task, the key, its features and the event that completed the match."""
 
@@ -116,6 +122,8 @@ class StreamEngine:
         self.fired: dict[str, int] = {}
         self.features_produced = 0
         self.latencies: list[float] = []
+        self._latency_at = 0  # next sample to overwrite once the ring is full
+        self._in_batch = 0  # events of the batch being delivered (0: none)
         self._dirty_matches: set[tuple[str, str]] = set()
         self._pending_fires: list[tuple[int, str, str, int, Any]] = []
         self.inputs = 0  # every input line / pushed object, valid or not
@@ -133,6 +141,7 @@ class StreamEngine:
 
     def add_task(self, task: StreamTask) -> None:
         """Register a task's trigger and features; other tasks' partial matches are kept."""
+        self._check_not_mid_batch("added")
         if task.name in self.tasks:
             raise StreamConfigError(f"[stream] task '{task.name}' is already registered")
         if task.trigger.name != task.name:
@@ -151,6 +160,7 @@ class StreamEngine:
         self.add_task(StreamTask(trigger.name, trigger, tuple(features)))
 
     def remove_task(self, name: str) -> None:
+        self._check_not_mid_batch("removed")
         task = self.tasks.pop(name, None)
         if task is None:
             raise StreamConfigError(f"[stream] no task named '{name}' is registered")
@@ -159,6 +169,13 @@ class StreamEngine:
         self._fit_matcher(field, removed=name)
         del self._task_features[name]
         self.features.unregister_unused({sid for pairs in self._task_features.values() for _, sid in pairs})
+
+    def _check_not_mid_batch(self, what: str) -> None:
+        # a batch is matched before its firings are delivered: a change made by a sink would
+        # miss the batch's later events, which one-by-one processing would have seen
+        if self._in_batch > 1:
+            raise StreamConfigError(f"[stream] a task cannot be {what} from a sink while a batch of "
+                                    f"{self._in_batch} inputs is delivered; use batch_size=1 for that")
 
     def _fit_matcher(self, field: str, adding: Trigger | None = None, removed: str | None = None) -> None:
         """Choose the matcher of ``field`` for its triggers (plus ``adding``; ``removed`` was
@@ -197,56 +214,124 @@ class StreamEngine:
     def push(self, raw: Any, offset: int | None = None) -> list[Fire]:
         """Process one event (an :class:`Event` or a decoded JSON object). ``offset`` is
         the source position after it (default: one more than the previous one)."""
-        started = time.perf_counter()
-        event = self.validator.check(raw)
-        return self._after_validation(event, self.offset + 1 if offset is None else offset, started)
+        return self.push_many([raw], None if offset is None else [offset])
 
     def push_line(self, line: str | bytes, offset: int | None = None) -> list[Fire]:
-        started = time.perf_counter()
-        event = self.validator.parse_line(line)
-        return self._after_validation(event, self.offset + 1 if offset is None else offset, started)
+        """Process one JSONL line (decoded and checked like ``push``)."""
+        return self.push_lines([line], None if offset is None else [offset])
+
+    def push_many(self, raws: Sequence[Any], offsets: Sequence[int] | None = None) -> list[Fire]:
+        """Process a batch of events as one unit of matching (see :meth:`_run_batch`): the
+        same firings, features and state as pushing them one by one, cheaper per event.
+        Returns the batch's firings in event order."""
+        return self._run_batch(raws, offsets, self.validator.check)
+
+    def push_lines(self, lines: Sequence[str | bytes], offsets: Sequence[int] | None = None) -> list[Fire]:
+        """``push_many`` for JSONL lines."""
+        return self._run_batch(lines, offsets, self.validator.parse_line)
 
     def run_jsonl(self, path: str | Path, limit: int | None = None) -> int:
-        """Process a JSONL file from the saved offset on (all of it on a new state);
-        returns the number of lines read. ``limit`` stops after that many lines."""
+        """Process a JSONL file from the saved offset on (all of it on a new state), in
+        batches of ``config.batch_size`` lines cut at commit points; returns the number of
+        lines read. ``limit`` stops after that many lines."""
         source = f"jsonl:{Path(path).name}"
         if self.offset and self.source != source:
             raise StreamConfigError(f"[stream] the state holds the offset of source '{self.source}', "
                                     f"not of '{source}'; use a new --state file")
         self.source = source
         count = 0
+        lines: list[bytes] = []
+        offsets: list[int] = []
+        room = self._batch_room()
         for line, offset in read_jsonl(path, self.offset):
-            self.push_line(line, offset)
+            lines.append(line)
+            offsets.append(offset)
             count += 1
-            if limit is not None and count >= limit:
-                break
+            if len(lines) >= room or (limit is not None and count >= limit):
+                self.push_lines(lines, offsets)
+                lines, offsets = [], []
+                room = self._batch_room()
+                if limit is not None and count >= limit:
+                    break
+        if lines:
+            self.push_lines(lines, offsets)
         return count
 
     def run_queue(self, events: Iterable[Any]) -> int:
-        """Drain an iterable of events (e.g. a :class:`BoundedEventQueue`) until it ends."""
+        """Drain an iterable of events (e.g. a :class:`BoundedEventQueue`) until it ends.
+        A :class:`BoundedEventQueue` is drained in batches of what is already waiting (up
+        to ``config.batch_size``, cut at commit points), so an event never waits for
+        later ones; other iterables are processed event by event."""
         count = 0
+        if isinstance(events, BoundedEventQueue):
+            while True:
+                batch = events.get_batch(self._batch_room())
+                if batch is None:
+                    return count
+                self.push_many(batch)
+                count += len(batch)
         for raw in events:
             self.push(raw)
             count += 1
         return count
 
-    def _after_validation(self, event: Event | None, offset: int, started: float) -> list[Fire]:
-        self.offset = offset
-        fires: list[Fire] = []
-        if event is not None:
-            if event.ts < self.watermark and self.config.late_policy == "drop":
+    def _batch_room(self) -> int:
+        """Inputs the next batch may take: at most ``batch_size`` and never past a commit
+        point, so commits (and evictions) land on exactly the inputs they would unbatched."""
+        every = self.config.commit_every
+        return min(self.config.batch_size, every - self.inputs % every)
+
+    def _run_batch(self, raws: Sequence[Any], offsets: Sequence[int] | None,
+                   parse: Callable[[Any], Event | None]) -> list[Fire]:
+        """Validate, apply the late policy, match and deliver a batch of inputs.
+
+        Exactly what the inputs would do one by one: validation and the late check run in
+        input order (the watermark moves with every event); each partition field's matcher
+        then takes the accepted events as one batch (keys never interact, so the native
+        matcher's key-by-key order gives the event-by-event result); features are added
+        and read per feature definition in event order, each value read right after the
+        firing event was added (see :meth:`FeatureStore.add_and_read`); sinks are called
+        in event order. Commits happen only between batches, and batches never straddle
+        a commit point (``_batch_room``), so the durable state is the same too."""
+        started = time.perf_counter()
+        if not raws:
+            return []
+        if offsets is None:
+            offsets = range(self.offset + 1, self.offset + 1 + len(raws))
+        elif len(offsets) != len(raws):
+            raise StreamConfigError(f"[stream] {len(offsets)} offsets for {len(raws)} events")
+        if self._in_batch:
+            raise StreamConfigError("[stream] events cannot be pushed from inside a sink (the engine is "
+                                    "delivering a batch)")
+        validator = self.validator
+        drop_late = self.config.late_policy == "drop"
+        lateness = self.config.allowed_lateness_ms
+        events: list[Event] = []
+        event_offsets: list[int] = []
+        for raw, offset in zip(raws, offsets):
+            event = parse(raw)
+            if event is None:
+                continue
+            # max_ts already includes this event, as the watermark of its own check did
+            if drop_late and event.ts < validator.max_ts - lateness:
                 self.late_dropped += 1
-            else:
-                fires = self._process(event, offset)
-                if fires:
-                    self._deliver(fires, started)
-        self.inputs += 1
+                continue
+            events.append(event)
+            event_offsets.append(offset)
+        fires: list[Fire] = []
+        self._in_batch = len(raws)
+        try:
+            if events:
+                fires = self._process(events, event_offsets, started)
+        finally:
+            self._in_batch = 0
+            self.offset = offsets[-1]
+            self.inputs += len(raws)
         # commit and eviction points depend only on the input count, so a resumed run
         # commits (and evicts) at exactly the same inputs as an uninterrupted one
         if self.inputs % self.config.commit_every == 0:
             self.commit()
         return fires
-
     @property
     def watermark(self) -> int:
         """Event time up to which the stream is considered complete."""
@@ -259,37 +344,45 @@ class StreamEngine:
             return self.watermark
         return self.validator.max_ts - self.config.max_disorder_ms
 
-    def _process(self, event: Event, offset: int) -> list[Fire]:
-        order = self.events
-        self.events += 1
-        keys = {}
-        for field in self.automata:
-            if field == EVENT_KEY:
-                keys[field] = event.key
-            else:
-                value = event.attrs.get(field)
-                keys[field] = None if value is None else str(value)
-        self.features.add(event, order, keys)
-        fires: list[Fire] = []
+    def _process(self, events: list[Event], offsets: list[int], started: float) -> list[Fire]:
+        """Match a batch of accepted events, compute the fired tasks' features, call the sinks."""
+        first_order = self.events
+        self.events += len(events)
+        keys_by_field: dict[str, list[str | None]] = {}
+        # per event: [(field, triggers fired, sorted by name)] in the order of self.automata
+        fired_at: dict[int, list[tuple[str, list[Trigger]]]] = {}
         for field, automaton in self.automata.items():
-            key = keys[field]
-            if key is None:
-                continue
-            self._dirty_matches.add((field, key))
-            fired = automaton.process(key, event)
-            if not fired:
-                continue
-            # tasks often share feature definitions (stored once): read each once per event;
-            # lists are copied so no two firings share a mutable value
-            values: dict[str, Any] = {}
-            for trigger in fired:
-                features = {}
-                for name, sid in self._task_features[trigger.name]:
-                    if sid not in values:
-                        values[sid] = self.features.value(sid, key, event.ts)
-                    value = values[sid]
-                    features[name] = list(value) if isinstance(value, list) else value
-                fires.append(Fire(trigger.name, key, features, event, offset))
+            if field == EVENT_KEY:
+                keys: list[str | None] = [event.key for event in events]
+            else:
+                keys = [None if (value := event.attrs.get(field)) is None else str(value) for event in events]
+            keys_by_field[field] = keys
+            self._dirty_matches.update((field, key) for key in set(keys) if key is not None)
+            for index, fired in automaton.process_batch(events, keys):
+                fired_at.setdefault(index, []).append((field, fired))
+        # the features each firing needs, read once per (definition, event): tasks often share them
+        reads: dict[str, dict[int, str]] = {}  # state id -> {event index: key}
+        for index, per_field in fired_at.items():
+            for field, fired in per_field:
+                key = keys_by_field[field][index]
+                for trigger in fired:
+                    for _, sid in self._task_features[trigger.name]:
+                        reads.setdefault(sid, {})[index] = key
+        values = self.features.add_and_read(events, first_order, keys_by_field, reads)
+        fires: list[Fire] = []
+        for index in sorted(fired_at):
+            event, offset = events[index], offsets[index]
+            at = len(fires)
+            for field, fired in fired_at[index]:
+                key = keys_by_field[field][index]
+                for trigger in fired:
+                    features = {}
+                    for name, sid in self._task_features[trigger.name]:
+                        value = values[sid][index]
+                        # lists are copied so no two firings share a mutable value
+                        features[name] = list(value) if isinstance(value, list) else value
+                    fires.append(Fire(trigger.name, key, features, event, offset))
+            self._deliver(fires[at:], started)
         return fires
 
     def _deliver(self, fires: list[Fire], started: float) -> None:
@@ -300,11 +393,13 @@ class StreamEngine:
                 self._pending_fires.append((fire.offset, fire.task, fire.key, fire.event.ts, fire.features))
             for sink in self.sinks:
                 sink.on_fire(fire.task, fire.key, fire.features, fire.event)
+        # from the batch's start (its inputs were read by then) to the last sink's return
         latency = time.perf_counter() - started
         if len(self.latencies) < _LATENCY_SAMPLES:
             self.latencies.append(latency)
         else:
-            self.latencies[self.events % _LATENCY_SAMPLES] = latency
+            self.latencies[self._latency_at] = latency
+            self._latency_at = (self._latency_at + 1) % _LATENCY_SAMPLES
 
     # -- state -------------------------------------------------------------------------
 
@@ -327,10 +422,16 @@ class StreamEngine:
             self._dirty_matches.clear()
             self.features.dirty.clear()
             return
-        matches = []
+        matches: list[tuple[str, str, Any]] = []
         for field, key in self._dirty_matches:
             automaton = self.automata.get(field)
-            matches.append((field, key, automaton.dump_key(key) if automaton else None))
+            if automaton is None:
+                matches.append((field, key, None))
+            elif isinstance(automaton, NativeAutomaton):
+                text = automaton.dump_key_json(key)
+                matches.append((field, key, None if text is None else RawJSON(text)))
+            else:
+                matches.append((field, key, automaton.dump_key(key)))
         windows = []
         for sid, key in self.features.dirty:
             feature = self.features.windows.get(sid)

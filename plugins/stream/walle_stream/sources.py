@@ -36,12 +36,35 @@ class BoundedEventQueue:
         if maxsize <= 0:
             raise ValueError("[stream] queue maxsize must be positive")
         self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._closed = False  # the consumer has taken the close marker
 
     def put(self, event: Any, block: bool = True, timeout: float | None = None) -> None:
         self._queue.put(event, block, timeout)
 
     def close(self) -> None:
         self._queue.put(self._CLOSED)
+
+    def get_batch(self, limit: int) -> list[Any] | None:
+        """Wait for one item, then take up to ``limit`` in all of those already waiting; None
+        once the queue is closed and drained (the engine's batched consumer)."""
+        if limit <= 0:
+            raise ValueError("[stream] get_batch limit must be positive")
+        if self._closed:
+            return None
+        batch: list[Any] = []
+        item = self._queue.get()
+        while True:
+            if item is self._CLOSED:
+                self._closed = True
+                break
+            batch.append(item)
+            if len(batch) >= limit:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        return batch if batch else None
 
     def __iter__(self) -> Iterator[Any]:
         while True:

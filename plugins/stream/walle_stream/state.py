@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,13 @@ CREATE TABLE IF NOT EXISTS fires (id INTEGER PRIMARY KEY AUTOINCREMENT, input_of
                                   features TEXT NOT NULL);
 """
 
-#: a row change: (first key part, second key part, JSON-able data or None to delete)
+
+
+class RawJSON(str):
+    """Row data already encoded as compact JSON (e.g. by the native matcher): written as is."""
+
+
+#: a row change: (first key part, second key part, JSON-able data, RawJSON or None to delete)
 Change = tuple[str, str, Any]
 
 
@@ -82,13 +88,33 @@ class StateStore:
         return int(page_count * page_size)
 
 
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"))``, without its per-call set-up: a commit
+    encodes every changed key's rows, and for small rows the set-up (a new encoder object
+    and its C scanner per call) costs as much as the encoding. The C encoder when the
+    interpreter has it (no circular-reference check: the rows are plain trees)."""
+    encoder = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    scan = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def encode(obj: Any) -> str:
+        return "".join(scan(obj, 0))
+
+    return encode
+
+
+_encode_compact = _compact_encoder()
+
+
 def _apply(db: sqlite3.Connection, table: str, first: str, changes: Iterable[Change]) -> None:
     upserts, deletes = [], []
     for a, b, data in changes:
         if data is None:
             deletes.append((a, b))
         else:
-            upserts.append((a, b, json.dumps(data, separators=(",", ":"))))
+            upserts.append((a, b, str(data) if type(data) is RawJSON else _encode_compact(data)))
     if deletes:
         db.executemany(f"DELETE FROM {table} WHERE {first} = ? AND key = ?", deletes)
     if upserts:

@@ -19,7 +19,7 @@ Windows are kept until no future event can fall into them: the engine passes a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -170,6 +170,12 @@ class FeatureWindows:
         if state is None:
             return agg.result(agg.new())
         if spec.window == "count":
+            # the window holds the last `size` accepted events in order: the two common
+            # aggregations read it directly (same results as the fold below)
+            if agg.name == "count":
+                return len(state)
+            if agg.name == "last_n":
+                return [value for _, value in state[-spec.n:]]
             acc = agg.new()
             for order, value in state:
                 acc = agg.add(acc, value, order)
@@ -250,6 +256,29 @@ class FeatureStore:
 
     def value(self, sid: str, key: str, ts: int) -> Any:
         return self.windows[sid].value(key, ts)
+
+    def add_and_read(self, events: Sequence[Any], first_order: int, keys: Mapping[str, Sequence[str | None]],
+                     reads: Mapping[str, Mapping[int, str]]) -> dict[str, dict[int, Any]]:
+        """``add`` for a batch of events (the i-th has order ``first_order + i`` and, per
+        partition field, key ``keys[field][i]``), reading on the way the values asked for:
+        ``reads[sid][i] = key`` yields ``out[sid][i]``, the value for ``key`` right after event
+        i was added, as if read between events. Definitions are independent, so each is run
+        over the whole batch in turn."""
+        out: dict[str, dict[int, Any]] = {}
+        dirty = self.dirty
+        for sid, windows in self.windows.items():
+            wanted = reads.get(sid, {})
+            got: dict[int, Any] = {}
+            field_keys = keys.get(windows.spec.key)
+            accepts, add, value = windows.accepts, windows.add, windows.value
+            for index, event in enumerate(events):
+                key = None if field_keys is None else field_keys[index]
+                if key is not None and accepts(event) and add(key, event, first_order + index):
+                    dirty.add((sid, key))
+                if index in wanted:
+                    got[index] = value(wanted[index], event.ts)
+            out[sid] = got
+        return out
 
     def evict(self, horizon: int) -> list[tuple[str, str]]:
         """Evict expired windows of every key; returns the emptied (state id, key) pairs."""
