@@ -122,6 +122,18 @@ class JsonFileCache:
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(self.path)
 
+    def get_entry(self, key: str) -> object:
+        """The value stored under ``key``, or None."""
+        with self._lock:
+            return self._read().get(key)
+
+    def put_entry(self, key: str, value: object) -> None:
+        """Store ``value`` (JSON-able) under ``key``, keeping every other entry."""
+        with self._lock:
+            data = self._read()
+            data[key] = value
+            self._write(data)
+
 
 class ProfileCache(JsonFileCache):
     """Profiles on disk (``profiles.json``), so only the first session on a machine pays for

@@ -100,6 +100,13 @@ NB_MODULE(_ext, m) {
   m.doc() = "Native kernels of the Walle cpu_x86 backend (private: use walle_cpu_x86).";
 
   m.def("best_isa", [] { return std::string(isa_name(best_isa())); }, "Best instruction set this CPU supports.");
+  m.def(
+      "micro_kernel",
+      [](const std::string& isa) {
+        const MicroKernel k = micro_kernel(choose_isa(isa));
+        return std::make_pair(k.mr, k.nr);
+      },
+      "isa"_a, "(mr, nr) of the GEMM micro-kernel plans use for this ISA request ('' = best).");
   m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
   m.def("dtype_names", &dtype_names, "Dtypes the kernels compute on, by code (others are opaque).");
   m.def("opaque_dtype_code", [] { return static_cast<int>(DType::kOpaque); });

@@ -7,7 +7,6 @@ share one source of truth. The native side re-validates everything it receives.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,24 +80,11 @@ def _matmul(codes: Codes, a: ops.MatMulAttrs, node: Node, types):
     return [int(a.trans_a), int(a.trans_b), *act_ints], floats
 
 
-#: environment variable forcing the Winograd tile of eligible convolutions: "0" never, "2" or "4";
-#: unset (or "auto") leaves it to the native cost rule (winograd.hpp)
-WINOGRAD_ENV = "WALLE_CPU_X86_WINOGRAD"
-
-
-def _winograd_policy() -> int:
-    value = os.environ.get(WINOGRAD_ENV, "auto").strip().lower()
-    if value in ("", "auto"):
-        return -1
-    if value not in ("0", "2", "4"):
-        raise BackendError(f"[cpu_x86] {WINOGRAD_ENV}={value!r}: expected auto, 0, 2 or 4")
-    return int(value)
-
 
 def _conv2d(codes: Codes, a: ops.Conv2DAttrs, node: Node, types):
     act_ints, floats = _act(codes, a.activation)
-    ints = [*a.strides, *a.pads, *a.dilations, a.groups, int(a.has_bias), int(a.has_residual), *act_ints,
-            _winograd_policy()]
+    # the last int is the algorithm policy (-1: the native rule), set by encode_segment's caller
+    ints = [*a.strides, *a.pads, *a.dilations, a.groups, int(a.has_bias), int(a.has_residual), *act_ints, -1]
     return ints, floats
 
 
@@ -135,8 +121,11 @@ def node_label(node: Node) -> str:
     return node.op.value
 
 
-def encode_segment(segment: Segment, codes: Codes) -> EncodedSegment:
-    """Build the native tables for ``segment``: tensor table, constants, op records, arena size."""
+def encode_segment(segment: Segment, codes: Codes,
+                   conv_policy: Callable[[Node], int] | None = None) -> EncodedSegment:
+    """Build the native tables for ``segment``: tensor table, constants, op records, arena size.
+    ``conv_policy(node)`` gives each convolution's algorithm (the native Winograd tile, 0 for
+    none); without it the native rule decides."""
     types = dict(segment.types)
     ids: dict[str, int] = {}
     tensors: list[tuple[int, int, list[int], int, int]] = []
@@ -190,6 +179,8 @@ def encode_segment(segment: Segment, codes: Codes) -> EncodedSegment:
     records = []
     for index, node in enumerate(segment.nodes):
         ints, floats = _ENCODERS[node.op](codes, node.attrs, node, types)
+        if node.op is Op.CONV2D and conv_policy is not None:
+            ints[-1] = conv_policy(node)
         records.append((codes.ops[node.op.value], index, node_label(node), [ids[n] for n in node.inputs],
                         [ids[n] for n in node.outputs], [int(i) for i in ints], floats))
     return EncodedSegment(

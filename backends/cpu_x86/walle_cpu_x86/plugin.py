@@ -18,7 +18,15 @@ from walle_core.cancel import CancelToken
 from walle_core.errors import BackendError, RunCancelled
 from walle_core.hookspecs import hookimpl
 from walle_core.ir import Node, TensorType
-from walle_core.ops import BinaryFn, Op, UnaryFn
+from walle_core.ops import BinaryFn, Conv2DAttrs, Op, UnaryFn
+from walle_cpu_x86.conv_search import (
+    POLICY,
+    ConvChooser,
+    ConvShape,
+    best_time,
+    forced_policy,
+    random_conv_inputs,
+)
 from walle_cpu_x86.lowering import Codes, as_bytes, encode_segment
 
 try:
@@ -167,6 +175,7 @@ class CpuX86Backend(Backend):
         self._pool: Any = None
         self._pool_lock = threading.Lock()
         self._codes = Codes(_ext) if _ext is not None else None
+        self._chooser: ConvChooser | None = None
 
     @classmethod
     def availability(cls) -> Availability:
@@ -195,10 +204,67 @@ class CpuX86Backend(Backend):
                 self._pool = _ext.ThreadPool(self.threads)
             return self._pool
 
+    # -- convolution algorithms (conv_search) --------------------------------------------
+    def conv_chooser(self) -> ConvChooser:
+        """Created on first use: its rates may need a calibration run (once per machine)."""
+        if self._chooser is None:
+            isa = os.environ.get(ISA_ENV, "").strip().lower()
+            try:
+                _mr, nr = _ext.micro_kernel(isa)
+            except ValueError as exc:
+                raise BackendError(f"[cpu_x86] {exc}") from None
+            self._chooser = ConvChooser(f"{isa or _ext.best_isa()}|{self.threads}", nr, self._time_conv)
+        return self._chooser
+
+    def _conv_policy(self, node: Node, types: Mapping[str, TensorType]) -> int:
+        forced = forced_policy()
+        if forced is not None:
+            return forced
+        return POLICY[self.conv_chooser().choose(ConvShape.of(node, types)).algorithm]
+
+    def algorithm(self, node: Node, types: Mapping[str, TensorType]) -> str | None:
+        """The kernel variant this backend runs ``node`` with (shown by ``walle plan``)."""
+        if _ext is None:
+            return None
+        if node.op is Op.CONV2D:
+            forced = forced_policy()
+            if forced is not None:
+                return f"forced Winograd tile {forced}" if forced else "forced gemm"
+            choice = self.conv_chooser().choose(ConvShape.of(node, types))
+            return choice.algorithm + (" (timed)" if choice.measured_s is not None else "")
+        if node.op is Op.MATMUL:
+            return "gemm"
+        return None
+
+    def estimate_cost(self, node: Node, types: Mapping[str, TensorType]) -> float | None:
+        """Convolutions: the chosen algorithm's time, as timed or as the calibrated model
+        predicts it. Other ops: the generic profile."""
+        if _ext is None or node.op is not Op.CONV2D or forced_policy() is not None:
+            return None
+        choice = self.conv_chooser().choose(ConvShape.of(node, types))
+        return choice.measured_s if choice.measured_s is not None else choice.predicted_s
+
+    def _time_conv(self, shape: ConvShape, algorithm: str) -> float:
+        """Best time of one convolution of ``shape`` run with ``algorithm`` (random data)."""
+        from walle_core.ir import GraphBuilder
+
+        x, w = random_conv_inputs(shape)
+        b = GraphBuilder()
+        b.add_input("x", TensorType(x.dtype, x.shape))
+        b.graph.types["w"] = TensorType(w.dtype, w.shape)
+        attrs = Conv2DAttrs(strides=shape.strides, pads=shape.pads, dilations=shape.dilations, groups=shape.groups)
+        out = b.emit(Op.CONV2D, ["x", "w"], attrs)
+        segment = Segment(b.graph.nodes, ["x"], out, dict(b.graph.types), {"w": w})
+        exe = self._compile(segment, lambda node: POLICY[algorithm])
+        return best_time(lambda: exe.run([x]))
+
     def compile(self, segment: Segment) -> Executable:
+        return self._compile(segment, lambda node: self._conv_policy(node, segment.types))
+
+    def _compile(self, segment: Segment, conv_policy: Any) -> Executable:
         if _ext is None:
             raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
-        enc = encode_segment(segment, self._codes)
+        enc = encode_segment(segment, self._codes, conv_policy)
         isa = os.environ.get(ISA_ENV, "").strip().lower()
         try:
             plan = _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
