@@ -143,6 +143,22 @@ void init_matcher(nb::module_& m) {
       .def("added_at", &Matcher::added_at, "trigger"_a)
       .def("set_added_at", &Matcher::set_added_at, "trigger"_a, "ordinal"_a)
       .def("state_size", &Matcher::state_size)
+      .def(
+          "counters",
+          [](Matcher& self) {
+            const MatchCounters c = self.counters();
+            nb::dict out;
+            out["events"] = c.events;
+            out["scanned"] = c.scanned;
+            out["advances"] = c.advances;
+            out["entered"] = c.entered;
+            out["checks"] = c.checks;
+            out["fires"] = c.fires;
+            return out;
+          },
+          "What matching did since the last reset_counters(): events, waiting entries scanned, "
+          "partial-match advances, nodes entered, trigger checks, firings.")
+      .def("reset_counters", &Matcher::reset_counters)
       .def("key_count", &Matcher::key_count)
       .def("node_count", &Matcher::node_count);
 }

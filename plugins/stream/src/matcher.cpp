@@ -127,8 +127,8 @@ int32_t Matcher::add_node(int32_t parent, bool strict, int32_t pred) {
     if (std::find(p.relaxed_types.begin(), p.relaxed_types.end(), type) == p.relaxed_types.end())
       p.relaxed_types.push_back(type);
   }
-  cands_by_node_.resize(nodes_.size());
   ++version_;
+  hot_stale_ = true;
   return id;
 }
 
@@ -147,6 +147,7 @@ void Matcher::remove_node(int32_t node) {
   index_edges(n.parent);
   update_max_within(n.parent);
   ++version_;
+  hot_stale_ = true;
 }
 
 int32_t Matcher::add_trigger(int32_t node, int64_t within) {
@@ -163,6 +164,7 @@ int32_t Matcher::add_trigger(int32_t node, int64_t within) {
   for (int32_t at = node; at >= 0 && nodes_[at].max_within < within; at = nodes_[at].parent)
     nodes_[at].max_within = within;
   ++version_;
+  hot_stale_ = true;
   return id;
 }
 
@@ -177,6 +179,7 @@ void Matcher::remove_trigger(int32_t trigger) {
              list.end());
   update_max_within(t.node);
   ++version_;
+  hot_stale_ = true;
 }
 
 void Matcher::index_edges(int32_t node) {
@@ -191,6 +194,23 @@ void Matcher::index_edges(int32_t node) {
       n.relaxed_types.push_back(type);
   }
   for (const auto& [pred, child] : n.strict) n.strict_index.get(pred) = child;
+}
+
+void Matcher::rebuild_hot() {
+  hot_.assign(nodes_.size(), NodeHot());  // epochs 0: no candidates (epoch_ is >= 1 when used)
+  hot_triggers_.clear();
+  for (size_t i = 0; i < nodes_.size(); ++i) {
+    const Node& n = nodes_[i];
+    if (!n.alive) continue;
+    NodeHot& h = hot_[i];
+    h.max_within = n.max_within;
+    h.first_trigger = static_cast<int32_t>(hot_triggers_.size());
+    h.n_triggers = static_cast<int32_t>(n.triggers.size());
+    h.relaxed = !n.relaxed.empty();
+    h.strict = !n.strict.empty();
+    hot_triggers_.insert(hot_triggers_.end(), n.triggers.begin(), n.triggers.end());
+  }
+  hot_stale_ = false;
 }
 
 void Matcher::update_max_within(int32_t node) {
@@ -249,6 +269,7 @@ void Matcher::process(int64_t n, const int32_t* keys, const int64_t* ts, const i
   // older than the batch. So the batch is matched key by key, each key's events in their
   // order and with their own ordinals, which keeps one key's state in cache for all its events;
   // the firings are then put back in event order. The result is the event-by-event one.
+  if (hot_stale_) rebuild_hot();
   const int64_t base = ordinal_;
   if (n <= 1) {
     for (int64_t i = 0; i < n; ++i)
@@ -359,7 +380,8 @@ KeyState& Matcher::touch(int32_t key) {
 }
 
 void Matcher::offer(int32_t child, Start start) {
-  Candidate& c = cands_by_node_[child];
+  ++counters_.advances;
+  NodeHot& c = hot_[child];
   if (c.epoch != epoch_) {
     c.epoch = epoch_;
     c.start = start;
@@ -372,6 +394,7 @@ void Matcher::offer(int32_t child, Start start) {
 void Matcher::step(const EventIds& e, int64_t index, int64_t seq, std::vector<int64_t>& fire_event,
                    std::vector<int32_t>& fire_trigger) {
   KeyState& ks = touch(e.key);
+  ++counters_.events;
   const int64_t clock = e.ts > ks.clock ? e.ts : ks.clock;
   ks.clock = clock;
   match_preds(e);
@@ -389,34 +412,40 @@ void Matcher::step(const EventIds& e, int64_t index, int64_t seq, std::vector<in
   for (int32_t node : expired_) drop(ks, node);
   if (!ks.fresh.empty()) {
     for (const auto& [node, start] : ks.fresh) {
+      if (clock - start.clock > hot_[node].max_within) continue;
       const Node& n = nodes_[node];
-      if (clock - start.clock > n.max_within) continue;
       for (int32_t pred : matched_)
         if (const int32_t* child = n.strict_index.find(pred)) offer(*child, start);
     }
     ks.fresh.clear();
   }
+  counters_.entered += static_cast<int64_t>(cands_.size());
   for (int32_t child : cands_) {
-    const Start start = cands_by_node_[child].start;
-    const Node& n = nodes_[child];
-    for (const TriggerRef& t : n.triggers) {
+    const NodeHot& h = hot_[child];
+    const Start start = h.start;
+    counters_.checks += h.n_triggers;
+    const TriggerRef* refs = hot_triggers_.data() + h.first_trigger;
+    for (int32_t r = 0; r < h.n_triggers; ++r) {
+      const TriggerRef& t = refs[r];
       if (clock - start.clock > t.within || start.seq <= t.added_at) continue;
       // no entry yet: the trigger never fired for this key, so it fires now
       bool first = false;
       int64_t& last = ks.last_fire.get(t.id, &first);
       if (!first && start.seq <= last) continue;
       last = seq;
+      ++counters_.fires;
       fire_event.push_back(index);
       fire_trigger.push_back(t.id);
     }
-    if (!n.relaxed.empty()) activate(ks, child, start);
-    if (!n.strict.empty()) ks.fresh.emplace_back(child, start);
+    if (h.relaxed) activate(ks, child, start);
+    if (h.strict) ks.fresh.emplace_back(child, start);
   }
 }
 
 // Offers the continuations of the partial matches in one waiting list; removes stale entries
 // and collects expired nodes on the way.
 void Matcher::scan(KeyState& ks, std::vector<WaitEntry>& list, int64_t clock, bool broad) {
+  counters_.scanned += static_cast<int64_t>(list.size());
   for (size_t i = 0; i < list.size();) {
     const WaitEntry w = list[i];
     const Slot& slot = ks.slots[w.slot];
@@ -720,6 +749,7 @@ void Matcher::set_added_at(int32_t trigger, int64_t ordinal) {
   triggers_[trigger].added_at = ordinal;
   for (TriggerRef& ref : nodes_[triggers_[trigger].node].triggers)
     if (ref.id == trigger) ref.added_at = ordinal;
+  hot_stale_ = true;
 }
 
 int64_t Matcher::state_size() {
@@ -728,6 +758,16 @@ int64_t Matcher::state_size() {
   for (const KeyState& ks : keys_)
     if (ks.used) total += static_cast<int64_t>(ks.active() + ks.fresh.size());
   return total;
+}
+
+MatchCounters Matcher::counters() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counters_;
+}
+
+void Matcher::reset_counters() {
+  std::lock_guard<std::mutex> lock(mu_);
+  counters_ = MatchCounters();
 }
 
 int64_t Matcher::key_count() {

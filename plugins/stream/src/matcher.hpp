@@ -56,6 +56,21 @@ struct Node {
   std::vector<TriggerRef> triggers;                   // the triggers ending here
 };
 
+// What matching reads of every node an event enters, packed (two per cache line) and with the
+// node's triggers in one flat array: the full Node (edge lists and indexes) is ~200 bytes, and
+// at 1,000+ triggers reading it for each entered node was the matcher's main cache-miss cost.
+// Rebuilt from nodes_ before the next batch after any trie change.
+// The current event's candidate for the node lives here too (one cache line per entered node).
+struct alignas(64) NodeHot {
+  int64_t max_within = 0;
+  int32_t first_trigger = 0;  // this node's triggers: hot_triggers_[first, first + n)
+  int32_t n_triggers = 0;
+  bool relaxed = false;  // has relaxed children: a match here waits
+  bool strict = false;   // has strict children: a match here is fresh for the next event
+  uint64_t epoch = 0;    // == Matcher::epoch_: entered by the current event, with this best start
+  Start start;
+};
+
 // A node with more relaxed children than this waits in its key's by-type list (one entry per
 // event type of its children, the children found by a lookup per matched predicate), not in
 // one list per child's predicate: activating a node then costs at most one entry per event
@@ -138,6 +153,17 @@ struct EventIds {
   const int32_t* vals;
 };
 
+// What the matching did since the counters were last reset: the cost structure behind the
+// throughput (the benchmark prints them per event).
+struct MatchCounters {
+  int64_t events = 0;
+  int64_t scanned = 0;   // waiting entries visited (stale and expired ones included)
+  int64_t advances = 0;  // partial matches offered to a child node (from the root, waiting or fresh)
+  int64_t entered = 0;   // distinct nodes entered (after keeping the best start per node)
+  int64_t checks = 0;    // trigger checks at the entered nodes
+  int64_t fires = 0;
+};
+
 // A key's state in plain form, for durable state and for moving keys between matchers.
 struct KeyDump {
   int64_t clock = -1;
@@ -194,6 +220,8 @@ class Matcher {
   int64_t added_at(int32_t trigger);
   void set_added_at(int32_t trigger, int64_t ordinal);
   int64_t state_size();
+  MatchCounters counters();
+  void reset_counters();
   int64_t key_count();
   int64_t node_count();
 
@@ -201,6 +229,7 @@ class Matcher {
   void check_node(int32_t node, const char* what) const;
   void check_key(int64_t key) const;
   void update_max_within(int32_t node);
+  void rebuild_hot();
   void match_preds(const EventIds& e);
   void step(const EventIds& e, int64_t index, int64_t seq, std::vector<int64_t>& fire_event,
             std::vector<int32_t>& fire_trigger);
@@ -221,6 +250,9 @@ class Matcher {
   std::vector<std::pair<int32_t, std::vector<int32_t>>> preds_;  // predicate -> (type, [page?, values])
   std::vector<Node> nodes_;                                       // node 0 is the root
   std::vector<TriggerInfo> triggers_;
+  std::vector<NodeHot> hot_;               // by node id, see NodeHot
+  std::vector<TriggerRef> hot_triggers_;
+  bool hot_stale_ = true;
   std::vector<Label> node_labels_;     // by node id
   std::vector<Label> trigger_labels_;  // by trigger id
   std::vector<KeyState> keys_;
@@ -231,11 +263,6 @@ class Matcher {
   std::vector<int32_t> matched_;
   std::vector<int32_t> scratch_vals_;
   std::vector<int32_t> cands_;
-  struct Candidate {
-    uint64_t epoch = 0;  // == epoch_: entered by the current event
-    Start start;         // the best start entering the node on it
-  };
-  std::vector<Candidate> cands_by_node_;
   std::vector<int32_t> expired_;
   std::vector<int64_t> order_;           // a batch's event indices grouped by key
   std::vector<int64_t> g_ts_;            // its timestamps in that order
@@ -243,6 +270,7 @@ class Matcher {
   std::vector<int64_t> grouped_event_;   // its firings in that order
   std::vector<int32_t> grouped_trigger_;
   uint64_t epoch_ = 0;
+  MatchCounters counters_;
 };
 
 }  // namespace walle_stream

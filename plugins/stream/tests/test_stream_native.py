@@ -326,3 +326,15 @@ def test_native_json_dump_is_the_compact_json_of_dump_key():
                 checked += bool(json.loads(text)["last_fire"])
     assert checked > 10
     assert native.dump_key_json("no such key") is None
+
+
+def test_counters_count_the_work_of_matching():
+    """a -> b, then b: the first event starts a match (1 advance, node 'a' entered), the
+    second advances it into 'a/b' (1 advance, 1 trigger check, 1 firing) and, waiting on
+    'a', is scanned once; a third event of another type scans nothing."""
+    auto = NativeAutomaton([Pattern.begin("x", type="a").followed_by("y", type="b").within(100).trigger("ab")])
+    for ts, etype in enumerate(["a", "b", "c"]):
+        auto.process("u", Event(etype, ts, "u"))
+    assert auto.counters(reset=True) == {"events": 3, "scanned": 1, "advances": 2, "entered": 2, "checks": 1,
+                                         "fires": 1}
+    assert auto.counters() == {"events": 0, "scanned": 0, "advances": 0, "entered": 0, "checks": 0, "fires": 0}

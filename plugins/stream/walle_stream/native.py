@@ -359,6 +359,15 @@ class NativeAutomaton:
         for name, tid in self._trigger_ids.items():
             self._m.set_added_at(tid, int(saved.get(name, data["ordinal"])))
 
+    def counters(self, reset: bool = False) -> dict[str, int]:
+        """What matching did since the last reset: ``events``, waiting entries ``scanned``,
+        partial-match ``advances`` (a match offered to a child node), nodes ``entered``,
+        trigger ``checks`` and ``fires``: the cost structure behind the throughput."""
+        out = self._m.counters()
+        if reset:
+            self._m.reset_counters()
+        return out
+
     def state_size(self) -> int:
         """Number of stored partial matches (active + fresh) over all keys."""
         return int(self._m.state_size())
