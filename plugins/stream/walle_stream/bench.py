@@ -6,10 +6,13 @@ The naive matcher keeps, per trigger and key, the same best-start partial matche
 shared automaton but checks every trigger on every event: its cost grows linearly with the
 number of triggers. All get pre-parsed events (matching only). The native matcher runs on
 batches interned once (``native``: best of ``--repeats`` runs, wall clock and CPU time); its
-``native+encode`` column includes interning the Event objects in Python. The full engine
-(JSON parsing, validation, features, SQLite commits) is measured separately, with its
-event-to-sink latency and the state size per 1,000 keys. Not a test: numbers depend on the
-machine and its load (printed).
+``native+encode`` column includes interning the Event objects in Python. ``advances/event``
+(partial matches the native matcher moved into a node per event, from its counters) and
+``ns/advance`` (native CPU time per event divided by them) show the cost structure behind the
+throughput ratio. The full engine (JSON parsing, validation, features, SQLite commits) is
+measured separately, event by event (batch 1) and in batches, with its event-to-sink latency
+and the state size per 1,000 keys. Not a test: numbers depend on the machine and its load
+(printed).
 """
 
 from __future__ import annotations
@@ -134,10 +137,12 @@ def _native_rate(triggers: list[Trigger], events: list[Event], repeats: int) -> 
     for _ in range(repeats):
         automaton = NativeAutomaton(triggers)
         batch = automaton.encode(events)
+        automaton.counters(reset=True)
         wall, cpu = time.perf_counter(), time.process_time()
         event_index, trigger_ids = automaton.process_encoded(batch)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         best_wall, best_cpu = max(best_wall, len(events) / wall), max(best_cpu, len(events) / max(cpu, 1e-9))
+    counters = automaton.counters()
     fired = [[] for _ in events]
     for i, tid in zip(event_index.tolist(), trigger_ids.tolist()):
         fired[i].append(automaton.trigger_of(tid).name)
@@ -148,7 +153,7 @@ def _native_rate(triggers: list[Trigger], events: list[Event], repeats: int) -> 
     automaton.process_encoded(automaton.encode(events))
     with_encoding = len(events) / (time.perf_counter() - start)
     return {"wall": best_wall, "cpu": best_cpu, "with_encoding": with_encoding, "fired": fired,
-            "nodes": len(automaton.nodes)}
+            "nodes": len(automaton.nodes), "counters": counters}
 
 
 def bench_matching(events: list[Event], counts: list[int], seed: int, budget_s: float,
@@ -169,9 +174,16 @@ def bench_matching(events: list[Event], counts: list[int], seed: int, budget_s: 
         cells = [f"{native['wall']:,.0f}", f"{native['cpu']:,.0f}", f"{native['with_encoding']:,.0f}"] \
             if native is not None else ["-", "-", "-"]
         fired = sum(map(len, native["fired"])) if native is not None else sum(map(len, python_fired))
+        # the cost structure: partial matches advanced per event and the CPU time per advance
+        # (the whole per-event cost divided by them: what a trigger that matches costs)
+        if native is not None:
+            per_event = native["counters"]["advances"] / max(native["counters"]["events"], 1)
+            costs = [f"{per_event:.2f}", f"{1e9 / native['cpu'] / per_event:.0f}" if per_event else "-"]
+        else:
+            costs = ["-", "-"]
         rows.append([str(count), *cells, f"{python_rate:,.0f}", f"{naive_rate:,.0f}",
                      f"{(native['wall'] if native else python_rate) / naive_rate:,.0f}x",
-                     str(len(check.nodes)), f"{fired / (len(events) if native else n_python):.2f}",
+                     str(len(check.nodes)), f"{fired / (len(events) if native else n_python):.2f}", *costs,
                      "yes" if same else "NO"])
     return rows, native_rates
 
@@ -213,7 +225,7 @@ def main() -> None:
     if not native_available():
         print("(the native matcher is not built: native columns are empty)")
     header = ["triggers", "native ev/s", "native cpu ev/s", "native+encode ev/s", "python ev/s", "naive ev/s",
-              "native/naive", "trie nodes", "fires/event", "agree"]
+              "native/naive", "trie nodes", "fires/event", "advances/event", "ns/advance", "agree"]
     rows, native_rates = bench_matching(events, counts, args.seed, args.budget_s, args.repeats)
     _print_table(header, rows)
     if 1 in native_rates and 1000 in native_rates:
@@ -222,19 +234,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.jsonl"
         write_jsonl(trace, iter(raw))
-        print("\nfull engine from JSONL (validation, 2 features per task, SQLite state, commit every 1000)")
+        print("\nfull engine from JSONL (validation, 2 features per task, SQLite state, commit every 1000; "
+              "latency: batch start -> last sink return, per firing event)")
         rows = []
-        runs = [(1, "auto", None), (1000, "auto", None), (1000, "python", args.engine_python_lines)]
-        for count, matcher, limit in runs:
-            db = Path(tmp) / f"state{count}{matcher}.db"
-            stats = bench_engine(trace, count, args.seed, db, matcher, limit)
+        batch = EngineConfig.batch_size
+        runs = [(1, "auto", None, 1), (1, "auto", None, batch), (1000, "auto", None, 1), (1000, "auto", None, batch),
+                (1000, "python", args.engine_python_lines, batch)]
+        for count, matcher, limit, batch_size in runs:
+            db = Path(tmp) / f"state{count}{matcher}{batch_size}.db"
+            stats = bench_engine(trace, count, args.seed, db, matcher, limit, batch_size)
             size, keys = _live_state(db)
             used = sorted(set(stats["matchers"].values()))
-            rows.append([str(count), ",".join(m.split(":")[0] for m in used), f"{limit or len(raw):,}",
+            rows.append([str(count), ",".join(m.split(":")[0] for m in used), str(batch_size), f"{limit or len(raw):,}",
                          f"{stats['lines_per_s']:,.0f}", str(stats["latency_ms"]["p50"]),
                          str(stats["latency_ms"]["p99"]), f"{sum(t['fired'] for t in stats['tasks'].values()):,}",
                          str(stats["partial_matches"]), f"{size / max(keys, 1) * 1000 / 1024:,.0f}"])
-        _print_table(["triggers", "matcher", "lines", "events/s", "fire latency p50 ms", "p99 ms", "fired",
+        _print_table(["triggers", "matcher", "batch", "lines", "events/s", "fire latency p50 ms", "p99 ms", "fired",
                       "partial matches", "live state KiB / 1000 keys"], rows)
 
 

@@ -361,28 +361,33 @@ class StreamEngine:
             for index, fired in automaton.process_batch(events, keys):
                 fired_at.setdefault(index, []).append((field, fired))
         # the features each firing needs, read once per (definition, event): tasks often share them
+        task_features = self._task_features
         reads: dict[str, dict[int, str]] = {}  # state id -> {event index: key}
         for index, per_field in fired_at.items():
             for field, fired in per_field:
                 key = keys_by_field[field][index]
                 for trigger in fired:
-                    for _, sid in self._task_features[trigger.name]:
-                        reads.setdefault(sid, {})[index] = key
+                    for _, sid in task_features[trigger.name]:
+                        wanted = reads.get(sid)
+                        if wanted is None:
+                            reads[sid] = {index: key}
+                        else:
+                            wanted[index] = key
         values = self.features.add_and_read(events, first_order, keys_by_field, reads)
         fires: list[Fire] = []
         for index in sorted(fired_at):
             event, offset = events[index], offsets[index]
-            at = len(fires)
+            batch: list[Fire] = []
             for field, fired in fired_at[index]:
                 key = keys_by_field[field][index]
                 for trigger in fired:
-                    features = {}
-                    for name, sid in self._task_features[trigger.name]:
-                        value = values[sid][index]
-                        # lists are copied so no two firings share a mutable value
-                        features[name] = list(value) if isinstance(value, list) else value
-                    fires.append(Fire(trigger.name, key, features, event, offset))
-            self._deliver(fires[at:], started)
+                    # lists are copied so no two firings share a mutable value
+                    features = {name: (list(value) if type(value) is list else value)
+                                for name, sid in task_features[trigger.name]
+                                for value in (values[sid][index],)}
+                    batch.append(Fire(trigger.name, key, features, event, offset))
+            self._deliver(batch, started)
+            fires += batch
         return fires
 
     def _deliver(self, fires: list[Fire], started: float) -> None:
