@@ -458,6 +458,30 @@ def test_conv2d_bias_residual_activation(backend, groups, fn):
     close(got, want.astype(np.float32), atol=1e-4)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fn", [UnaryFn.IDENTITY, UnaryFn.RELU, UnaryFn.CLIP, UnaryFn.SIGMOID], ids=lambda f: f.value)
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_conv_epilogue_in_the_gemm_tiles_is_bit_exact(monkeypatch, isa, fn, kernel):
+    """Bias, residual and relu/clip are applied by the micro-kernel as it stores its last k block
+    (AVX2), other activations in a pass over the block: either way each element is exactly
+    act((conv + bias) + residual) in float32. 13 output channels and 7x9 pixels leave edge
+    tiles in both directions; K > 256 takes two k blocks."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "0")
+    c = 300 if kernel == 1 else 40
+    x, w, bias, res = f32(1, c, 7, 9), f32(13, c, kernel, kernel), f32(13), f32(1, 13, 7, 9)
+    pads = (kernel // 2,) * 4
+    backend = CpuX86Backend()
+    (plain,) = run1(backend, Op.CONV2D, ops.Conv2DAttrs(pads=pads), [x, w], const=(1,))
+    attrs = ops.Conv2DAttrs(pads=pads, activation=act_of(fn), has_bias=True, has_residual=True)
+    (got,) = run1(backend, Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
+    summed = (plain + bias.reshape(1, -1, 1, 1)) + res
+    if fn is UnaryFn.SIGMOID:  # a vectorised approximation: not a rounding-exact reference
+        close(got, ACTIVATIONS[fn][2](summed).astype(np.float32), atol=1e-6)
+    else:
+        np.testing.assert_array_equal(got, ACTIVATIONS[fn][2](summed).astype(np.float32))
+
+
 # Winograd: every eligible shape (3x3, stride 1, one group, constant weights) against NumPy and
 # against the direct algorithm; odd sizes and asymmetric pads exercise partial tiles and lane blocks.
 WINOGRAD_CASES = [

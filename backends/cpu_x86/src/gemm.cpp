@@ -214,6 +214,17 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     const int64_t i_end = std::min(m, i_begin + rows_per_task);
     const int64_t nc = std::min(blk.nc, n - j0);
     const GemmProblem pr = problem(bi);
+    const Epilogue& ep = pr.epilogue;
+    const bool has_epilogue = ep.bias.p || ep.residual.p || ep.act.fn != UnaryFn::kIdentity;
+    // Epilogues the kernel can apply to its tiles as it stores them (one pass over C fewer):
+    // a bias per row, a residual with unit column stride, and relu or clip.
+    int fused_act = -1;
+    if (has_epilogue && blk.kernel.fused && (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) &&
+        (!ep.residual.p || ep.residual.cs == 1)) {
+      if (ep.act.fn == UnaryFn::kIdentity) fused_act = 0;
+      else if (ep.act.fn == UnaryFn::kRelu) fused_act = 1;
+      else if (ep.act.fn == UnaryFn::kClip) fused_act = 2;
+    }
     unsigned char* base = reinterpret_cast<unsigned char*>(scratch(worker));
     float* a_buf = align64(base);
     float* b_buf = align64(reinterpret_cast<unsigned char*>(a_buf + blk.mc * blk.kc));
@@ -221,6 +232,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     for (int64_t pc = 0; pc == 0 || pc < k; pc += blk.kc) {
       const int64_t kc = std::min(blk.kc, k - pc);
       const bool accumulate = pc > 0;
+      const bool fuse = fused_act >= 0 && pc + kc >= k;  // the last k block stores final values
       const float* bp;
       int64_t b_stride;  // floats between consecutive NR-column panels
       if (pr.b.packed) {
@@ -252,7 +264,18 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             const float* a_panel = ap + (ir / mr) * a_stride;
             const float* b_panel = bp + (jr / nr) * b_stride;
             if (rows == mr && cols == nr) {
-              blk.kernel.fn(kc, a_panel, b_panel, c, pr.ldc, accumulate);
+              if (fuse) {
+                TileEpilogue te;
+                if (ep.bias.p) te.bias = ep.bias.p + (i0 + ir);
+                if (ep.residual.p) te.residual = ep.residual.p + (i0 + ir) * ep.residual.rs + j0 + jr;
+                te.ldr = ep.residual.rs;
+                te.act = fused_act;
+                te.lo = ep.act.alpha;
+                te.hi = ep.act.beta;
+                blk.kernel.fused(kc, a_panel, b_panel, c, pr.ldc, accumulate, te);
+              } else {
+                blk.kernel.fn(kc, a_panel, b_panel, c, pr.ldc, accumulate);
+              }
             } else {
               // edge tile: compute the full register tile into a buffer, copy the valid part
               if (accumulate) {
@@ -260,15 +283,15 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
               }
               blk.kernel.fn(kc, a_panel, b_panel, edge, nr, accumulate);
               for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
+              if (fuse) apply_epilogue(ep, blk.isa, c, pr.ldc, i0 + ir, rows, j0 + jr, cols);
             }
           }
         }
       }
     }
-    // Bias, residual and activation over the task's block while it is still in L2. (Per register
-    // tile would be in L1, but costs a call per 32-float row, which small-K layers cannot afford.)
-    const Epilogue& ep = pr.epilogue;
-    if (ep.bias.p || ep.residual.p || ep.act.fn != UnaryFn::kIdentity) {
+    // Epilogues the kernel could not fuse: bias, residual and activation over the task's block
+    // while it is still in L2.
+    if (has_epilogue && fused_act < 0) {
       apply_epilogue(ep, blk.isa, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
     }
   });

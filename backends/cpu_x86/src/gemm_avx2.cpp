@@ -12,7 +12,9 @@ namespace {
 constexpr int kMr = 6;
 constexpr int kNr = 16;
 
-void kernel_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+template <bool Fused>
+inline void tile_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate,
+                      const TileEpilogue* ep) {
   __m256 acc[kMr][2];
 #pragma GCC unroll 6
   for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -35,13 +37,45 @@ void kernel_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t l
       acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
       acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + 8));
     }
+    if constexpr (Fused) {
+      // the separate epilogue pass's operations in its order, so the result is bit-identical
+      if (ep->bias) {
+        const __m256 bias = _mm256_broadcast_ss(ep->bias + i);
+        acc[i][0] = _mm256_add_ps(acc[i][0], bias);
+        acc[i][1] = _mm256_add_ps(acc[i][1], bias);
+      }
+      if (ep->residual) {
+        const float* r = ep->residual + i * ep->ldr;
+        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(r));
+        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(r + 8));
+      }
+      if (ep->act != 0) {  // max(lo, v) keeps a NaN v, as the scalar `v < lo ? lo : v` does
+        const __m256 lo = _mm256_set1_ps(ep->act == 1 ? 0.f : ep->lo);
+        acc[i][0] = _mm256_max_ps(lo, acc[i][0]);
+        acc[i][1] = _mm256_max_ps(lo, acc[i][1]);
+        if (ep->act == 2) {
+          const __m256 hi = _mm256_set1_ps(ep->hi);
+          acc[i][0] = _mm256_min_ps(hi, acc[i][0]);
+          acc[i][1] = _mm256_min_ps(hi, acc[i][1]);
+        }
+      }
+    }
     _mm256_storeu_ps(row, acc[i][0]);
     _mm256_storeu_ps(row + 8, acc[i][1]);
   }
 }
 
+void kernel_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+  tile_6x16<false>(kc, a, b, c, ldc, accumulate, nullptr);
+}
+
+void kernel_6x16_fused(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate,
+                       const TileEpilogue& ep) {
+  tile_6x16<true>(kc, a, b, c, ldc, accumulate, &ep);
+}
+
 }  // namespace
 
-MicroKernel micro_kernel_avx2() { return {kMr, kNr, kernel_6x16}; }
+MicroKernel micro_kernel_avx2() { return {kMr, kNr, kernel_6x16, kernel_6x16_fused}; }
 
 }  // namespace walle

@@ -7,12 +7,26 @@
 
 namespace walle {
 
+// What a kernel may apply to a full tile as it stores it after the last k block:
+// c = act(c + bias[row] + residual[row][col]), in that order (as the separate epilogue pass
+// rounds). act: 0 none, 1 relu (max(0, v)), 2 clip (min(hi, max(lo, v))).
+struct TileEpilogue {
+  const float* bias = nullptr;      // one value per tile row; nullptr: none
+  const float* residual = nullptr;  // the tile's residual, row stride ldr; nullptr: none
+  int64_t ldr = 0;
+  int act = 0;
+  float lo = 0.f, hi = 0.f;
+};
+
 // c[MR x NR] (row stride ldc) = (accumulate ? c : 0) + sum over k < kc of the outer product of
-// a[k*MR .. k*MR+MR) and b[k*NR .. k*NR+NR).
+// a[k*MR .. k*MR+MR) and b[k*NR .. k*NR+NR). `fused` (nullptr where a kernel has none) does
+// the same, then applies a TileEpilogue before storing.
 struct MicroKernel {
   int mr;
   int nr;
   void (*fn)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
+  void (*fused)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate,
+                const TileEpilogue& ep) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();
