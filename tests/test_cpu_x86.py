@@ -593,6 +593,33 @@ def test_pool2d(backend, case):
     close(got, np_pool(x, kind, k, s, pads, dil, out_hw, include))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed", range(10))
+def test_pool2d_random_geometry(monkeypatch, isa, seed):
+    """Wide rows, so both the inner windows (stride 2 reads the row's even and odd columns) and
+    the edge-clipped ones are exercised, for random kernels, strides, pads and dilations."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    g = np.random.default_rng(seed)
+    k = tuple(int(v) for v in g.integers(1, 5, 2))
+    s = tuple(int(v) for v in g.integers(1, 4, 2))
+    dil = tuple(int(v) for v in g.integers(1, 3, 2)) if seed % 3 == 0 else (1, 1)
+    pads = tuple(int(g.integers(0, k[i % 2])) for i in range(4))
+    h, w = int(g.integers(k[0] * dil[0] + 1, 30)), int(g.integers(k[1] * dil[1] + 1, 70))
+    out = []
+    for size, kk, ss, dd, lo, hi in ((h, k[0], s[0], dil[0], pads[0], pads[2]), (w, k[1], s[1], dil[1], pads[1], pads[3])):
+        extent = size + lo + hi - ((kk - 1) * dd + 1)
+        n = extent // ss + 1
+        if seed % 2 and extent % ss and n * ss < size + lo:  # ceil mode: one more window, starting inside
+            n += 1
+        out.append(n)
+    kind = "max" if seed % 4 < 2 else "avg"
+    include = seed % 4 == 3
+    x = f32(1, 3, h, w)
+    attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, tuple(out), include)
+    (got,) = run1(CpuX86Backend(), Op.POOL2D, attrs, [x])
+    close(got, np_pool(x, kind, k, s, pads, dil, tuple(out), include))
+
+
 def test_max_pool_propagates_nan_and_splits_planes(backend):
     x = f32(3, 5, 9, 11)
     x[1, 2, 3, 3] = np.nan  # inside the windows of outputs (1..2, 1..2)
