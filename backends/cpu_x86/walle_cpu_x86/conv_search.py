@@ -36,7 +36,7 @@ POLICY = {GEMM: 0, WINOGRAD2: 2, WINOGRAD4: 4, DEPTHWISE: 0}
 _TILE = {WINOGRAD2: 2, WINOGRAD4: 4}
 #: the native side refuses more Winograd workspace than this (conv.cpp, kMaxWinogradWorkspace)
 MAX_WINOGRAD_WORKSPACE = 64 << 20
-_RATES_VERSION = 1
+_RATES_VERSION = 2  # 2: best of CALIBRATION_ROUNDS rounds
 
 
 @dataclass(frozen=True)
@@ -173,15 +173,26 @@ _CALIBRATION = {
 }
 
 
+#: rounds over all calibration timings; each timing keeps its best round (noise only adds time,
+#: and a burst of other load then spoils one round of one timing rather than a fitted rate)
+CALIBRATION_ROUNDS = 3
+
+
 def calibrate(timer: Timer, nr: int) -> Rates:
     """Fit the rates to timings of a few convolutions, one unknown at a time."""
     gemm_conv, im2col_conv, dw_conv = _CALIBRATION["gemm"], _CALIBRATION["im2col"], _CALIBRATION["depthwise"]
+    runs = [(gemm_conv, GEMM), (im2col_conv, GEMM), (im2col_conv, WINOGRAD2), (im2col_conv, WINOGRAD4),
+            (dw_conv, DEPTHWISE)]
+    best = {run: float("inf") for run in runs}
+    for _ in range(CALIBRATION_ROUNDS):
+        for run in runs:
+            best[run] = min(best[run], timer(*run))
     launch = 5e-6
-    gemm_rate = gemm_conv.macs / max(timer(gemm_conv, GEMM) - launch, 1e-7)
+    gemm_rate = gemm_conv.macs / max(best[gemm_conv, GEMM] - launch, 1e-7)
 
     def residual_rate(shape: ConvShape, algorithm: str, rate: str) -> float:
         jobs = work(shape, algorithm, nr)
-        rest = timer(shape, algorithm) - launch - jobs["gemm_macs"] / gemm_rate
+        rest = best[shape, algorithm] - launch - jobs["gemm_macs"] / gemm_rate
         # a negative remainder means the unknown part is lost in the noise: call it cheap
         return jobs[rate] / max(rest, jobs["gemm_macs"] / gemm_rate * 0.02)
 
@@ -190,7 +201,7 @@ def calibrate(timer: Timer, nr: int) -> Rates:
         transform2_macs=residual_rate(im2col_conv, WINOGRAD2, "transform2_macs"),
         transform4_macs=residual_rate(im2col_conv, WINOGRAD4, "transform4_macs"),
         im2col_bytes=residual_rate(im2col_conv, GEMM, "im2col_bytes"),
-        depthwise_macs=dw_conv.macs / max(timer(dw_conv, DEPTHWISE) - launch, 1e-7),
+        depthwise_macs=dw_conv.macs / max(best[dw_conv, DEPTHWISE] - launch, 1e-7),
         launch_s=launch,
     )
 
