@@ -120,16 +120,30 @@ class FunctionRef<R(Args...)> {
   R (*call_)(void*, Args...);
 };
 
+// The allocator behind AlignedBuffer (aligned.cpp): 64-byte aligned blocks; `bytes` is a
+// multiple of 64. Blocks of kMappedBlockBytes or more come straight from the OS and go back to
+// it when released: the C library would keep large freed blocks in its heap once its own
+// threshold for that has grown, so weights packed one after another would leave their
+// temporaries behind as resident memory.
+constexpr size_t kMappedBlockBytes = size_t(1) << 20;
+void* allocate_aligned(size_t bytes);
+void release_aligned(void* p, size_t bytes) noexcept;
+
+// Releases an AlignedBuffer block of `bytes` bytes.
+struct AlignedFree {
+  size_t bytes = 0;
+  void operator()(unsigned char* p) const { release_aligned(p, bytes); }
+};
+
 // 64-byte aligned, uninitialised storage (one cache line, one AVX-512 register).
 class AlignedBuffer {
  public:
   AlignedBuffer() = default;
   explicit AlignedBuffer(size_t bytes) { resize(bytes); }
   void resize(size_t bytes) {
-    size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
-    if (rounded && !p) throw std::bad_alloc();
-    data_.reset(static_cast<unsigned char*>(p));
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = rounded ? allocate_aligned(rounded) : nullptr;
+    data_ = std::unique_ptr<unsigned char, AlignedFree>(static_cast<unsigned char*>(p), AlignedFree{rounded});
     size_ = bytes;
   }
   unsigned char* data() const { return data_.get(); }
@@ -138,10 +152,7 @@ class AlignedBuffer {
   T* as() const { return reinterpret_cast<T*>(data_.get()); }
 
  private:
-  struct Free {
-    void operator()(unsigned char* p) const { std::free(p); }
-  };
-  std::unique_ptr<unsigned char, Free> data_;
+  std::unique_ptr<unsigned char, AlignedFree> data_;
   size_t size_ = 0;
 };
 

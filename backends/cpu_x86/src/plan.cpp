@@ -41,15 +41,36 @@ int BuildContext::output_id(size_t i) const {
   return rec_.outputs[i];
 }
 
+namespace {
+
+// Lets the kernel drop the pages wholly inside [data, data + nbytes) of a read-only shared file
+// mapping: the memory stops counting for this process and reads fault the bytes back in from
+// the file. A hint only: where it is unsupported nothing happens.
+void drop_mapped_pages(const void* data, int64_t nbytes) {
+#if defined(__linux__) || defined(__APPLE__)
+  static_assert(sizeof(uintptr_t) >= sizeof(void*), "pointer width");
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  if (page == 0 || nbytes <= 0) return;
+  const auto begin = reinterpret_cast<uintptr_t>(data);
+  const uintptr_t first = (begin + page - 1) / page * page;
+  const uintptr_t last = (begin + static_cast<uintptr_t>(nbytes)) / page * page;
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+#else
+  (void)data;
+  (void)nbytes;
+#endif
+}
+
+}  // namespace
+
 const void* BuildContext::constant_input(size_t i) const {
   const TensorInfo& t = input(i);
   if (t.kind != TensorKind::kConstant) return nullptr;
   const void* data = constants_[t.where];
   if (reinterpret_cast<uintptr_t>(data) % static_cast<uintptr_t>(t.itemsize) == 0) return data;
-  if (copies_used_ == aligned_copies_.size()) aligned_copies_.emplace_back();
-  AlignedBuffer& copy = aligned_copies_[copies_used_++];
-  if (copy.size() < static_cast<size_t>(t.nbytes)) copy.resize(static_cast<size_t>(t.nbytes));
+  AlignedBuffer& copy = aligned_copies_.emplace_back(static_cast<size_t>(t.nbytes));
   std::memcpy(copy.data(), data, static_cast<size_t>(t.nbytes));
+  if (reclaimable_[static_cast<size_t>(t.where)]) drop_mapped_pages(data, t.nbytes);
   return copy.data();
 }
 
@@ -99,24 +120,6 @@ constexpr int64_t kMaxElements = int64_t(1) << 40;
 
 bool valid_itemsize(int s) { return s == 1 || s == 2 || s == 4 || s == 8; }
 
-// Lets the kernel drop the pages wholly inside [data, data + nbytes) of a read-only shared file
-// mapping: the memory stops counting for this process and reads fault the bytes back in from
-// the file. A hint only: where it is unsupported nothing happens.
-void drop_mapped_pages(const void* data, int64_t nbytes) {
-#if defined(__linux__) || defined(__APPLE__)
-  static_assert(sizeof(uintptr_t) >= sizeof(void*), "pointer width");
-  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  if (page == 0 || nbytes <= 0) return;
-  const auto begin = reinterpret_cast<uintptr_t>(data);
-  const uintptr_t first = (begin + page - 1) / page * page;
-  const uintptr_t last = (begin + static_cast<uintptr_t>(nbytes)) / page * page;
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
-#else
-  (void)data;
-  (void)nbytes;
-#endif
-}
-
 }  // namespace
 
 Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& constants,
@@ -147,10 +150,12 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   // Kernels are built from the caller's buffers (alive for the whole constructor); afterwards
   // only the constants some op still reads at run time, or that are outputs, are copied in.
   std::vector<const void*> constant_data;
+  std::vector<bool> reclaimable;
   for (const ConstantSource& c : constants) {
     require(c.nbytes >= 0 && (c.data != nullptr || c.nbytes == 0), "bad constant buffer");
     constant_data.push_back(c.data);
     constant_sizes_.push_back(c.nbytes);
+    reclaimable.push_back(c.reclaimable);
   }
   validate_tables();
   std::vector<int64_t> reads(tensors_.size(), 0);  // run-time readers of each constant tensor
@@ -164,9 +169,8 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
     for (int id : rec.inputs)
       if (tensors_[id].kind == TensorKind::kConstant) ++to_build[static_cast<size_t>(tensors_[id].where)];
   std::vector<int> released;
-  std::vector<AlignedBuffer> aligned_copies;
   for (const OpRecord& rec : records_) {
-    BuildContext ctx(rec, tensors_, constant_data, gemm_, released, aligned_copies);
+    BuildContext ctx(rec, tensors_, constant_data, reclaimable, gemm_, released);
     kernels_.push_back(build_kernel(ctx));
     scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
     workspace_bytes_ = std::max(workspace_bytes_, kernels_.back()->workspace_bytes());

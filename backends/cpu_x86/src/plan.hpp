@@ -65,17 +65,16 @@ class OpKernel {
 class BuildContext {
  public:
   // released: tensor ids of constant inputs this op will not read at run time (release_constant)
-  // aligned_copies: buffers for copies of misaligned constants, reused from op to op (one
-  // allocation per size class rather than one per weight keeps the heap from fragmenting)
+  // reclaimable[c]: constant c lies in a read-only file mapping (see ConstantSource)
   BuildContext(const OpRecord& rec, const std::vector<TensorInfo>& tensors,
-               const std::vector<const void*>& constant_data, const GemmBlocking& gemm, std::vector<int>& released,
-               std::vector<AlignedBuffer>& aligned_copies)
+               const std::vector<const void*>& constant_data, const std::vector<bool>& reclaimable,
+               const GemmBlocking& gemm, std::vector<int>& released)
       : rec_(rec),
         tensors_(tensors),
         constants_(constant_data),
+        reclaimable_(reclaimable),
         gemm_(gemm),
-        released_(released),
-        aligned_copies_(aligned_copies) {}
+        released_(released) {}
 
   const OpRecord& rec() const { return rec_; }
   const GemmBlocking& gemm() const { return gemm_; }
@@ -88,7 +87,8 @@ class BuildContext {
   // Data of input i if it is a constant (known at compile time), else nullptr. Valid only while
   // the kernel is built: it is the caller's buffer, or an aligned copy of it when the caller's
   // buffer is not aligned to its element size (weights viewed straight out of a mapped model
-  // file sit at any byte offset; kernels read them as typed pointers).
+  // file sit at any byte offset; kernels read them as typed pointers). A mapped original is let
+  // go as soon as it is copied, so the copy does not add to the load's peak memory.
   const void* constant_input(size_t i) const;
   // The kernel has taken what it needs from constant input i (e.g. packed it) and will not read
   // it at run time; a constant no op reads is then not kept by the plan (its pointer is null).
@@ -105,10 +105,10 @@ class BuildContext {
   const OpRecord& rec_;
   const std::vector<TensorInfo>& tensors_;
   const std::vector<const void*>& constants_;
+  const std::vector<bool>& reclaimable_;
   const GemmBlocking& gemm_;
   std::vector<int>& released_;
-  std::vector<AlignedBuffer>& aligned_copies_;
-  mutable size_t copies_used_ = 0;  // aligned_copies_[0, copies_used_) hold this op's copies
+  mutable std::vector<AlignedBuffer> aligned_copies_;  // this op's copies of misaligned constants
 };
 
 std::unique_ptr<OpKernel> build_kernel(const BuildContext& ctx);  // dispatch on the op code
