@@ -58,7 +58,9 @@ class ThreadPool {
   std::condition_variable done_;
   Job* job_ = nullptr;
   std::atomic<uint64_t> generation_{0};  // written under mutex_; polled without it while spinning
-  int inside_ = 0;  // workers that joined the current job and have not left it
+  // workers that joined the current job and have not left it: changed under mutex_, also read
+  // without it by the caller polling for the end of its loop
+  std::atomic<int> inside_{0};
   bool stop_ = false;
 };
 
