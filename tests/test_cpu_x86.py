@@ -4,6 +4,7 @@ threads, concurrency, GIL release, bad input and multi-op segments."""
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -781,6 +782,31 @@ def test_many_python_threads_share_one_executable():
     with ThreadPoolExecutor(n_threads) as ex:
         assert sorted(f.result() for f in [ex.submit(worker, i) for i in range(n_threads)]) == list(range(n_threads))
     assert 1 <= exe.plan.arenas_created <= n_threads  # arenas are reused, one per concurrent run at most
+
+
+def _thread_cpu_seconds(tid: str) -> float:
+    with open(f"/proc/self/task/{tid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads per-thread CPU time from /proc")
+def test_idle_pool_workers_use_no_cpu():
+    """Workers poll for a new loop only briefly after each one, then sleep: between runs the
+    pool must not keep a core busy (other tasks of the task VM need it)."""
+    before = set(os.listdir("/proc/self/task"))
+    be = CpuX86Backend(threads=2)
+    seg, feeds = build(Op.MATMUL, ops.MatMulAttrs(), [f32(256, 256), f32(256, 256)])
+    exe = be.compile(seg)
+    for _ in range(20):
+        exe.run(feeds)
+    workers = sorted(set(os.listdir("/proc/self/task")) - before)
+    assert workers, "the pool should have started a worker thread"
+    time.sleep(0.05)  # past any polling
+    start = {tid: _thread_cpu_seconds(tid) for tid in workers}
+    time.sleep(0.5)
+    used = sum(_thread_cpu_seconds(tid) - start[tid] for tid in workers)
+    assert used < 0.05, f"idle workers used {used:.3f} s of CPU in 0.5 s"
 
 
 def test_arena_is_reused_when_runs_are_sequential():

@@ -1,6 +1,7 @@
 // The backend's own worker pool. After a loop a worker polls for the next one for a short while
-// (kSpinMicros: consecutive ops of one run start their loops microseconds apart, and a futex wake
-// costs more than that), then sleeps on a condition variable: an idle pool uses no CPU.
+// (kSpinMicros: consecutive ops of one run start their loops microseconds apart, a serial op may
+// sit between two loops, and a futex wake costs more than that), then sleeps on a condition
+// variable: an idle pool uses no CPU. The caller polls as briefly for the end of its loop.
 // One parallel loop runs at a time; a second concurrent caller (another Python thread running an
 // executable, or a nested loop) simply runs its loop inline, which can neither deadlock nor
 // oversubscribe the cores.
@@ -47,8 +48,9 @@ class ThreadPool {
   void worker_main(int worker);
   void drain(Job& job, int worker);
 
-  // How long a worker polls for the next loop before it sleeps.
-  static constexpr int kSpinMicros = 50;
+  // How long a worker polls for the next loop, and the caller for the end of its loop, before
+  // sleeping.
+  static constexpr int kSpinMicros = 200;
 
   int threads_;
   std::vector<std::thread> workers_;
