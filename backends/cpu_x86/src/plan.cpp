@@ -66,11 +66,11 @@ void drop_mapped_pages(const void* data, int64_t nbytes) {
 const void* BuildContext::constant_input(size_t i) const {
   const TensorInfo& t = input(i);
   if (t.kind != TensorKind::kConstant) return nullptr;
-  const void* data = constants_[t.where];
-  if (reinterpret_cast<uintptr_t>(data) % static_cast<uintptr_t>(t.itemsize) == 0) return data;
+  const ConstantSource& source = constants_[static_cast<size_t>(t.where)];
+  if (reinterpret_cast<uintptr_t>(source.data) % static_cast<uintptr_t>(t.itemsize) == 0) return source.data;
   AlignedBuffer& copy = aligned_copies_.emplace_back(static_cast<size_t>(t.nbytes));
-  std::memcpy(copy.data(), data, static_cast<size_t>(t.nbytes));
-  if (reclaimable_[static_cast<size_t>(t.where)]) drop_mapped_pages(data, t.nbytes);
+  std::memcpy(copy.data(), source.data, static_cast<size_t>(t.nbytes));
+  if (source.reclaimable) drop_mapped_pages(source.data, t.nbytes);
   return copy.data();
 }
 
@@ -149,13 +149,9 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   }
   // Kernels are built from the caller's buffers (alive for the whole constructor); afterwards
   // only the constants some op still reads at run time, or that are outputs, are copied in.
-  std::vector<const void*> constant_data;
-  std::vector<bool> reclaimable;
   for (const ConstantSource& c : constants) {
     require(c.nbytes >= 0 && (c.data != nullptr || c.nbytes == 0), "bad constant buffer");
-    constant_data.push_back(c.data);
     constant_sizes_.push_back(c.nbytes);
-    reclaimable.push_back(c.reclaimable);
   }
   validate_tables();
   std::vector<int64_t> reads(tensors_.size(), 0);  // run-time readers of each constant tensor
@@ -164,33 +160,33 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   }
   for (int id : outputs_) ++reads[static_cast<size_t>(id)];
   // ops still to be built that read each constant: a mapped one is let go after its last
-  std::vector<int64_t> to_build(constant_data.size(), 0);
+  std::vector<int64_t> to_build(constants.size(), 0);
   for (const OpRecord& rec : records_)
     for (int id : rec.inputs)
       if (tensors_[id].kind == TensorKind::kConstant) ++to_build[static_cast<size_t>(tensors_[id].where)];
   std::vector<int> released;
   for (const OpRecord& rec : records_) {
-    BuildContext ctx(rec, tensors_, constant_data, reclaimable, gemm_, released);
+    BuildContext ctx(rec, tensors_, constants, gemm_, released);
     kernels_.push_back(build_kernel(ctx));
     scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
     workspace_bytes_ = std::max(workspace_bytes_, kernels_.back()->workspace_bytes());
     for (int id : rec.inputs) {
       if (tensors_[id].kind != TensorKind::kConstant) continue;
       const auto c = static_cast<size_t>(tensors_[id].where);
-      if (--to_build[c] == 0 && constants[c].reclaimable) drop_mapped_pages(constant_data[c], constant_sizes_[c]);
+      if (--to_build[c] == 0 && constants[c].reclaimable) drop_mapped_pages(constants[c].data, constants[c].nbytes);
     }
   }
   for (int id : released) --reads[static_cast<size_t>(id)];
-  std::vector<bool> kept(constant_data.size(), false);
+  std::vector<bool> kept(constants.size(), false);
   for (size_t id = 0; id < tensors_.size(); ++id) {
     const TensorInfo& t = tensors_[id];
     if (t.kind == TensorKind::kConstant && reads[id] > 0) kept[static_cast<size_t>(t.where)] = true;
   }
-  constants_.resize(constant_data.size());
-  for (size_t c = 0; c < constant_data.size(); ++c) {
+  constants_.resize(constants.size());
+  for (size_t c = 0; c < constants.size(); ++c) {
     if (!kept[c] || constant_sizes_[c] == 0) continue;
     constants_[c].resize(static_cast<size_t>(constant_sizes_[c]));
-    std::memcpy(constants_[c].data(), constant_data[c], static_cast<size_t>(constant_sizes_[c]));
+    std::memcpy(constants_[c].data(), constants[c].data, static_cast<size_t>(constant_sizes_[c]));
   }
   scratch_per_worker_ = (scratch_per_worker_ + 127) / 64 * 64;  // aligned, with slack
   workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;

@@ -61,20 +61,21 @@ class OpKernel {
   virtual size_t workspace_bytes() const { return 0; }
 };
 
+// A constant as the caller holds it. `reclaimable`: the bytes lie in a read-only shared mapping
+// of a file, so their pages can be dropped after use and read back from the file if needed.
+struct ConstantSource {
+  const void* data;
+  int64_t nbytes;
+  bool reclaimable;
+};
+
 // What a kernel builder sees: the record, the tensor table and the constants, with checked access.
 class BuildContext {
  public:
   // released: tensor ids of constant inputs this op will not read at run time (release_constant)
-  // reclaimable[c]: constant c lies in a read-only file mapping (see ConstantSource)
   BuildContext(const OpRecord& rec, const std::vector<TensorInfo>& tensors,
-               const std::vector<const void*>& constant_data, const std::vector<bool>& reclaimable,
-               const GemmBlocking& gemm, std::vector<int>& released)
-      : rec_(rec),
-        tensors_(tensors),
-        constants_(constant_data),
-        reclaimable_(reclaimable),
-        gemm_(gemm),
-        released_(released) {}
+               const std::vector<ConstantSource>& constants, const GemmBlocking& gemm, std::vector<int>& released)
+      : rec_(rec), tensors_(tensors), constants_(constants), gemm_(gemm), released_(released) {}
 
   const OpRecord& rec() const { return rec_; }
   const GemmBlocking& gemm() const { return gemm_; }
@@ -104,8 +105,7 @@ class BuildContext {
  private:
   const OpRecord& rec_;
   const std::vector<TensorInfo>& tensors_;
-  const std::vector<const void*>& constants_;
-  const std::vector<bool>& reclaimable_;
+  const std::vector<ConstantSource>& constants_;
   const GemmBlocking& gemm_;
   std::vector<int>& released_;
   mutable std::vector<AlignedBuffer> aligned_copies_;  // this op's copies of misaligned constants
@@ -142,13 +142,6 @@ class ArenaLease {
   std::unique_ptr<Arena> arena_;
 };
 
-// A constant as the caller holds it. `reclaimable`: the bytes lie in a read-only shared mapping
-// of a file, so their pages can be dropped after use and read back from the file if needed.
-struct ConstantSource {
-  const void* data;
-  int64_t nbytes;
-  bool reclaimable;
-};
 
 class Plan {
  public:

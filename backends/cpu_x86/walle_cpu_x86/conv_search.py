@@ -36,7 +36,7 @@ POLICY = {GEMM: 0, WINOGRAD2: 2, WINOGRAD4: 4, DEPTHWISE: 0}
 _TILE = {WINOGRAD2: 2, WINOGRAD4: 4}
 #: the native side refuses more Winograd workspace than this (conv.cpp, kMaxWinogradWorkspace)
 MAX_WINOGRAD_WORKSPACE = 64 << 20
-_RATES_VERSION = 2  # 2: best of CALIBRATION_ROUNDS rounds
+_RATES_VERSION = 3  # 2: best of CALIBRATION_ROUNDS rounds; 3: family/model/stepping in the key
 
 
 @dataclass(frozen=True)
@@ -151,15 +151,22 @@ def predict(shape: ConvShape, algorithm: str, rates: Rates, nr: int) -> float:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, which keys everything measured on it."""
+    """The CPU's model, which keys everything measured on it: its name plus family, model and
+    stepping (virtual machines often report a bare vendor name such as "AMD EPYC")."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor's block is enough
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    ids = "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping"))
+    return f"{fields['model name']} ({ids})"
 
 
 #: a single-conv timing: (shape, algorithm) -> best seconds of a few runs
