@@ -4,7 +4,9 @@ mapped pages once it has packed them."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 
 import numpy as np
 import onnx
@@ -103,6 +105,19 @@ def test_file_weights_are_read_only_views_of_the_mapping(tmp_path) -> None:
     from_bytes = load_model(path.read_bytes())
     np.testing.assert_array_equal(from_bytes.initializers["w"], weights["w"])
     assert not is_reclaimable(from_bytes.initializers["w"])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_model_that_cannot_be_mapped_is_read(tmp_path) -> None:
+    model, weights = _conv_model()
+    fifo = tmp_path / "model.pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(model.SerializeToString()))
+    writer.start()
+    om = load_model(fifo)
+    writer.join()
+    np.testing.assert_array_equal(om.initializers["w"], weights["w"])
+    assert not is_reclaimable(om.initializers["w"])
 
 
 def test_bad_sizes_and_corrupt_files_are_still_named(tmp_path) -> None:

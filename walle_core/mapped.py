@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,16 @@ class FileMapping(mmap.mmap):
 
 
 def map_file(path: str | os.PathLike) -> FileMapping | bytes:
-    """``path`` mapped read-only; an empty file (which cannot be mapped) gives ``b""``."""
+    """``path`` mapped read-only. What cannot be mapped is read instead: a pipe or other
+    special file, a file system without mmap, and an empty file (``b""``)."""
     with Path(path).open("rb") as file:
-        if os.fstat(file.fileno()).st_size == 0:
-            return b""
-        return FileMapping(file.fileno(), 0, access=mmap.ACCESS_READ)
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
+            return file.read()
+        try:
+            return FileMapping(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            return file.read()
 
 
 def is_reclaimable(array: np.ndarray) -> bool:
