@@ -164,6 +164,16 @@ RASTER_CASES = [
     ("int8_overlap_later_wins", ops.RasterAttrs((4,), (region(0, (4,), 0, (1,), 0, (1,)),
                                                        region(0, (2,), 0, (1,), 2, (1,)))),
      [np.array([1, 2, 3, 4], np.int8)], lambda a: np.array([1, 2, 1, 2], np.int8)),
+    # as many writes as outputs, but overlapping and with gaps: the fill must stay in the gaps
+    ("overlap_and_gaps_keep_fill", ops.RasterAttrs((8,), (region(0, (2, 2, 2), 0, (4, 2, 1), 0, (5, 1, 1)),),
+                                                   fill=7.0),
+     [np.arange(8, dtype=np.float32)], lambda a: np.array([0, 2, 3, 7, 7, 4, 6, 7], np.float32)),
+    # blocks that tile the output, listed out of order: no fill needed, copied a block per worker
+    ("concat_large_unordered", ops.RasterAttrs((3, 64, 40, 32), (
+        region(1, (64, 40, 32), 0, (1280, 32, 1), 81920, (1280, 32, 1)),
+        region(0, (64, 40, 32), 0, (1280, 32, 1), 0, (1280, 32, 1)),
+        region(2, (64, 40, 32), 0, (1280, 32, 1), 163840, (1280, 32, 1))), fill=5.0),
+     [f32(64, 40, 32), f32(64, 40, 32), f32(64, 40, 32)], lambda a, b, c: np.stack([a, b, c])),
 ]
 
 

@@ -79,6 +79,7 @@ class RasterKernel : public OpKernel {
       regions_.push_back(reg);
     }
     ctx.check(pos == ctx.rec().ints.size(), "trailing attribute values");
+    tiles_output_ = regions_tile_output(regions_, out_elems_);
   }
 
   void run(const RunContext& ctx) const override {
@@ -92,10 +93,21 @@ class RasterKernel : public OpKernel {
       ins = big.data();
     }
     for (size_t i = 0; i < inputs_.size(); ++i) ins[i] = ctx.ptrs[inputs_[i]];
-    raster_op(itemsize_, regions_, ins, ctx.ptrs[out_id_], out_elems_, fill_bits_);
+    // disjoint blocks that cover the output (a concatenation): no fill, and a large one is
+    // copied a region per worker
+    if (tiles_output_ && regions_.size() > 1 && out_elems_ * itemsize_ >= kParallelCopyBytes) {
+      ctx.pool.parallel_for(static_cast<int64_t>(regions_.size()), [&](int64_t r, int) {
+        const RasterRegion& reg = regions_[static_cast<size_t>(r)];
+        raster_copy(itemsize_, reg, ins[reg.input], ctx.ptrs[out_id_]);
+      });
+      return;
+    }
+    raster_op(itemsize_, regions_, ins, ctx.ptrs[out_id_], out_elems_, fill_bits_, tiles_output_);
   }
 
  private:
+  static constexpr int64_t kParallelCopyBytes = int64_t(256) << 10;
+  bool tiles_output_ = false;
   std::vector<int> inputs_;
   std::vector<RasterRegion> regions_;
   int itemsize_ = 0;
