@@ -117,8 +117,21 @@ def test_rates_are_measured_once_per_machine(tmp_path) -> None:
     second = ConvChooser("avx2|1", NR, lambda *a: pytest.fail("calibrated again"))
     assert second.rates == first.rates
     # another thread count is another calibration
-    assert ConvChooser("avx2|2", NR, timer).rates == pytest.approx(first.rates)
+    assert ConvChooser("avx2|2", NR, timer).rates == first.rates
     assert len(timed) == 10 * cs.CALIBRATION_ROUNDS
+
+
+@pytest.mark.parametrize("damage", ["not json", '{"v3|x": 1}', "[]", "rates"])
+def test_a_damaged_cache_is_measured_again(tmp_path, damage) -> None:
+    chooser = ConvChooser("avx2|1", NR, lambda s, a: predict(s, a, RATES, NR))
+    path = tmp_path / "cache" / "cpu_x86_rates.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if damage == "rates":  # the right key, a value of the wrong type
+        damage = json.dumps({chooser.device_key: {**{f: 1.0 for f in Rates.__dataclass_fields__},
+                                                  "gemm_macs": "fast"}})
+    path.write_text(damage)
+    for field in Rates.__dataclass_fields__:
+        assert getattr(chooser.rates, field) == pytest.approx(getattr(RATES, field), rel=1e-6), field
 
 
 def test_measure_mode_times_every_candidate_once_and_remembers() -> None:

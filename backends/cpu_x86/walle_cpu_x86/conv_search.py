@@ -243,11 +243,8 @@ class ConvChooser:
 
     def _cached_rates(self) -> Rates:
         entry = self._rate_cache.get_entry(self.device_key)
-        if isinstance(entry, dict):
-            try:
-                return Rates(**entry)
-            except TypeError:
-                pass  # written by another version: measure again
+        if _valid_rates(entry):
+            return Rates(**entry)  # anything else (another version, a damaged file): measure again
         rates = calibrate(self._timer, self.nr)
         _store(self._rate_cache, self.device_key, asdict(rates))
         return rates
@@ -268,13 +265,24 @@ class ConvChooser:
     def _measured(self, shape: ConvShape, options: list[str], predicted: dict[str, float]) -> Choice:
         key = f"{self.device_key}|{shape.key()}"
         entry = self._choice_cache.get_entry(key)
-        if isinstance(entry, dict) and entry.get("algorithm") in options:
+        if (isinstance(entry, dict) and entry.get("algorithm") in options
+                and _positive_number(entry.get("measured_s"))):
             return Choice(entry["algorithm"], predicted[entry["algorithm"]], float(entry["measured_s"]))
         timings = {a: self._timer(shape, a) for a in options}
         best = min(options, key=timings.__getitem__)
         _store(self._choice_cache, key, {"algorithm": best, "measured_s": timings[best],
                                          "timings": {a: round(t, 9) for a, t in timings.items()}})
         return Choice(best, predicted[best], timings[best])
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")
+
+
+def _valid_rates(entry: object) -> bool:
+    """A stored calibration with exactly the fields of :class:`Rates`, all positive numbers."""
+    return (isinstance(entry, dict) and set(entry) == set(Rates.__dataclass_fields__)
+            and all(_positive_number(v) for v in entry.values()))
 
 
 def _store(cache: JsonFileCache, key: str, value: dict) -> None:
