@@ -470,6 +470,26 @@ def test_conv2d_bias_residual_activation(backend, groups, fn):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("geometry", [((2, 5, 13, 11), 7, 3, (1, 0, 2, 1)), ((1, 3, 30, 29), 20, 7, (3, 3, 3, 3)),
+                                      ((2, 4, 8, 9), 6, 2, (0, 1, 1, 0)), ((1, 2, 6, 7), 9, 4, (2, 1, 0, 2))],
+                         ids=["3x3", "7x7", "2x2", "4x4"])
+def test_stride2_conv_through_the_phase_split_image(monkeypatch, isa, geometry):
+    """Stride-2 windows of 2x2 taps or more read a padded, phase-split copy of each image: odd
+    and even sizes, uneven pads, two images, and the fused bias, residual and activation."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    xs, o, k, pads = geometry
+    x, w, bias = f32(*xs), f32(o, xs[1], k, k), f32(o)
+    oh = (xs[2] + pads[0] + pads[2] - k) // 2 + 1
+    ow = (xs[3] + pads[1] + pads[3] - k) // 2 + 1
+    res = f32(xs[0], o, oh, ow)
+    attrs = ops.Conv2DAttrs((2, 2), pads, activation=act_of(UnaryFn.RELU), has_bias=True, has_residual=True)
+    for const in ((1, 2), (2,)):
+        (got,) = run1(CpuX86Backend(threads=2), Op.CONV2D, attrs, [x, w, bias, res], const=const)
+        want = np.maximum(np_conv(x, w, bias, (2, 2), pads) + res, 0).astype(np.float32)
+        close(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fn", [UnaryFn.IDENTITY, UnaryFn.RELU, UnaryFn.CLIP, UnaryFn.SIGMOID], ids=lambda f: f.value)
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_conv_epilogue_in_the_gemm_tiles_is_bit_exact(monkeypatch, isa, fn, kernel):

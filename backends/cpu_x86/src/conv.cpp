@@ -181,6 +181,18 @@ class Conv2DKernel : public OpKernel {
                   s_.pb == 0 && s_.pr == 0;
     gemm_k_ = s_.cg * s_.kh * s_.kw;
     im2col_ = Im2col{s_.cg, s_.h, s_.w, s_.kh, s_.kw, s_.sh, s_.sw, s_.dh, s_.dw, s_.pt, s_.pl, s_.oh, s_.ow};
+    // Stride-2 windows of 2x2 taps or more: the image is split into its padded phases once per
+    // run (the depthwise layout), so im2col copies contiguous runs instead of picking every
+    // other element and testing each run against the edges.
+    phased_ = !depthwise_ && g == 1 && s_.sh == 2 && s_.sw == 2 && s_.dh == 1 && s_.dw == 1 && s_.kh >= 2 &&
+              s_.kw >= 2;
+    if (phased_) {
+      phase_layout_ = DepthwiseLayout::of(s_);
+      im2col_.phased = true;
+      im2col_.phase_channel = phase_layout_.pad_floats();
+      im2col_.phase_plane = phase_layout_.sub_plane();
+      im2col_.phase_pitch = phase_layout_.pitch;
+    }
     // ints[12], when present: Winograd tile forced by the caller (0 = never), else the cost rule
     const int64_t policy = ctx.rec().ints.size() > 12 ? ctx.int_at(12) : -1;
     ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
@@ -219,7 +231,10 @@ class Conv2DKernel : public OpKernel {
     if (depthwise_) return DepthwiseLayout::of(s_).bytes(s_.oh, s_.kh * s_.kw);
     return std::max(blk_.scratch_bytes(), winograd_ ? winograd_->scratch_bytes() : size_t(0));
   }
-  size_t workspace_bytes() const override { return winograd_ ? winograd_->workspace_bytes() : 0; }
+  size_t workspace_bytes() const override {
+    if (winograd_) return winograd_->workspace_bytes();
+    return phased_ ? static_cast<size_t>(s_.c * phase_layout_.pad_floats()) * sizeof(float) : 0;
+  }
 
   void run(const RunContext& ctx) const override {
     const float* x = static_cast<const float*>(ctx.ptrs[x_]);
@@ -242,7 +257,7 @@ class Conv2DKernel : public OpKernel {
       GemmProblem p;
       if (packed_.data()) p.a.packed = packed_.as<float>() + gi * packed_stride_;
       else p.a.view = MatView{w + gi * s_.og * gemm_k_, gemm_k_, 1};
-      const float* image = x + (n * s_.c + gi * s_.cg) * plane_in;
+      const float* image = phased_ ? ctx.workspace : x + (n * s_.c + gi * s_.cg) * plane_in;
       if (direct_1x1_) {
         p.b.view = MatView{image, plane_in, 1};
       } else {
@@ -257,7 +272,20 @@ class Conv2DKernel : public OpKernel {
       p.epilogue.act = act_;
       return p;
     };
-    gemm(blk_, s_.og, plane_out, gemm_k_, s_.n * s_.groups, problem, ctx.pool, ctx.scratch, ctx.cancel);
+    if (!phased_) {
+      gemm(blk_, s_.og, plane_out, gemm_k_, s_.n * s_.groups, problem, ctx.pool, ctx.scratch, ctx.cancel);
+      return;
+    }
+    // one image at a time through the workspace (phased_ implies a single group)
+    for (int64_t n = 0; n < s_.n; ++n) {
+      const float* image = x + n * s_.c * plane_in;
+      ctx.pool.parallel_for(s_.c, [&](int64_t c, int) {
+        depthwise_pad(s_, phase_layout_, image + c * plane_in, ctx.workspace + c * phase_layout_.pad_floats());
+      });
+      if (is_cancelled(ctx.cancel)) return;
+      gemm(blk_, s_.og, plane_out, gemm_k_, 1, [&](int64_t) { return problem(n); }, ctx.pool, ctx.scratch,
+           ctx.cancel);
+    }
   }
 
  private:
@@ -289,6 +317,8 @@ class Conv2DKernel : public OpKernel {
   bool depthwise_ = false, direct_1x1_ = false;
   int64_t gemm_k_ = 0;
   Im2col im2col_;
+  bool phased_ = false;  // im2col reads a phase-split copy of the image (im2col_.phased)
+  DepthwiseLayout phase_layout_{};
   AlignedBuffer packed_;
   int64_t packed_stride_ = 0;
   std::unique_ptr<WinogradConv> winograd_;

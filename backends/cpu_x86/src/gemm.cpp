@@ -110,8 +110,20 @@ static void pack_im2col_block(const Im2col& g, const float* image, int64_t k0, i
           ++c;
         }
       }
-      const float* plane = image + c * g.H * g.W;
       float* out = panel + k * nr;
+      if (g.phased) {
+        // tap (kh, kw) of output (oy, ox) is padded pixel (2 oy + kh, 2 ox + kw)
+        const float* phase = image + c * g.phase_channel + ((kh & 1) * 2 + (kw & 1)) * g.phase_plane +
+                             (kh >> 1) * g.phase_pitch + (kw >> 1);
+        for (int64_t j = 0, oy = oy0, ox = ox0; j < valid; ++oy, ox = 0) {
+          const int64_t run = std::min(valid - j, g.OW - ox);
+          std::memcpy(out + j, phase + oy * g.phase_pitch + ox, static_cast<size_t>(run) * sizeof(float));
+          j += run;
+        }
+        for (int64_t t = valid; t < nr; ++t) out[t] = 0.f;
+        continue;
+      }
+      const float* plane = image + c * g.H * g.W;
       const int64_t shift = kw * g.dw - g.pl;
       int64_t j = 0, oy = oy0, ox = ox0;
       while (j < valid) {

@@ -33,6 +33,11 @@ struct MatView {
 struct Im2col {
   int64_t C = 0, H = 0, W = 0, KH = 0, KW = 0;
   int64_t sh = 1, sw = 1, dh = 1, dw = 1, pt = 0, pl = 0, OH = 0, OW = 0;
+  // Stride 2, no dilation: the image is given already padded and split into its four phases,
+  // channel c's phase (a, b) holding padded pixel (2i + a, 2j + b) at [i * pitch + j], so every
+  // run of a row is one contiguous copy. Floats per channel and per phase, and the row pitch:
+  bool phased = false;
+  int64_t phase_channel = 0, phase_plane = 0, phase_pitch = 0;
 };
 
 // One operand: prepacked (full-K panels), a strided view, or (B only) an im2col view of view.p.
