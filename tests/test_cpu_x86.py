@@ -469,6 +469,29 @@ def test_conv2d_bias_residual_activation(backend, groups, fn):
     close(got, want.astype(np.float32), atol=1e-4)
 
 
+@pytest.mark.parametrize("fn", [UnaryFn.IDENTITY, UnaryFn.RELU, UnaryFn.CLIP, UnaryFn.HARD_SWISH], ids=lambda f: f.value)
+@pytest.mark.parametrize("geometry", [((2, 9, 7, 7), (1, 1), (1, 1, 1, 1), (1, 1)),
+                                      ((1, 17, 14, 14), (2, 2), (0, 1, 1, 0), (1, 1)),
+                                      ((1, 9, 20, 20), (1, 1), (2, 2, 2, 2), (2, 2)),
+                                      ((1, 25, 5, 9), (2, 1), (1, 0, 0, 1), (1, 1))],
+                         ids=["7x7", "14x14s2", "20x20dil", "5x9"])
+def test_small_depthwise_planes_eight_channels_at_a_time(fn, geometry):
+    """Small depthwise planes go eight channels at a time on AVX2; the channels past the last
+    whole block take the per-plane path. Channel 8 repeats channel 0, so the two paths must
+    agree to the bit, and both must match NumPy."""
+    xs, strides, pads, dil = geometry
+    c = xs[1]
+    x, w, bias = f32(*xs), f32(c, 1, 3, 3), f32(c)
+    x[:, 8], w[8], bias[8] = x[:, 0], w[0], bias[0]
+    want = np_conv(x, w, bias, strides, pads, dil, groups=c)
+    res = f32(*want.shape)
+    res[:, 8] = res[:, 0]
+    attrs = ops.Conv2DAttrs(strides, pads, dil, c, act_of(fn), has_bias=True, has_residual=True)
+    (got,) = run1(CpuX86Backend(threads=2), Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
+    np.testing.assert_array_equal(got[:, 8], got[:, 0])
+    close(got, ACTIVATIONS[fn][2](want + res).astype(np.float32), atol=1e-4)
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("geometry", [((2, 5, 13, 11), 7, 3, (1, 0, 2, 1)), ((1, 3, 30, 29), 20, 7, (3, 3, 3, 3)),
                                       ((2, 4, 8, 9), 6, 2, (0, 1, 1, 0)), ((1, 2, 6, 7), 9, 4, (2, 1, 0, 2))],

@@ -123,6 +123,9 @@ void depthwise_taps_portable(const float* const* src, const float* w, int64_t ta
 
 namespace {
 
+// Depthwise planes up to this many output pixels go eight channels at a time on AVX2.
+constexpr int64_t kSmallDepthwisePlane = 400;
+
 // Largest shared workspace the cost rule may choose Winograd for (a forced tile ignores it).
 constexpr size_t kMaxWinogradWorkspace = size_t(64) << 20;
 
@@ -175,6 +178,10 @@ class Conv2DKernel : public OpKernel {
       residual_ = ctx.input_id(next++);
     }
     depthwise_ = s_.cg == 1 && g == s_.c;
+    // Small planes of one output channel per input channel go eight channels at a time (AVX2):
+    // per-plane set-up would cost more than their arithmetic.
+    channel_blocks_ = depthwise_ && s_.og == 1 && s_.c >= 8 && s_.oh * s_.ow <= kSmallDepthwisePlane &&
+                      blk_.isa != Isa::kPortable;
     if (blk_.isa == Isa::kAvx512) taps_fn_ = depthwise_taps_avx512;
     else if (blk_.isa == Isa::kAvx2) taps_fn_ = depthwise_taps_avx2;
     direct_1x1_ = s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 && s_.pt == 0 && s_.pl == 0 &&
@@ -228,7 +235,15 @@ class Conv2DKernel : public OpKernel {
   }
 
   size_t scratch_bytes() const override {
-    if (depthwise_) return DepthwiseLayout::of(s_).bytes(s_.oh, s_.kh * s_.kw);
+    if (depthwise_) {
+      size_t bytes = DepthwiseLayout::of(s_).bytes(s_.oh, s_.kh * s_.kw);
+      if (channel_blocks_) {
+        const int64_t floats =
+            depthwise_block_scratch_floats(s_.oh, s_.ow, s_.kh, s_.kw, s_.sh, s_.sw, s_.dh, s_.dw);
+        bytes = std::max(bytes, static_cast<size_t>(floats) * sizeof(float) + 64);
+      }
+      return bytes;
+    }
     return std::max(blk_.scratch_bytes(), winograd_ ? winograd_->scratch_bytes() : size_t(0));
   }
   size_t workspace_bytes() const override {
@@ -294,7 +309,37 @@ class Conv2DKernel : public OpKernel {
     const int64_t mult = s_.og;  // output channels per input channel
     const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
     const DepthwiseLayout layout = DepthwiseLayout::of(s_);
-    ctx.pool.parallel_for(s_.n * s_.o, [&](int64_t t, int worker) {
+    const int64_t blocks = channel_blocks_ ? s_.c / 8 : 0;  // leading channels taken 8 at a time
+    if (blocks > 0) {
+      const int fused = act_.fn == UnaryFn::kIdentity ? 0 : act_.fn == UnaryFn::kRelu ? 1
+                        : act_.fn == UnaryFn::kClip ? 2 : -1;
+      ctx.pool.parallel_for(s_.n * blocks, [&](int64_t t, int worker) {
+        if (is_cancelled(ctx.cancel)) return;
+        const int64_t n = t / blocks, c0 = (t % blocks) * 8;
+        DepthwiseBlock b{};
+        b.x = x + (n * s_.c + c0) * plane_in;
+        b.y = y + (n * s_.o + c0) * plane_out;
+        b.w = w + c0 * s_.kh * s_.kw;
+        b.bias = bias ? bias + c0 : nullptr;
+        b.residual = res ? res + (n * s_.o + c0) * plane_out : nullptr;
+        b.h = s_.h, b.w_in = s_.w, b.oh = s_.oh, b.ow = s_.ow, b.kh = s_.kh, b.kw = s_.kw;
+        b.sh = s_.sh, b.sw = s_.sw, b.dh = s_.dh, b.dw = s_.dw, b.pt = s_.pt, b.pl = s_.pl;
+        b.act = fused < 0 ? 0 : fused;
+        b.lo = act_.alpha;
+        b.hi = act_.beta;
+        b.scratch = ctx.scratch(worker);
+        depthwise_block8_avx2(b);
+        if (fused < 0) {  // the activation the block does not apply, over the finished planes
+          Epilogue ep;
+          ep.act = act_;
+          for (int64_t l = 0; l < 8; ++l) apply_epilogue(ep, blk_.isa, b.y + l * plane_out, plane_out, 0, 1, 0, plane_out);
+        }
+      });
+    }
+    const int64_t first = blocks * 8;  // the channels left for the per-plane path
+    if (first == s_.o) return;
+    ctx.pool.parallel_for(s_.n * (s_.o - first), [&](int64_t task, int worker) {
+      const int64_t t = (task / (s_.o - first)) * s_.o + first + task % (s_.o - first);
       if (is_cancelled(ctx.cancel)) return;
       const int64_t n = t / s_.o, o = t % s_.o, c = o / mult;
       float* out = y + t * plane_out;
@@ -315,6 +360,7 @@ class Conv2DKernel : public OpKernel {
   ConvShape s_{};
   Act act_;
   bool depthwise_ = false, direct_1x1_ = false;
+  bool channel_blocks_ = false;  // depthwise eight channels at a time (depthwise_block8_avx2)
   int64_t gemm_k_ = 0;
   Im2col im2col_;
   bool phased_ = false;  // im2col reads a phase-split copy of the image (im2col_.phased)

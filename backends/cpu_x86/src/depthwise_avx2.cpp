@@ -2,6 +2,8 @@
 // only called when the plan's instruction set is AVX2 (isa.cpp checks the CPU).
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "depthwise_taps.hpp"
 
 namespace walle {
@@ -44,6 +46,129 @@ void depthwise_taps_avx2(const float* const* src, const float* w, int64_t taps, 
       acc = _mm256_fmadd_ps(_mm256_broadcast_ss(w + t), _mm256_maskload_ps(src[t] + e, mask), acc);
     }
     _mm256_maskstore_ps(rows + e, mask, acc);
+  }
+}
+
+int64_t depthwise_block_scratch_floats(int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                       int64_t dh, int64_t dw) {
+  const int64_t rows = (oh - 1) * sh + (kh - 1) * dh + 1, cols = (ow - 1) * sw + (kw - 1) * dw + 1;
+  return rows * cols * 8 + kh * kw * 8;  // the padded interleaved image, then the tap weights
+}
+
+namespace {
+
+// r[i] holds row i of an 8x8 block; afterwards r[i] holds column i.
+inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 u7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+}  // namespace
+
+void depthwise_block8_avx2(const DepthwiseBlock& b) {
+  const int64_t rows = (b.oh - 1) * b.sh + (b.kh - 1) * b.dh + 1;
+  const int64_t cols = (b.ow - 1) * b.sw + (b.kw - 1) * b.dw + 1;
+  const int64_t taps = b.kh * b.kw, plane_in = b.h * b.w_in, plane_out = b.oh * b.ow;
+  float* padded = b.scratch;                // [rows][cols][8]
+  float* wv = b.scratch + rows * cols * 8;  // [taps][8]
+  for (int64_t i = 0; i < rows * cols * 8; i += 8) _mm256_store_ps(padded + i, _mm256_setzero_ps());
+  // interleave: eight pixels of the eight channels per 8x8 transpose, the row's tail one by one
+  const int64_t ix_lo = std::max<int64_t>(0, -b.pl), ix_hi = std::min<int64_t>(b.w_in, cols - b.pl);
+  for (int64_t iy = 0; iy < b.h; ++iy) {
+    const int64_t Y = iy + b.pt;
+    if (Y < 0 || Y >= rows) continue;
+    const float* src = b.x + iy * b.w_in;
+    float* dst = padded + (Y * cols + b.pl) * 8;
+    int64_t ix = ix_lo;
+    for (; ix + 8 <= ix_hi; ix += 8) {
+      __m256 r[8];
+      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_in + ix);
+      transpose8x8(r);
+      for (int p = 0; p < 8; ++p) _mm256_store_ps(dst + (ix + p) * 8, r[p]);
+    }
+    for (; ix < ix_hi; ++ix) {
+      for (int l = 0; l < 8; ++l) dst[ix * 8 + l] = src[l * plane_in + ix];
+    }
+  }
+  for (int64_t t = 0; t < taps; ++t) {
+    for (int l = 0; l < 8; ++l) wv[t * 8 + l] = b.w[l * taps + t];
+  }
+  const __m256 bias = b.bias ? _mm256_loadu_ps(b.bias) : _mm256_setzero_ps();
+  const __m256 lo = _mm256_set1_ps(b.act == 1 ? 0.f : b.lo), hi = _mm256_set1_ps(b.hi);
+  // 3x3 (nearly every depthwise layer): the nine weight vectors stay in registers
+  const bool k3 = b.kh == 3 && b.kw == 3;
+  __m256 w3[9];
+  for (int t = 0; t < 9; ++t) w3[t] = k3 ? _mm256_load_ps(wv + t * 8) : _mm256_setzero_ps();
+  // the eight channels of output pixel (oy, ox), the taps in order from zero, plus the bias
+  auto pixel = [&](int64_t oy, int64_t ox) {
+    __m256 acc = _mm256_setzero_ps();
+    if (k3) {
+      for (int i = 0; i < 3; ++i) {
+        const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
+        acc = _mm256_fmadd_ps(w3[i * 3], _mm256_load_ps(row), acc);
+        acc = _mm256_fmadd_ps(w3[i * 3 + 1], _mm256_load_ps(row + b.dw * 8), acc);
+        acc = _mm256_fmadd_ps(w3[i * 3 + 2], _mm256_load_ps(row + 2 * b.dw * 8), acc);
+      }
+    } else {
+      for (int64_t i = 0; i < b.kh; ++i) {
+        const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
+        for (int64_t j = 0; j < b.kw; ++j) {
+          acc = _mm256_fmadd_ps(_mm256_load_ps(wv + (i * b.kw + j) * 8), _mm256_load_ps(row + j * b.dw * 8), acc);
+        }
+      }
+    }
+    return b.bias ? _mm256_add_ps(acc, bias) : acc;
+  };
+  auto finish = [&](__m256 v, const float* residual) {  // + residual, then the activation
+    if (residual) v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
+    if (b.act != 0) v = _mm256_max_ps(lo, v);  // max(lo, v) keeps a NaN v, as the row epilogue does
+    if (b.act == 2) v = _mm256_min_ps(hi, v);
+    return v;
+  };
+  alignas(32) float lanes[8];
+  for (int64_t oy = 0; oy < b.oh; ++oy) {
+    int64_t ox = 0;
+    // eight pixels at a time: transposed back to eight rows of the eight channels' planes
+    for (; ox + 8 <= b.ow; ox += 8) {
+      __m256 r[8];
+      for (int p = 0; p < 8; ++p) r[p] = pixel(oy, ox + p);
+      transpose8x8(r);
+      const int64_t at = oy * b.ow + ox;
+      for (int l = 0; l < 8; ++l) {
+        const float* residual = b.residual ? b.residual + l * plane_out + at : nullptr;
+        _mm256_storeu_ps(b.y + l * plane_out + at, finish(r[l], residual));
+      }
+    }
+    for (; ox < b.ow; ++ox) {
+      const int64_t at = oy * b.ow + ox;
+      __m256 v = pixel(oy, ox);
+      if (b.residual) {
+        for (int l = 0; l < 8; ++l) lanes[l] = b.residual[l * plane_out + at];
+        v = _mm256_add_ps(v, _mm256_load_ps(lanes));
+      }
+      if (b.act != 0) v = _mm256_max_ps(lo, v);
+      if (b.act == 2) v = _mm256_min_ps(hi, v);
+      _mm256_store_ps(lanes, v);
+      for (int l = 0; l < 8; ++l) b.y[l * plane_out + at] = lanes[l];
+    }
   }
 }
 

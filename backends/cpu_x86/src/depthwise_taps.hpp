@@ -14,4 +14,25 @@ void depthwise_taps_portable(const float* const* src, const float* w, int64_t ta
 void depthwise_taps_avx2(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 void depthwise_taps_avx512(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 
+// Eight channels of a depthwise convolution at once, for small planes where per-plane set-up
+// costs more than the arithmetic: the channels are interleaved into a zero-padded
+// [row][column][8] copy, each tap is then one 8-lane multiply-add per output pixel, and the
+// results go back to the channels' planes. Every element gets exactly the operations of the
+// per-plane path (taps in order from zero, then + bias, + residual, activation), so the results
+// are bit-identical. act: 0 none, 1 relu, 2 clip; any other activation is left to the caller.
+struct DepthwiseBlock {
+  const float* x;         // channel c0's input plane; the 8 planes follow one another
+  float* y;               // channel c0's output plane; likewise
+  const float* w;         // [8][kh * kw] weights of the 8 channels
+  const float* bias;      // 8 values, or nullptr
+  const float* residual;  // channel c0's residual plane (planes like y's), or nullptr
+  int64_t h, w_in, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl;
+  int act;
+  float lo, hi;
+  float* scratch;  // depthwise_block_scratch_floats() floats, 32-byte aligned
+};
+int64_t depthwise_block_scratch_floats(int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                       int64_t dh, int64_t dw);
+void depthwise_block8_avx2(const DepthwiseBlock& b);
+
 }  // namespace walle
