@@ -204,15 +204,14 @@ class Conv2DKernel : public OpKernel {
     const int64_t policy = ctx.rec().ints.size() > 12 ? ctx.int_at(12) : -1;
     ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
     const bool winograd_shape = s_.kh == 3 && s_.kw == 3 && s_.sh == 1 && s_.sw == 1 && s_.dh == 1 && s_.dw == 1 &&
-                                g == 1 && ctx.constant_input(1) != nullptr;
+                                g == 1 && ctx.constant_bytes(1) != nullptr;
     if (winograd_shape && policy != 0) {
       const WinogradShape ws{s_.c, s_.h, s_.w, s_.o, s_.oh, s_.ow, s_.pt, s_.pl};
       int tile = policy > 0 ? static_cast<int>(policy) : choose_winograd_tile(ws, blk_.kernel.nr);
       // the transformed image is (tile+2)^2/tile^2 times the input and output: keep it bounded
       if (policy < 0 && tile && winograd_workspace_bytes(tile, ws, blk_.kernel.nr) > kMaxWinogradWorkspace) tile = 0;
       if (tile) {
-        winograd_ = std::make_unique<WinogradConv>(tile, ws, static_cast<const float*>(ctx.constant_input(1)),
-                                                   blk_.kernel.mr, blk_.kernel.nr);
+        winograd_ = std::make_unique<WinogradConv>(tile, ws, ctx.constant_bytes(1), blk_.kernel.mr, blk_.kernel.nr);
         ctx.release_constant(1);
       }
     }

@@ -74,6 +74,11 @@ const void* BuildContext::constant_input(size_t i) const {
   return copy.data();
 }
 
+const void* BuildContext::constant_bytes(size_t i) const {
+  const TensorInfo& t = input(i);
+  return t.kind == TensorKind::kConstant ? constants_[static_cast<size_t>(t.where)].data : nullptr;
+}
+
 void BuildContext::release_constant(size_t i) const {
   if (input(i).kind == TensorKind::kConstant) released_.push_back(input_id(i));
 }

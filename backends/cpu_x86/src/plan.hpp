@@ -91,6 +91,9 @@ class BuildContext {
   // file sit at any byte offset; kernels read them as typed pointers). A mapped original is let
   // go as soon as it is copied, so the copy does not add to the load's peak memory.
   const void* constant_input(size_t i) const;
+  // Input i's bytes as the caller holds them, at any alignment (nullptr unless a constant), for
+  // kernels that read them byte-wise (memcpy): no aligned copy is made.
+  const void* constant_bytes(size_t i) const;
   // The kernel has taken what it needs from constant input i (e.g. packed it) and will not read
   // it at run time; a constant no op reads is then not kept by the plan (its pointer is null).
   void release_constant(size_t i) const;

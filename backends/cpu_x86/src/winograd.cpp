@@ -1,6 +1,7 @@
 #include "winograd.hpp"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "elementwise.hpp"
@@ -25,7 +26,7 @@ constexpr int kWeightLanes = 8;
 // the last panel. A panel's rows are transformed kWeightLanes channels at a time into a small
 // [position][row][lane] block, which then goes out as one contiguous run per position.
 template <int M>
-void transform_weights(const WinogradShape& s, const float* w, int mr, int64_t packed_stride, float* packed) {
+void transform_weights(const WinogradShape& s, const unsigned char* w, int mr, int64_t packed_stride, float* packed) {
   using X = WinogradMatrices<M>;
   constexpr int T = X::T;
   constexpr int L = kWeightLanes;
@@ -35,10 +36,12 @@ void transform_weights(const WinogradShape& s, const float* w, int mr, int64_t p
     for (int64_t c0 = 0; c0 < s.c; c0 += L) {
       const int64_t lanes = std::min<int64_t>(L, s.c - c0);
       for (int64_t r = 0; r < rows; ++r) {
-        const float* wo = w + ((o0 + r) * s.c + c0) * 9;
+        const unsigned char* wo = w + ((o0 + r) * s.c + c0) * 9 * sizeof(float);
         float g[9][L];
         for (int64_t l = 0; l < lanes; ++l) {
-          for (int k = 0; k < 9; ++k) g[k][l] = wo[l * 9 + k];
+          float taps[9];
+          std::memcpy(taps, wo + l * 9 * sizeof(float), sizeof(taps));
+          for (int k = 0; k < 9; ++k) g[k][l] = taps[k];
         }
         for (int64_t l = lanes; l < L; ++l) {
           for (int k = 0; k < 9; ++k) g[k][l] = 0.f;
@@ -99,7 +102,7 @@ int choose_winograd_tile(const WinogradShape& s, int nr) {
   return best;
 }
 
-WinogradConv::WinogradConv(int m, const WinogradShape& s, const float* weights, int mr, int nr)
+WinogradConv::WinogradConv(int m, const WinogradShape& s, const void* weights, int mr, int nr)
     : m_(m), t_(m + 2), nr_(nr), s_(s) {
   require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
   tiles_y_ = ceil_div(s.oh, m);
@@ -108,8 +111,9 @@ WinogradConv::WinogradConv(int m, const WinogradShape& s, const float* weights, 
   const int64_t positions = t_ * t_;
   packed_stride_ = static_cast<int64_t>(packed_a_floats(s.o, s.c, mr));
   weights_.resize(static_cast<size_t>(positions * packed_stride_) * sizeof(float));
-  if (m == 2) transform_weights<2>(s, weights, mr, packed_stride_, weights_.as<float>());
-  else transform_weights<4>(s, weights, mr, packed_stride_, weights_.as<float>());
+  const auto* bytes = static_cast<const unsigned char*>(weights);
+  if (m == 2) transform_weights<2>(s, bytes, mr, packed_stride_, weights_.as<float>());
+  else transform_weights<4>(s, bytes, mr, packed_stride_, weights_.as<float>());
 }
 
 size_t WinogradConv::scratch_bytes() const {

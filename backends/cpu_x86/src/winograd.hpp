@@ -41,8 +41,10 @@ size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr);
 
 class WinogradConv {
  public:
-  // weights: [O, C, 3, 3]. mr, nr: register tile of the GEMM kernel that will run it.
-  WinogradConv(int m, const WinogradShape& s, const float* weights, int mr, int nr);
+  // weights: [O, C, 3, 3] float32 at any byte alignment (read byte-wise, so a weight viewed in a
+  // mapped model file needs no aligned copy). mr, nr: register tile of the GEMM kernel that will
+  // run it.
+  WinogradConv(int m, const WinogradShape& s, const void* weights, int mr, int nr);
 
   int tile() const { return m_; }
   // Per worker: a zero-bordered copy of one input plane (the GEMM's scratch is reused after it).
