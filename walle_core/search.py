@@ -448,15 +448,11 @@ class PlanCache(JsonFileCache):
         return f"{graph_key(graph)}|{shapes}|{device_key(backends)}"
 
     def get(self, key: str) -> PlanDecision | None:
-        with self._lock:
-            entry = self._read().get(key)
+        entry = self.get_entry(key)
         return None if entry is None else PlanDecision(**entry)
 
     def put(self, key: str, decision: PlanDecision) -> None:
-        with self._lock:
-            data = self._read()
-            data[key] = asdict(decision)
-            self._write(data)
+        self.put_entry(key, asdict(decision))
 
 
 class MeasuringAssigner:

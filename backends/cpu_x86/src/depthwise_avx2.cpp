@@ -159,14 +159,10 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     }
     for (; ox < b.ow; ++ox) {
       const int64_t at = oy * b.ow + ox;
-      __m256 v = pixel(oy, ox);
-      if (b.residual) {
+      if (b.residual) {  // the pixel's residual across the eight channels
         for (int l = 0; l < 8; ++l) lanes[l] = b.residual[l * plane_out + at];
-        v = _mm256_add_ps(v, _mm256_load_ps(lanes));
       }
-      if (b.act != 0) v = _mm256_max_ps(lo, v);
-      if (b.act == 2) v = _mm256_min_ps(hi, v);
-      _mm256_store_ps(lanes, v);
+      _mm256_store_ps(lanes, finish(pixel(oy, ox), b.residual ? lanes : nullptr));
       for (int l = 0; l < 8; ++l) b.y[l * plane_out + at] = lanes[l];
     }
   }

@@ -86,12 +86,8 @@ template <class T>
 void raster_typed(const std::vector<RasterRegion>& regions, const void* const* inputs, void* out,
                   int64_t out_elems, uint64_t fill_bits, bool skip_fill) {
   T* dst = static_cast<T*>(out);
-  if (skip_fill) {
-  } else if (fill_bits == 0) {
-    std::memset(dst, 0, static_cast<size_t>(out_elems) * sizeof(T));
-  } else {
-    fill_typed(dst, out_elems, fill_bits);
-  }
+  if (!skip_fill && fill_bits == 0) std::memset(dst, 0, static_cast<size_t>(out_elems) * sizeof(T));
+  if (!skip_fill && fill_bits != 0) fill_typed(dst, out_elems, fill_bits);
   for (const RasterRegion& r : regions) copy_region(r, static_cast<const T*>(inputs[r.input]), dst);
 }
 

@@ -6,6 +6,20 @@
 
 namespace walle {
 
+namespace {
+
+// Spins until done() or kSpinMicros have passed, whichever comes first.
+template <class Done>
+void poll_briefly(Done done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  for (int i = 0; !done(); ++i) {
+    _mm_pause();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return;
+  }
+}
+
+}  // namespace
+
 ThreadPool::ThreadPool(int threads) : threads_(threads < 1 ? 1 : threads) {
   for (int w = 1; w < threads_; ++w) workers_.emplace_back([this, w] { worker_main(w); });
 }
@@ -37,11 +51,7 @@ void ThreadPool::worker_main(int worker) {
   uint64_t seen = 0;
   for (;;) {
     // Poll briefly for the next loop before paying for a sleep and a wake-up.
-    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
-    for (int i = 0; generation_.load(std::memory_order_acquire) == seen; ++i) {
-      _mm_pause();
-      if ((i & 63) == 63 && std::chrono::steady_clock::now() >= spin_until) break;
-    }
+    poll_briefly([&] { return generation_.load(std::memory_order_acquire) != seen; });
     Job* job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -81,11 +91,7 @@ void ThreadPool::parallel_for(int64_t n, Body body) {
   // that has not woken up yet (the machine is busy) is not waited for: it finds no job. Their
   // last tasks usually end within microseconds of ours, so poll briefly before sleeping: a
   // sleep and wake-up per loop cost more than a small op's whole loop on a virtual machine.
-  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
-  for (int i = 0; inside_.load(std::memory_order_acquire) != 0; ++i) {
-    _mm_pause();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= spin_until) break;
-  }
+  poll_briefly([&] { return inside_.load(std::memory_order_acquire) == 0; });
   {
     std::unique_lock<std::mutex> lock(mutex_);  // inside_ is rechecked under the lock workers join under
     done_.wait(lock, [&] { return inside_.load(std::memory_order_relaxed) == 0; });

@@ -32,6 +32,10 @@ class ThreadPool {
 
   int threads() const { return threads_; }
 
+  // How long a worker polls for the next loop, and the caller for the end of its loop, before
+  // sleeping.
+  static constexpr int kSpinMicros = 200;
+
   // Runs body for every task in [0, n); returns when all are done. Rethrows the first exception
   // a task threw.
   void parallel_for(int64_t n, Body body);
@@ -48,9 +52,6 @@ class ThreadPool {
   void worker_main(int worker);
   void drain(Job& job, int worker);
 
-  // How long a worker polls for the next loop, and the caller for the end of its loop, before
-  // sleeping.
-  static constexpr int kSpinMicros = 200;
 
   int threads_;
   std::vector<std::thread> workers_;

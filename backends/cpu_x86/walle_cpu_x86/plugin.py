@@ -17,7 +17,7 @@ from walle_core.backend import Availability, Backend, Executable, Segment
 from walle_core.cancel import CancelToken
 from walle_core.errors import BackendError, RunCancelled
 from walle_core.hookspecs import hookimpl
-from walle_core.ir import Node, TensorType
+from walle_core.ir import GraphBuilder, Node, TensorType
 from walle_core.ops import BinaryFn, Conv2DAttrs, Op, UnaryFn
 from walle_cpu_x86.conv_search import (
     POLICY,
@@ -246,8 +246,6 @@ class CpuX86Backend(Backend):
 
     def _time_conv(self, shape: ConvShape, algorithm: str) -> float:
         """Best time of one convolution of ``shape`` run with ``algorithm`` (random data)."""
-        from walle_core.ir import GraphBuilder
-
         x, w = random_conv_inputs(shape)
         b = GraphBuilder()
         b.add_input("x", TensorType(x.dtype, x.shape))
