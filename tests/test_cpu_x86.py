@@ -536,6 +536,22 @@ def test_conv_epilogue_in_the_gemm_tiles_is_bit_exact(monkeypatch, isa, fn, kern
         np.testing.assert_array_equal(got, ACTIVATIONS[fn][2](summed).astype(np.float32))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_1x1_conv_reads_few_channels_activations_in_place(monkeypatch, isa):
+    """Up to 64 output channels, a 1x1 convolution's GEMM reads the activations in place instead of
+    packing them; more channels pack them. Both sum in the same order, so the 64 channels of the
+    first are bit-identical to the same 64 channels of the second. 7x9 pixels leave a partial last
+    panel (packed, zero padded, even in place) and K = 300 takes two k blocks."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    x, w, bias = f32(1, 300, 7, 9), f32(65, 300, 1, 1), f32(65)
+    attrs = ops.Conv2DAttrs(activation=act_of(UnaryFn.RELU), has_bias=True)
+    backend = CpuX86Backend()
+    (in_place,) = run1(backend, Op.CONV2D, attrs, [x, w[:64], bias[:64]], const=(1, 2))
+    (packed,) = run1(backend, Op.CONV2D, attrs, [x, w, bias], const=(1, 2))
+    np.testing.assert_array_equal(in_place, packed[:, :64])
+    close(in_place, np.maximum(np_conv(x, w[:64], bias[:64]), 0).astype(np.float32), atol=1e-4)
+
+
 # Winograd: every eligible shape (3x3, stride 1, one group, constant weights) against NumPy and
 # against the direct algorithm; odd sizes and asymmetric pads exercise partial tiles and lane blocks.
 WINOGRAD_CASES = [

@@ -200,6 +200,9 @@ void apply_epilogue(const Epilogue& ep, Isa isa, float* c, int64_t ldc, int64_t 
   }
 }
 
+// Largest m for which a row-major B is read in place rather than packed (see gemm()).
+constexpr int64_t kInPlaceRows = 64;
+
 static float* align64(unsigned char* p) {
   auto v = reinterpret_cast<uintptr_t>(p);
   return reinterpret_cast<float*>((v + 63) & ~static_cast<uintptr_t>(63));
@@ -241,15 +244,26 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     float* a_buf = align64(base);
     float* b_buf = align64(reinterpret_cast<unsigned char*>(a_buf + blk.mc * blk.kc));
     float* edge = align64(reinterpret_cast<unsigned char*>(b_buf + blk.kc * blk.nc));
+    // A row-major B with few rows of A to reuse it is read in place: packing it would cost more
+    // than the few row panels that read each strip gain from a packed one.
+    const bool b_in_place = !pr.b.packed && !pr.b.im2col && pr.b.view.cs == 1 && m <= kInPlaceRows;
     for (int64_t pc = 0; pc == 0 || pc < k; pc += blk.kc) {
       const int64_t kc = std::min(blk.kc, k - pc);
       const bool accumulate = pc > 0;
       const bool fuse = fused_act >= 0 && pc + kc >= k;  // the last k block stores final values
       const float* bp;
       int64_t b_stride;  // floats between consecutive NR-column panels
+      int64_t ldb = nr;  // floats between consecutive k rows of a panel
       if (pr.b.packed) {
         bp = pr.b.packed + (j0 / nr) * k * nr + pc * nr;
         b_stride = k * nr;
+      } else if (b_in_place) {
+        bp = pr.b.view.p + pc * pr.b.view.rs + j0;
+        b_stride = nr;
+        ldb = pr.b.view.rs;
+        const int64_t full = nc / nr * nr;
+        // the last, partial panel is packed (zero padded): reading it in place would run past B
+        if (full < nc) pack_b_block(pr.b.view, pc, kc, j0 + full, nc - full, nr, b_buf);
       } else {
         if (pr.b.im2col) pack_im2col_block(*pr.b.im2col, pr.b.view.p, pc, kc, j0, nc, nr, b_buf);
         else pack_b_block(pr.b.view, pc, kc, j0, nc, nr, b_buf);
@@ -270,11 +284,13 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         }
         for (int64_t jr = 0; jr < nc; jr += nr) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
+          const bool packed_edge = b_in_place && cols < nr;
+          const float* b_panel = packed_edge ? b_buf : bp + (jr / nr) * b_stride;
+          const int64_t b_ld = packed_edge ? nr : ldb;
           for (int64_t ir = 0; ir < mc; ir += mr) {
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
             const float* a_panel = ap + (ir / mr) * a_stride;
-            const float* b_panel = bp + (jr / nr) * b_stride;
             if (rows == mr && cols == nr) {
               if (fuse) {
                 TileEpilogue te;
@@ -284,16 +300,16 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
                 te.act = fused_act;
                 te.lo = ep.act.alpha;
                 te.hi = ep.act.beta;
-                blk.kernel.fused(kc, a_panel, b_panel, c, pr.ldc, accumulate, te);
+                blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, te);
               } else {
-                blk.kernel.fn(kc, a_panel, b_panel, c, pr.ldc, accumulate);
+                blk.kernel.fn(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate);
               }
             } else {
               // edge tile: compute the full register tile into a buffer, copy the valid part
               if (accumulate) {
                 for (int64_t i = 0; i < rows; ++i) std::memcpy(edge + i * nr, c + i * pr.ldc, cols * sizeof(float));
               }
-              blk.kernel.fn(kc, a_panel, b_panel, edge, nr, accumulate);
+              blk.kernel.fn(kc, a_panel, b_panel, b_ld, edge, nr, accumulate);
               for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
               if (fuse) apply_epilogue(ep, blk.isa, c, pr.ldc, i0 + ir, rows, j0 + jr, cols);
             }

@@ -13,7 +13,7 @@ constexpr int kMr = 6;
 constexpr int kNr = 16;
 
 template <bool Fused>
-inline void tile_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate,
+inline void tile_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
                       const TileEpilogue* ep) {
   __m256 acc[kMr][2];
 #pragma GCC unroll 6
@@ -28,7 +28,7 @@ inline void tile_6x16(int64_t kc, const float* a, const float* b, float* c, int6
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
     a += kMr;
-    b += kNr;
+    b += ldb;
   }
 #pragma GCC unroll 6
   for (int i = 0; i < kMr; ++i) {
@@ -65,13 +65,13 @@ inline void tile_6x16(int64_t kc, const float* a, const float* b, float* c, int6
   }
 }
 
-void kernel_6x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
-  tile_6x16<false>(kc, a, b, c, ldc, accumulate, nullptr);
+void kernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  tile_6x16<false>(kc, a, b, ldb, c, ldc, accumulate, nullptr);
 }
 
-void kernel_6x16_fused(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate,
-                       const TileEpilogue& ep) {
-  tile_6x16<true>(kc, a, b, c, ldc, accumulate, &ep);
+void kernel_6x16_fused(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                       bool accumulate, const TileEpilogue& ep) {
+  tile_6x16<true>(kc, a, b, ldb, c, ldc, accumulate, &ep);
 }
 
 }  // namespace

@@ -12,7 +12,8 @@ namespace {
 constexpr int kMr = 12;
 constexpr int kNr = 32;
 
-void kernel_12x32(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+void kernel_12x32(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                  bool accumulate) {
   __m512 acc[kMr][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -26,7 +27,7 @@ void kernel_12x32(int64_t kc, const float* a, const float* b, float* c, int64_t 
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
     a += kMr;
-    b += kNr;
+    b += ldb;
   }
 #pragma GCC unroll 12
   for (int i = 0; i < kMr; ++i) {

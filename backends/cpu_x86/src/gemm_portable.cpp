@@ -9,7 +9,8 @@ namespace {
 constexpr int kMr = 4;
 constexpr int kNr = 16;
 
-void kernel_4x16(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+void kernel_4x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                 bool accumulate) {
   float acc[kMr][kNr] = {};
   for (int64_t k = 0; k < kc; ++k) {
     for (int i = 0; i < kMr; ++i) {
@@ -17,7 +18,7 @@ void kernel_4x16(int64_t kc, const float* a, const float* b, float* c, int64_t l
       for (int j = 0; j < kNr; ++j) acc[i][j] += ai * b[j];
     }
     a += kMr;
-    b += kNr;
+    b += ldb;
   }
   for (int i = 0; i < kMr; ++i) {
     float* row = c + i * ldc;

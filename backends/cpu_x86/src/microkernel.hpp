@@ -19,13 +19,14 @@ struct TileEpilogue {
 };
 
 // c[MR x NR] (row stride ldc) = (accumulate ? c : 0) + sum over k < kc of the outer product of
-// a[k*MR .. k*MR+MR) and b[k*NR .. k*NR+NR). `fused` (nullptr where a kernel has none) does
-// the same, then applies a TileEpilogue before storing.
+// a[k*MR .. k*MR+MR) and b[k*ldb .. k*ldb+NR): ldb is NR for a packed panel, or the row stride
+// of a row-major B read in place. `fused` (nullptr where a kernel has none) does the same, then
+// applies a TileEpilogue before storing.
 struct MicroKernel {
   int mr;
   int nr;
-  void (*fn)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
-  void (*fused)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate,
+  void (*fn)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+  void (*fused)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
                 const TileEpilogue& ep) = nullptr;
 };
 
