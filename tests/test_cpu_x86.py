@@ -552,6 +552,24 @@ def test_1x1_conv_reads_few_channels_activations_in_place(monkeypatch, isa):
     close(in_place, np.maximum(np_conv(x, w[:64], bias[:64]), 0).astype(np.float32), atol=1e-4)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fn", [UnaryFn.RELU, UnaryFn.SIGMOID], ids=lambda f: f.value)
+def test_1x1_conv_with_pixels_as_gemm_rows(monkeypatch, isa, fn):
+    """On a 7x7 map, a 1x1 convolution with many output channels runs with the pixels as the
+    GEMM's rows and stores its tiles transposed. Same products summed in the same order as the
+    usual orientation (which 16 channels keep): bit-identical channel by channel, with bias,
+    residual and activation, over two k blocks (K = 300)."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    x, w, bias, res = f32(2, 300, 7, 7), f32(80, 300, 1, 1), f32(80), f32(2, 80, 7, 7)
+    attrs = ops.Conv2DAttrs(activation=act_of(fn), has_bias=True, has_residual=True)
+    backend = CpuX86Backend()
+    (wide,) = run1(backend, Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
+    (narrow,) = run1(backend, Op.CONV2D, attrs, [x, w[:16], bias[:16], res[:, :16]], const=(1, 2))
+    np.testing.assert_array_equal(wide[:, :16], narrow)
+    want = ACTIVATIONS[fn][2](np_conv(x, w, bias) + res).astype(np.float32)
+    close(wide, want, atol=1e-4)
+
+
 # Winograd: every eligible shape (3x3, stride 1, one group, constant weights) against NumPy and
 # against the direct algorithm; odd sizes and asymmetric pads exercise partial tiles and lane blocks.
 WINOGRAD_CASES = [

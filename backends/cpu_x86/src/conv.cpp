@@ -216,9 +216,23 @@ class Conv2DKernel : public OpKernel {
       }
     }
     if (!depthwise_ && !winograd_) {
-      if (const void* data = ctx.constant_input(1)) {
+      const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
+      // A plain 1x1 GEMM on a small map (up to MC pixels) may run with the pixels as its rows
+      // (C = X^T W^T, stored transposed), when that wastes much less of the register tiles:
+      // 7x7 maps (49 pixels) fill 54 of 6-row tiles but 64 of 16-column ones. Few output
+      // channels keep the usual orientation, whose activations are then read in place.
+      const int64_t pixels = s_.oh * s_.ow;
+      auto padded = [](int64_t v, int64_t t) { return (v + t - 1) / t * t; };
+      pixel_rows_ = direct_1x1_ && g == 1 && s_.o > 64 && pixels <= blk_.mc && ctx.constant_bytes(1) != nullptr &&
+                    10 * padded(pixels, mr) * padded(s_.o, nr) < 9 * padded(s_.o, mr) * padded(pixels, nr);
+      if (const void* data = pixel_rows_ ? ctx.constant_input(1) : nullptr) {
+        // W^T as the constant B operand: element (k, j) is W[j, k]
+        packed_stride_ = static_cast<int64_t>(packed_b_floats(gemm_k_, s_.o, nr));
+        packed_.resize(static_cast<size_t>(packed_stride_) * sizeof(float));
+        pack_b_full(MatView{static_cast<const float*>(data), 1, gemm_k_}, gemm_k_, s_.o, nr, packed_.as<float>());
+        ctx.release_constant(1);
+      } else if (const void* data = ctx.constant_input(1)) {
         // weights of group gi: rows [gi*og, (gi+1)*og) of the [O, cg*kh*kw] matrix
-        const int mr = blk_.kernel.mr;
         packed_stride_ = static_cast<int64_t>(packed_a_floats(s_.og, gemm_k_, mr));
         packed_.resize(static_cast<size_t>(g * packed_stride_) * sizeof(float));
         for (int64_t gi = 0; gi < g; ++gi) {
@@ -264,6 +278,23 @@ class Conv2DKernel : public OpKernel {
         winograd_->run(blk_, x + n * s_.c * plane_in, y + out_off, bias, res ? res + out_off : nullptr, act_,
                        ctx.pool, ctx.scratch, ctx.workspace, ctx.cancel);
       }
+      return;
+    }
+    if (pixel_rows_) {
+      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O], one image per problem
+      auto problem = [&](int64_t n) {
+        GemmProblem p;
+        p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
+        p.b.packed = packed_.as<float>();
+        p.c = y + n * s_.o * plane_out;
+        p.ldc = plane_out;
+        p.c_transposed = true;
+        if (bias) p.epilogue.bias = MatView{bias, 0, 1};
+        if (res) p.epilogue.residual = MatView{res + n * s_.o * plane_out, 1, plane_out};
+        p.epilogue.act = act_;
+        return p;
+      };
+      gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
       return;
     }
     auto problem = [&](int64_t bi) {
@@ -359,6 +390,7 @@ class Conv2DKernel : public OpKernel {
   ConvShape s_{};
   Act act_;
   bool depthwise_ = false, direct_1x1_ = false;
+  bool pixel_rows_ = false;  // a 1x1 GEMM with the pixels as rows (see build)
   bool channel_blocks_ = false;  // depthwise eight channels at a time (depthwise_block8_avx2)
   int64_t gemm_k_ = 0;
   Im2col im2col_;

@@ -27,7 +27,7 @@ GemmBlocking::GemmBlocking(Isa isa) : isa(isa), kernel(micro_kernel(isa)) {
 }
 
 size_t GemmBlocking::scratch_bytes() const {
-  return static_cast<size_t>(mc * kc + kc * nc + kernel.mr * kernel.nr) * sizeof(float) + 3 * 64;
+  return static_cast<size_t>(mc * kc + kc * nc + kernel.mr * kernel.nr + mc * nc) * sizeof(float) + 4 * 64;
 }
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -47,6 +47,14 @@ static void pack_a_block(const MatView& a, int64_t i0, int64_t rows, int64_t k0,
     float* panel = dst + p * kc;
     // written in order, read from `valid` row streams
     const float* src = a.p + (i0 + p) * a.rs + k0 * a.cs;
+    if (a.rs == 1 && valid == mr && (mr == 6 || mr == 12)) {
+      // rows adjacent in memory (a transposed view): one fixed-size copy per k, inlined
+      for (int64_t k = 0; k < kc; ++k) {
+        if (mr == 6) std::memcpy(panel + k * 6, src + k * a.cs, 6 * sizeof(float));
+        else std::memcpy(panel + k * 12, src + k * a.cs, 12 * sizeof(float));
+      }
+      continue;
+    }
     for (int64_t k = 0; k < kc; ++k) {
       float* out = panel + k * mr;
       const float* col = src + k * a.cs;
@@ -212,6 +220,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch,
           const CancelFlag* cancel) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
+  require(m <= blk.mc || !problem(0).c_transposed, "a GEMM with a transposed C has at most MC rows");
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
   const int64_t nt = ceil_div(n, blk.nc);
   // A task owns one column block and a range of rows. Each B block is packed once per task and
@@ -234,7 +243,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     // Epilogues the kernel can apply to its tiles as it stores them (one pass over C fewer):
     // a bias per row, a residual with unit column stride, and relu or clip.
     int fused_act = -1;
-    if (has_epilogue && blk.kernel.fused && (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) &&
+    if (has_epilogue && blk.kernel.fused && !pr.c_transposed && (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) &&
         (!ep.residual.p || ep.residual.cs == 1)) {
       if (ep.act.fn == UnaryFn::kIdentity) fused_act = 0;
       else if (ep.act.fn == UnaryFn::kRelu) fused_act = 1;
@@ -244,6 +253,10 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     float* a_buf = align64(base);
     float* b_buf = align64(reinterpret_cast<unsigned char*>(a_buf + blk.mc * blk.kc));
     float* edge = align64(reinterpret_cast<unsigned char*>(b_buf + blk.kc * blk.nc));
+    // A transposed C is built in `stage` ([row][nc], whole register tiles, rows up to mc), then
+    // finished and scattered to C once, after the last k block.
+    float* stage = align64(reinterpret_cast<unsigned char*>(edge + mr * nr));
+    const int64_t stage_ld = blk.nc;
     // A row-major B with few rows of A to reuse it is read in place: packing it would cost more
     // than the few row panels that read each strip gain from a packed one.
     const bool b_in_place = !pr.b.packed && !pr.b.im2col && pr.b.view.cs == 1 && m <= kInPlaceRows;
@@ -291,7 +304,10 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
             const float* a_panel = ap + (ir / mr) * a_stride;
-            if (rows == mr && cols == nr) {
+            if (pr.c_transposed) {
+              blk.kernel.fn(kc, a_panel, b_panel, b_ld, stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld,
+                            accumulate);
+            } else if (rows == mr && cols == nr) {
               if (fuse) {
                 TileEpilogue te;
                 if (ep.bias.p) te.bias = ep.bias.p + (i0 + ir);
@@ -319,7 +335,14 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     }
     // Epilogues the kernel could not fuse: bias, residual and activation over the task's block
     // while it is still in L2.
-    if (has_epilogue && fused_act < 0) {
+    if (pr.c_transposed) {
+      const int64_t rows = i_end - i_begin;
+      if (has_epilogue) apply_epilogue(ep, blk.isa, stage, stage_ld, i_begin, rows, j0, nc);
+      for (int64_t q = 0; q < nc; ++q) {
+        float* col = pr.c + (j0 + q) * pr.ldc + i_begin;
+        for (int64_t r = 0; r < rows; ++r) col[r] = stage[r * stage_ld + q];
+      }
+    } else if (has_epilogue && fused_act < 0) {
       apply_epilogue(ep, blk.isa, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
     }
   });

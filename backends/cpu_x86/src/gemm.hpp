@@ -59,6 +59,10 @@ struct GemmProblem {
   GemmOperand b;
   float* c = nullptr;
   int64_t ldc = 0;
+  // C stored transposed: element (i, j) at c[j * ldc + i]. How a convolution computes its
+  // output with the pixels as GEMM rows while keeping the NCHW layout; the tiles then go through
+  // a buffer, and the epilogue's views are in (i, j) terms as usual.
+  bool c_transposed = false;
   Epilogue epilogue;
 };
 
