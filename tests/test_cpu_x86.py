@@ -554,19 +554,25 @@ def test_1x1_conv_reads_few_channels_activations_in_place(monkeypatch, isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fn", [UnaryFn.RELU, UnaryFn.SIGMOID], ids=lambda f: f.value)
-def test_1x1_conv_with_pixels_as_gemm_rows(monkeypatch, isa, fn):
-    """On a 7x7 map, a 1x1 convolution with many output channels runs with the pixels as the
-    GEMM's rows and stores its tiles transposed. Same products summed in the same order as the
-    usual orientation (which 16 channels keep): bit-identical channel by channel, with bias,
-    residual and activation, over two k blocks (K = 300)."""
+@pytest.mark.parametrize("geometry", [((2, 300, 7, 7), 1, 1, 0), ((1, 40, 13, 14), 3, 2, 1), ((1, 300, 13, 13), 1, 2, 0)],
+                         ids=["1x1", "3x3s2-phased", "1x1s2-im2col"])
+def test_conv_with_pixels_as_gemm_rows(monkeypatch, isa, fn, geometry):
+    """On a 7x7 output, a convolution with many output channels runs with the pixels as the
+    GEMM's rows (a 1x1 reading the image, others its transposed im2col) and stores its tiles
+    transposed. Same products summed in the same order as the usual orientation (which 16
+    channels keep): bit-identical channel by channel, with bias, residual and activation; K = 300
+    takes two k blocks, K = 360 too."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
-    x, w, bias, res = f32(2, 300, 7, 7), f32(80, 300, 1, 1), f32(80), f32(2, 80, 7, 7)
-    attrs = ops.Conv2DAttrs(activation=act_of(fn), has_bias=True, has_residual=True)
+    monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "0")
+    xs, k, stride, pad = geometry
+    x, w, bias = f32(*xs), f32(80, xs[1], k, k), f32(80)
+    res = f32(xs[0], 80, 7, 7)
+    attrs = ops.Conv2DAttrs((stride, stride), (pad,) * 4, activation=act_of(fn), has_bias=True, has_residual=True)
     backend = CpuX86Backend()
     (wide,) = run1(backend, Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
     (narrow,) = run1(backend, Op.CONV2D, attrs, [x, w[:16], bias[:16], res[:, :16]], const=(1, 2))
     np.testing.assert_array_equal(wide[:, :16], narrow)
-    want = ACTIVATIONS[fn][2](np_conv(x, w, bias) + res).astype(np.float32)
+    want = ACTIVATIONS[fn][2](np_conv(x, w, bias, (stride, stride), (pad,) * 4) + res).astype(np.float32)
     close(wide, want, atol=1e-4)
 
 

@@ -217,13 +217,13 @@ class Conv2DKernel : public OpKernel {
     }
     if (!depthwise_ && !winograd_) {
       const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
-      // A plain 1x1 GEMM on a small map (up to MC pixels) may run with the pixels as its rows
-      // (C = X^T W^T, stored transposed), when that wastes much less of the register tiles:
+      // The GEMM of a small map (up to MC pixels) may run with the pixels as its rows
+      // (C = im2col^T W^T, stored transposed), when that wastes much less of the register tiles:
       // 7x7 maps (49 pixels) fill 54 of 6-row tiles but 64 of 16-column ones. Few output
-      // channels keep the usual orientation, whose activations are then read in place.
+      // channels keep the usual orientation, whose activations a 1x1 then reads in place.
       const int64_t pixels = s_.oh * s_.ow;
       auto padded = [](int64_t v, int64_t t) { return (v + t - 1) / t * t; };
-      pixel_rows_ = direct_1x1_ && g == 1 && s_.o > 64 && pixels <= blk_.mc && ctx.constant_bytes(1) != nullptr &&
+      pixel_rows_ = g == 1 && s_.o > 64 && pixels <= blk_.mc && ctx.constant_bytes(1) != nullptr &&
                     10 * padded(pixels, mr) * padded(s_.o, nr) < 9 * padded(s_.o, mr) * padded(pixels, nr);
       if (const void* data = pixel_rows_ ? ctx.constant_input(1) : nullptr) {
         // W^T as the constant B operand: element (k, j) is W[j, k]
@@ -261,7 +261,14 @@ class Conv2DKernel : public OpKernel {
   }
   size_t workspace_bytes() const override {
     if (winograd_) return winograd_->workspace_bytes();
-    return phased_ ? static_cast<size_t>(s_.c * phase_layout_.pad_floats()) * sizeof(float) : 0;
+    size_t floats = pixel_panels_offset();
+    if (pixel_rows_ && !direct_1x1_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
+    return floats * sizeof(float);
+  }
+  // Where the packed transposed im2col starts in the workspace: after the phase-split image,
+  // on a 64-byte boundary.
+  size_t pixel_panels_offset() const {
+    return phased_ ? static_cast<size_t>(s_.c * phase_layout_.pad_floats() + 15) / 16 * 16 : 0;
   }
 
   void run(const RunContext& ctx) const override {
@@ -284,7 +291,8 @@ class Conv2DKernel : public OpKernel {
       // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O], one image per problem
       auto problem = [&](int64_t n) {
         GemmProblem p;
-        p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
+        if (direct_1x1_) p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
+        else p.a.packed = ctx.workspace + pixel_panels_offset();
         p.b.packed = packed_.as<float>();
         p.c = y + n * s_.o * plane_out;
         p.ldc = plane_out;
@@ -294,7 +302,25 @@ class Conv2DKernel : public OpKernel {
         p.epilogue.act = act_;
         return p;
       };
-      gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
+      if (direct_1x1_) {
+        gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
+        return;
+      }
+      // Otherwise the transposed im2col matrix is packed once per image into the workspace
+      // (every column block of the GEMM reads all of it), one row panel per task.
+      const int mr = blk_.kernel.mr;
+      float* panels = ctx.workspace + pixel_panels_offset();
+      for (int64_t n = 0; n < s_.n; ++n) {
+        const float* image = x + n * s_.c * plane_in;
+        if (phased_) split_phases(ctx, image);
+        ctx.pool.parallel_for((plane_out + mr - 1) / mr, [&](int64_t t, int) {
+          pack_im2col_full(im2col_, phased_ ? ctx.workspace : image, gemm_k_, t * mr,
+                           std::min<int64_t>(mr, plane_out - t * mr), mr, panels);
+        });
+        if (is_cancelled(ctx.cancel)) return;
+        gemm(blk_, plane_out, s_.o, gemm_k_, 1, [&](int64_t) { return problem(n); }, ctx.pool, ctx.scratch,
+             ctx.cancel);
+      }
       return;
     }
     auto problem = [&](int64_t bi) {
@@ -323,10 +349,7 @@ class Conv2DKernel : public OpKernel {
     }
     // one image at a time through the workspace (phased_ implies a single group)
     for (int64_t n = 0; n < s_.n; ++n) {
-      const float* image = x + n * s_.c * plane_in;
-      ctx.pool.parallel_for(s_.c, [&](int64_t c, int) {
-        depthwise_pad(s_, phase_layout_, image + c * plane_in, ctx.workspace + c * phase_layout_.pad_floats());
-      });
+      split_phases(ctx, x + n * s_.c * plane_in);
       if (is_cancelled(ctx.cancel)) return;
       gemm(blk_, s_.og, plane_out, gemm_k_, 1, [&](int64_t) { return problem(n); }, ctx.pool, ctx.scratch,
            ctx.cancel);
@@ -334,6 +357,14 @@ class Conv2DKernel : public OpKernel {
   }
 
  private:
+  // The padded, phase-split copy of one image that a phased im2col reads, into the workspace.
+  void split_phases(const RunContext& ctx, const float* image) const {
+    const int64_t plane_in = s_.h * s_.w;
+    ctx.pool.parallel_for(s_.c, [&](int64_t c, int) {
+      depthwise_pad(s_, phase_layout_, image + c * plane_in, ctx.workspace + c * phase_layout_.pad_floats());
+    });
+  }
+
   void run_depthwise(const RunContext& ctx, const float* x, const float* w, const float* bias, const float* res,
                      float* y) const {
     const int64_t mult = s_.og;  // output channels per input channel

@@ -180,6 +180,11 @@ void pack_a_full(const MatView& a, int64_t m, int64_t k, int mr, float* dst) {
   pack_a_block(a, 0, m, 0, k, mr, dst);
 }
 
+void pack_im2col_full(const Im2col& g, const float* image, int64_t k, int64_t j0, int64_t cols, int width,
+                      float* dst) {
+  pack_im2col_block(g, image, 0, k, j0, cols, width, dst + (j0 / width) * k * width);
+}
+
 void pack_b_full(const MatView& b, int64_t k, int64_t n, int nr, float* dst) {
   pack_b_block(b, 0, k, 0, n, nr, dst);
 }
