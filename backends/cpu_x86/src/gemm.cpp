@@ -254,6 +254,17 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
       else if (ep.act.fn == UnaryFn::kRelu) fused_act = 1;
       else if (ep.act.fn == UnaryFn::kClip) fused_act = 2;
     }
+    // what the kernel applies as it stores the tile at row i, column j0 + jr
+    auto tile_epilogue = [&](int64_t i, int64_t jr) {
+      TileEpilogue te;
+      if (ep.bias.p) te.bias = ep.bias.p + i;
+      if (ep.residual.p) te.residual = ep.residual.p + i * ep.residual.rs + j0 + jr;
+      te.ldr = ep.residual.rs;
+      te.act = fused_act;
+      te.lo = ep.act.alpha;
+      te.hi = ep.act.beta;
+      return te;
+    };
     unsigned char* base = reinterpret_cast<unsigned char*>(scratch(worker));
     float* a_buf = align64(base);
     float* b_buf = align64(reinterpret_cast<unsigned char*>(a_buf + blk.mc * blk.kc));
@@ -314,17 +325,14 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
                             accumulate);
             } else if (rows == mr && cols == nr) {
               if (fuse) {
-                TileEpilogue te;
-                if (ep.bias.p) te.bias = ep.bias.p + (i0 + ir);
-                if (ep.residual.p) te.residual = ep.residual.p + (i0 + ir) * ep.residual.rs + j0 + jr;
-                te.ldr = ep.residual.rs;
-                te.act = fused_act;
-                te.lo = ep.act.alpha;
-                te.hi = ep.act.beta;
-                blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, te);
+                blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, tile_epilogue(i0 + ir, jr));
               } else {
                 blk.kernel.fn(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate);
               }
+            } else if (cols == nr && blk.kernel.rows) {
+              const TileEpilogue te = fuse ? tile_epilogue(i0 + ir, jr) : TileEpilogue{};
+              blk.kernel.rows(static_cast<int>(rows), kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate,
+                              fuse ? &te : nullptr);
             } else {
               // edge tile: compute the full register tile into a buffer, copy the valid part
               if (accumulate) {

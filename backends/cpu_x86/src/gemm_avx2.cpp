@@ -12,17 +12,18 @@ namespace {
 constexpr int kMr = 6;
 constexpr int kNr = 16;
 
-template <bool Fused>
-inline void tile_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
+// The first R rows of a tile (R = kMr for a whole one; A's panels always hold kMr rows).
+template <int R, bool Fused>
+inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
                       const TileEpilogue* ep) {
-  __m256 acc[kMr][2];
+  __m256 acc[R][2];
 #pragma GCC unroll 6
-  for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
-    for (int i = 0; i < kMr; ++i) {
+    for (int i = 0; i < R; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i);
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
@@ -31,7 +32,7 @@ inline void tile_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, f
     b += ldb;
   }
 #pragma GCC unroll 6
-  for (int i = 0; i < kMr; ++i) {
+  for (int i = 0; i < R; ++i) {
     float* row = c + i * ldc;
     if (accumulate) {
       acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
@@ -66,16 +67,34 @@ inline void tile_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, f
 }
 
 void kernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  tile_6x16<false>(kc, a, b, ldb, c, ldc, accumulate, nullptr);
+  tile_rx16<kMr, false>(kc, a, b, ldb, c, ldc, accumulate, nullptr);
 }
 
 void kernel_6x16_fused(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
                        bool accumulate, const TileEpilogue& ep) {
-  tile_6x16<true>(kc, a, b, ldb, c, ldc, accumulate, &ep);
+  tile_rx16<kMr, true>(kc, a, b, ldb, c, ldc, accumulate, &ep);
+}
+
+template <int R>
+void rows_r(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
+            const TileEpilogue* ep) {
+  if (ep) tile_rx16<R, true>(kc, a, b, ldb, c, ldc, accumulate, ep);
+  else tile_rx16<R, false>(kc, a, b, ldb, c, ldc, accumulate, nullptr);
+}
+
+void kernel_rows(int rows, int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+                 bool accumulate, const TileEpilogue* ep) {
+  switch (rows) {
+    case 1: return rows_r<1>(kc, a, b, ldb, c, ldc, accumulate, ep);
+    case 2: return rows_r<2>(kc, a, b, ldb, c, ldc, accumulate, ep);
+    case 3: return rows_r<3>(kc, a, b, ldb, c, ldc, accumulate, ep);
+    case 4: return rows_r<4>(kc, a, b, ldb, c, ldc, accumulate, ep);
+    default: return rows_r<5>(kc, a, b, ldb, c, ldc, accumulate, ep);
+  }
 }
 
 }  // namespace
 
-MicroKernel micro_kernel_avx2() { return {kMr, kNr, kernel_6x16, kernel_6x16_fused}; }
+MicroKernel micro_kernel_avx2() { return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows}; }
 
 }  // namespace walle

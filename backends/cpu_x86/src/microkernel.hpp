@@ -28,6 +28,11 @@ struct MicroKernel {
   void (*fn)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
   void (*fused)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
                 const TileEpilogue& ep) = nullptr;
+  // The first `rows` (< MR) rows of a whole-width tile, stored straight to c, then (ep not null)
+  // finished like `fused`: the last row panel of an M that MR does not divide. nullptr where a
+  // kernel has none (such tiles then go through a buffer).
+  void (*rows)(int rows, int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
+               bool accumulate, const TileEpilogue* ep) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();
