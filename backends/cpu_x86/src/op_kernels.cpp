@@ -398,8 +398,10 @@ class Pool2DKernel : public OpKernel {
     x_ = ctx.input_id(0);
     y_ = ctx.output_id(0);
   }
+  size_t scratch_bytes() const override { return pool2d_scratch_bytes(p_, isa_); }
   void run(const RunContext& ctx) const override {
-    pool2d_op(p_, isa_, static_cast<const float*>(ctx.ptrs[x_]), static_cast<float*>(ctx.ptrs[y_]), ctx.pool);
+    pool2d_op(p_, isa_, static_cast<const float*>(ctx.ptrs[x_]), static_cast<float*>(ctx.ptrs[y_]), ctx.pool,
+              ctx.scratch);
   }
 
  private:

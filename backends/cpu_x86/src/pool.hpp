@@ -17,7 +17,10 @@ struct PoolParams {
   bool count_include_pad = false;
 };
 
-void pool2d_op(const PoolParams& p, Isa isa, const float* x, float* y, ThreadPool& pool);
+// Per-worker scratch pool2d_op needs (zero when every plane takes the per-plane path).
+size_t pool2d_scratch_bytes(const PoolParams& p, Isa isa);
+void pool2d_op(const PoolParams& p, Isa isa, const float* x, float* y, ThreadPool& pool,
+               FunctionRef<float*(int)> scratch);
 
 // Planes [begin, end) of the output, per instruction set (declarations only, like microkernel.hpp).
 namespace pool_portable {
@@ -25,6 +28,13 @@ void pool_planes(const PoolParams& p, const float* x, float* y, int64_t begin, i
 }
 namespace pool_avx2 {
 void pool_planes(const PoolParams& p, const float* x, float* y, int64_t begin, int64_t end);
+// Eight consecutive planes at once, for small planes where the per-row passes of pool_planes are
+// mostly loop overhead: the planes are interleaved into a padded [row][column][8] copy, each
+// window tap is then one 8-lane operation per output pixel. Same operations per element in the
+// same order as pool_planes (rows combined first, then columns), so the results are identical.
+// scratch: block8_floats(p) floats.
+int64_t block8_floats(const PoolParams& p);
+void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch);
 }
 
 }  // namespace walle

@@ -1,14 +1,111 @@
 // POOL2D plane loops compiled for -mavx2 -mfma; only called when the plan's instruction set is AVX2 or better.
+#include <immintrin.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "pool.hpp"
+#include "transpose_avx2.hpp"
 
 namespace walle {
 namespace pool_avx2 {
 
 #include "pool_planes.inc"
+
+namespace {
+
+// nan_max on eight lanes: max_ps returns its second operand when either is a NaN, so a NaN
+// already in acc is put back.
+inline __m256 nan_max8(__m256 acc, __m256 v) {
+  return _mm256_blendv_ps(_mm256_max_ps(acc, v), acc, _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q));
+}
+
+// Rows and columns of the padded extent the windows cover, from (-pt, -pl).
+void block8_extent(const PoolParams& p, int64_t& rows, int64_t& cols) {
+  rows = (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1;
+  cols = (p.ow - 1) * p.sw + (p.kw - 1) * p.dw + 1;
+}
+
+}  // namespace
+
+int64_t block8_floats(const PoolParams& p) {
+  int64_t rows, cols;
+  block8_extent(p, rows, cols);
+  return rows * cols * 8 + 8;  // + room to align to 32 bytes
+}
+
+void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) {
+  int64_t rows, cols;
+  block8_extent(p, rows, cols);
+  const int64_t plane_in = p.h * p.w, plane_out = p.oh * p.ow;
+  float* padded = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 31) & ~uintptr_t(31));
+  // cells outside the input take the value that leaves a max or a sum unchanged
+  const __m256 fill = _mm256_set1_ps(p.is_max ? -std::numeric_limits<float>::infinity() : 0.f);
+  for (int64_t i = 0; i < rows * cols * 8; i += 8) _mm256_store_ps(padded + i, fill);
+  const int64_t ix_hi = std::min<int64_t>(p.w, cols - p.pl);
+  for (int64_t iy = 0; iy < p.h && iy + p.pt < rows; ++iy) {
+    const float* src = x + iy * p.w;
+    float* dst = padded + ((iy + p.pt) * cols + p.pl) * 8;
+    int64_t ix = 0;
+    for (; ix + 8 <= ix_hi; ix += 8) {
+      __m256 r[8];
+      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_in + ix);
+      transpose8x8(r);
+      for (int q = 0; q < 8; ++q) _mm256_store_ps(dst + (ix + q) * 8, r[q]);
+    }
+    for (; ix < ix_hi; ++ix) {
+      for (int l = 0; l < 8; ++l) dst[ix * 8 + l] = src[l * plane_in + ix];
+    }
+  }
+  // the average's divisors, as pool_planes counts them
+  std::vector<int64_t> count_x(static_cast<size_t>(p.ow));
+  for (int64_t ox = 0; ox < p.ow; ++ox) {
+    const int64_t x0 = ox * p.sw - p.pl;
+    int64_t lo, hi;
+    tap_range(x0, p.dw, p.kw, p.w, lo, hi);
+    count_x[ox] = p.count_include_pad ? padded_taps(x0, p.dw, p.kw, p.w, p.pl, p.pr) : hi - lo;
+  }
+  const int64_t row_step = p.dh * cols * 8;
+  // the eight planes' output pixel (oy, ox): each window column's rows combined in order, then
+  // the columns in order
+  auto pixel = [&](int64_t oy, int64_t ox, __m256 divisor) {
+    const float* corner = padded + (oy * p.sh * cols + ox * p.sw) * 8;
+    __m256 out = _mm256_setzero_ps();
+    for (int64_t j = 0; j < p.kw; ++j) {
+      const float* at = corner + j * p.dw * 8;
+      __m256 col = _mm256_load_ps(at);
+      for (int64_t i = 1; i < p.kh; ++i) {
+        const __m256 v = _mm256_load_ps(at + i * row_step);
+        col = p.is_max ? nan_max8(col, v) : _mm256_add_ps(col, v);
+      }
+      out = j == 0 ? col : p.is_max ? nan_max8(out, col) : _mm256_add_ps(out, col);
+    }
+    return p.is_max ? out : _mm256_div_ps(out, divisor);
+  };
+  alignas(32) float lanes[8];
+  for (int64_t oy = 0; oy < p.oh; ++oy) {
+    const int64_t y0 = oy * p.sh - p.pt;
+    int64_t ilo, ihi;
+    tap_range(y0, p.dh, p.kh, p.h, ilo, ihi);
+    const int64_t count_y = p.count_include_pad ? padded_taps(y0, p.dh, p.kh, p.h, p.pt, p.pb) : ihi - ilo;
+    auto divisor = [&](int64_t ox) {
+      return _mm256_set1_ps(static_cast<float>(std::max<int64_t>(count_y * count_x[ox], 1)));
+    };
+    int64_t ox = 0;
+    for (; ox + 8 <= p.ow; ox += 8) {  // eight pixels, transposed back to the eight planes
+      __m256 r[8];
+      for (int q = 0; q < 8; ++q) r[q] = pixel(oy, ox + q, divisor(ox + q));
+      transpose8x8(r);
+      for (int l = 0; l < 8; ++l) _mm256_storeu_ps(y + l * plane_out + oy * p.ow + ox, r[l]);
+    }
+    for (; ox < p.ow; ++ox) {
+      _mm256_store_ps(lanes, pixel(oy, ox, divisor(ox)));
+      for (int l = 0; l < 8; ++l) y[l * plane_out + oy * p.ow + ox] = lanes[l];
+    }
+  }
+}
 
 }  // namespace pool_avx2
 }  // namespace walle
