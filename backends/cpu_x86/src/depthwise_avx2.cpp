@@ -116,27 +116,49 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     if (b.act == 2) v = _mm256_min_ps(hi, v);
     return v;
   };
-  alignas(32) float lanes[8];
+  alignas(32) float lanes[8], residual_lanes[8];
   for (int64_t oy = 0; oy < b.oh; ++oy) {
-    int64_t ox = 0;
-    // eight pixels at a time: transposed back to eight rows of the eight channels' planes
-    for (; ox + 8 <= b.ow; ox += 8) {
+    // eight pixels at a time (the row's last n < 8 repeat the last one), transposed back to eight
+    // rows of the eight channels' planes
+    for (int64_t ox = 0; ox < b.ow; ox += 8) {
+      const int64_t n = std::min<int64_t>(8, b.ow - ox);
       __m256 r[8];
-      for (int p = 0; p < 8; ++p) r[p] = pixel(oy, ox + p);
+      if (k3) {
+        // tap by tap: eight accumulators and one weight vector in registers (the per-pixel form
+        // would need all nine weights too, and spill); the same order of taps
+        for (auto& v : r) v = _mm256_setzero_ps();
+        for (int i = 0; i < 3; ++i) {
+          const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
+          for (int j = 0; j < 3; ++j) {
+            const __m256 wt = _mm256_load_ps(wv + (i * 3 + j) * 8);
+            const float* at = row + j * b.dw * 8;
+#pragma GCC unroll 8
+            for (int64_t p = 0; p < 8; ++p) {
+              r[p] = _mm256_fmadd_ps(wt, _mm256_load_ps(at + std::min(p, n - 1) * b.sw * 8), r[p]);
+            }
+          }
+        }
+        if (b.bias) {
+          for (auto& v : r) v = _mm256_add_ps(v, bias);
+        }
+      } else {
+        for (int64_t p = 0; p < 8; ++p) r[p] = pixel(oy, ox + std::min(p, n - 1));
+      }
       transpose8x8(r);
       const int64_t at = oy * b.ow + ox;
       for (int l = 0; l < 8; ++l) {
+        float* out = b.y + l * plane_out + at;
         const float* residual = b.residual ? b.residual + l * plane_out + at : nullptr;
-        _mm256_storeu_ps(b.y + l * plane_out + at, finish(r[l], residual));
+        if (n == 8) {
+          _mm256_storeu_ps(out, finish(r[l], residual));
+          continue;
+        }
+        if (residual) {
+          for (int64_t p = 0; p < 8; ++p) residual_lanes[p] = p < n ? residual[p] : 0.f;
+        }
+        _mm256_store_ps(lanes, finish(r[l], residual ? residual_lanes : nullptr));
+        for (int64_t p = 0; p < n; ++p) out[p] = lanes[p];
       }
-    }
-    for (; ox < b.ow; ++ox) {
-      const int64_t at = oy * b.ow + ox;
-      if (b.residual) {  // the pixel's residual across the eight channels
-        for (int l = 0; l < 8; ++l) lanes[l] = b.residual[l * plane_out + at];
-      }
-      _mm256_store_ps(lanes, finish(pixel(oy, ox), b.residual ? lanes : nullptr));
-      for (int l = 0; l < 8; ++l) b.y[l * plane_out + at] = lanes[l];
     }
   }
 }
