@@ -473,11 +473,13 @@ def test_conv2d_bias_residual_activation(backend, groups, fn):
 @pytest.mark.parametrize("geometry", [((2, 9, 7, 7), (1, 1), (1, 1, 1, 1), (1, 1)),
                                       ((1, 17, 14, 14), (2, 2), (0, 1, 1, 0), (1, 1)),
                                       ((1, 9, 20, 20), (1, 1), (2, 2, 2, 2), (2, 2)),
-                                      ((1, 25, 5, 9), (2, 1), (1, 0, 0, 1), (1, 1))],
-                         ids=["7x7", "14x14s2", "20x20dil", "5x9"])
-def test_small_depthwise_planes_eight_channels_at_a_time(fn, geometry):
-    """Small depthwise planes go eight channels at a time on AVX2; the channels past the last
-    whole block take the per-plane path. Channel 8 repeats channel 0, so the two paths must
+                                      ((1, 25, 5, 9), (2, 1), (1, 0, 0, 1), (1, 1)),
+                                      ((1, 9, 57, 61), (1, 1), (1, 1, 1, 1), (1, 1)),
+                                      ((1, 9, 56, 56), (2, 2), (0, 1, 1, 0), (1, 1))],
+                         ids=["7x7", "14x14s2", "20x20dil", "5x9", "57x61", "56x56s2"])
+def test_depthwise_planes_eight_channels_at_a_time(fn, geometry):
+    """Depthwise planes go eight channels at a time on AVX2; the channels past the last whole
+    block take the per-plane path. Channel 8 repeats channel 0, so the two paths must
     agree to the bit, and both must match NumPy."""
     xs, strides, pads, dil = geometry
     c = xs[1]

@@ -123,8 +123,10 @@ void depthwise_taps_portable(const float* const* src, const float* w, int64_t ta
 
 namespace {
 
-// Depthwise planes up to this many output pixels go eight channels at a time on AVX2.
-constexpr int64_t kSmallDepthwisePlane = 400;
+// Depthwise convolutions go eight channels at a time on AVX2 while the interleaved copy of eight
+// input planes stays within this many floats (1 MiB: 112x112 planes, as in mobilenet's first
+// layers, fit).
+constexpr int64_t kDepthwiseBlockFloats = int64_t(256) << 10;
 
 // Largest shared workspace the cost rule may choose Winograd for (a forced tile ignores it).
 constexpr size_t kMaxWinogradWorkspace = size_t(64) << 20;
@@ -178,10 +180,11 @@ class Conv2DKernel : public OpKernel {
       residual_ = ctx.input_id(next++);
     }
     depthwise_ = s_.cg == 1 && g == s_.c;
-    // Small planes of one output channel per input channel go eight channels at a time (AVX2):
-    // per-plane set-up would cost more than their arithmetic.
-    channel_blocks_ = depthwise_ && s_.og == 1 && s_.c >= 8 && s_.oh * s_.ow <= kSmallDepthwisePlane &&
-                      blk_.isa != Isa::kPortable;
+    // One output channel per input channel goes eight channels at a time (AVX2): one 8-lane
+    // multiply-add per tap and pixel, with no per-plane set-up and no row tails.
+    channel_blocks_ = depthwise_ && s_.og == 1 && s_.c >= 8 && blk_.isa != Isa::kPortable &&
+                      depthwise_block_scratch_floats(s_.oh, s_.ow, s_.kh, s_.kw, s_.sh, s_.sw, s_.dh, s_.dw) <=
+                          kDepthwiseBlockFloats;
     if (blk_.isa == Isa::kAvx512) taps_fn_ = depthwise_taps_avx512;
     else if (blk_.isa == Isa::kAvx2) taps_fn_ = depthwise_taps_avx2;
     direct_1x1_ = s_.kh == 1 && s_.kw == 1 && s_.sh == 1 && s_.sw == 1 && s_.pt == 0 && s_.pl == 0 &&

@@ -14,8 +14,8 @@ void depthwise_taps_portable(const float* const* src, const float* w, int64_t ta
 void depthwise_taps_avx2(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 void depthwise_taps_avx512(const float* const* src, const float* w, int64_t taps, float* rows, int64_t n);
 
-// Eight channels of a depthwise convolution at once, for small planes where per-plane set-up
-// costs more than the arithmetic: the channels are interleaved into a zero-padded
+// Eight channels of a depthwise convolution at once, with neither per-plane set-up nor row tails
+// (up to 1 MiB of interleaved input, see conv.cpp): the channels are interleaved into a zero-padded
 // [row][column][8] copy, each tap is then one 8-lane multiply-add per output pixel, and the
 // results go back to the channels' planes. Every element gets exactly the operations of the
 // per-plane path (taps in order from zero, then + bias, + residual, activation), so the results
