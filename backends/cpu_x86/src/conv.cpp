@@ -265,7 +265,7 @@ class Conv2DKernel : public OpKernel {
   size_t workspace_bytes() const override {
     if (winograd_) return winograd_->workspace_bytes();
     size_t floats = pixel_panels_offset();
-    if (pixel_rows_ && !direct_1x1_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
+    if (pixel_rows_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
     return floats * sizeof(float);
   }
   // Where the packed transposed im2col starts in the workspace: after the phase-split image,
@@ -294,8 +294,7 @@ class Conv2DKernel : public OpKernel {
       // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O], one image per problem
       auto problem = [&](int64_t n) {
         GemmProblem p;
-        if (direct_1x1_) p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
-        else p.a.packed = ctx.workspace + pixel_panels_offset();
+        p.a.packed = ctx.workspace + pixel_panels_offset();
         p.b.packed = packed_.as<float>();
         p.c = y + n * s_.o * plane_out;
         p.ldc = plane_out;
@@ -305,20 +304,20 @@ class Conv2DKernel : public OpKernel {
         p.epilogue.act = act_;
         return p;
       };
-      if (direct_1x1_) {
-        gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
-        return;
-      }
-      // Otherwise the transposed im2col matrix is packed once per image into the workspace
-      // (every column block of the GEMM reads all of it), one row panel per task.
+      // The A operand (the image, or its im2col matrix, transposed) is packed once per image
+      // into the workspace, one row panel per task: every column block of the GEMM reads all of it.
       const int mr = blk_.kernel.mr;
       float* panels = ctx.workspace + pixel_panels_offset();
       for (int64_t n = 0; n < s_.n; ++n) {
         const float* image = x + n * s_.c * plane_in;
         if (phased_) split_phases(ctx, image);
         ctx.pool.parallel_for((plane_out + mr - 1) / mr, [&](int64_t t, int) {
-          pack_im2col_full(im2col_, phased_ ? ctx.workspace : image, gemm_k_, t * mr,
-                           std::min<int64_t>(mr, plane_out - t * mr), mr, panels);
+          const int64_t rows = std::min<int64_t>(mr, plane_out - t * mr);
+          if (direct_1x1_) {
+            pack_a_full(MatView{image + t * mr, 1, plane_in}, rows, gemm_k_, mr, panels + t * mr * gemm_k_);
+          } else {
+            pack_im2col_full(im2col_, phased_ ? ctx.workspace : image, gemm_k_, t * mr, rows, mr, panels);
+          }
         });
         if (is_cancelled(ctx.cancel)) return;
         gemm(blk_, plane_out, s_.o, gemm_k_, 1, [&](int64_t) { return problem(n); }, ctx.pool, ctx.scratch,
@@ -424,7 +423,7 @@ class Conv2DKernel : public OpKernel {
   ConvShape s_{};
   Act act_;
   bool depthwise_ = false, direct_1x1_ = false;
-  bool pixel_rows_ = false;  // a 1x1 GEMM with the pixels as rows (see build)
+  bool pixel_rows_ = false;  // a GEMM with the pixels as rows (see build)
   bool channel_blocks_ = false;  // depthwise eight channels at a time (depthwise_block8_avx2)
   int64_t gemm_k_ = 0;
   Im2col im2col_;
