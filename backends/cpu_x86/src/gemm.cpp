@@ -320,25 +320,35 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
             const float* a_panel = ap + (ir / mr) * a_stride;
+            // what the next tile reads from packed weights, which stream from memory: the next
+            // row panel of A, or after the last one the next column panel of B
+            const float* next = nullptr;
+            int64_t next_ld = 0;
+            if (ir + mr < mc) {
+              if (pr.a.packed) next = a_panel + a_stride, next_ld = mr;
+            } else if (jr + nr < nc && pr.b.packed) {
+              next = bp + (jr / nr + 1) * b_stride, next_ld = nr;
+            }
             if (pr.c_transposed) {
               blk.kernel.fn(kc, a_panel, b_panel, b_ld, stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld,
-                            accumulate);
+                            accumulate, next, next_ld);
             } else if (rows == mr && cols == nr) {
               if (fuse) {
-                blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, tile_epilogue(i0 + ir, jr));
+                blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next, next_ld,
+                                 tile_epilogue(i0 + ir, jr));
               } else {
-                blk.kernel.fn(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate);
+                blk.kernel.fn(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next, next_ld);
               }
             } else if (cols == nr && blk.kernel.rows) {
               const TileEpilogue te = fuse ? tile_epilogue(i0 + ir, jr) : TileEpilogue{};
-              blk.kernel.rows(static_cast<int>(rows), kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate,
-                              fuse ? &te : nullptr);
+              blk.kernel.rows(static_cast<int>(rows), kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next,
+                              next_ld, fuse ? &te : nullptr);
             } else {
               // edge tile: compute the full register tile into a buffer, copy the valid part
               if (accumulate) {
                 for (int64_t i = 0; i < rows; ++i) std::memcpy(edge + i * nr, c + i * pr.ldc, cols * sizeof(float));
               }
-              blk.kernel.fn(kc, a_panel, b_panel, b_ld, edge, nr, accumulate);
+              blk.kernel.fn(kc, a_panel, b_panel, b_ld, edge, nr, accumulate, next, next_ld);
               for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
               if (fuse) apply_epilogue(ep, blk.isa, c, pr.ldc, i0 + ir, rows, j0 + jr, cols);
             }

@@ -15,14 +15,18 @@ constexpr int kNr = 16;
 // The first R rows of a tile (R = kMr for a whole one; A's panels always hold kMr rows).
 template <int R, bool Fused>
 inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-                      const TileEpilogue* ep) {
+                      const float* next, int64_t next_ld, const TileEpilogue* ep) {
   __m256 acc[R][2];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   // unrolled four times: the loop's own pointer and counter updates otherwise cost ~10% of the
   // FMA throughput (measured: 40 -> 45 G multiply-adds/s on an L1/L2-resident tile stream)
+  if (!next) next_ld = 0;  // prefetching the same line over and over: harmless
+  const char* pf = reinterpret_cast<const char*>(next ? next : a);
 #pragma GCC unroll 4
   for (int64_t k = 0; k < kc; ++k) {
+    _mm_prefetch(pf, _MM_HINT_T0);
+    pf += next_ld * static_cast<int64_t>(sizeof(float));
     const __m256 b0 = _mm256_loadu_ps(b);
     const __m256 b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
@@ -69,30 +73,31 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
   }
 }
 
-void kernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
-  tile_rx16<kMr, false>(kc, a, b, ldb, c, ldc, accumulate, nullptr);
+void kernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
+                 const float* next, int64_t next_ld) {
+  tile_rx16<kMr, false>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, nullptr);
 }
 
 void kernel_6x16_fused(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-                       bool accumulate, const TileEpilogue& ep) {
-  tile_rx16<kMr, true>(kc, a, b, ldb, c, ldc, accumulate, &ep);
+                       bool accumulate, const float* next, int64_t next_ld, const TileEpilogue& ep) {
+  tile_rx16<kMr, true>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, &ep);
 }
 
 template <int R>
 void rows_r(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-            const TileEpilogue* ep) {
-  if (ep) tile_rx16<R, true>(kc, a, b, ldb, c, ldc, accumulate, ep);
-  else tile_rx16<R, false>(kc, a, b, ldb, c, ldc, accumulate, nullptr);
+            const float* next, int64_t next_ld, const TileEpilogue* ep) {
+  if (ep) tile_rx16<R, true>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
+  else tile_rx16<R, false>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, nullptr);
 }
 
 void kernel_rows(int rows, int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-                 bool accumulate, const TileEpilogue* ep) {
+                 bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) {
   switch (rows) {
-    case 1: return rows_r<1>(kc, a, b, ldb, c, ldc, accumulate, ep);
-    case 2: return rows_r<2>(kc, a, b, ldb, c, ldc, accumulate, ep);
-    case 3: return rows_r<3>(kc, a, b, ldb, c, ldc, accumulate, ep);
-    case 4: return rows_r<4>(kc, a, b, ldb, c, ldc, accumulate, ep);
-    default: return rows_r<5>(kc, a, b, ldb, c, ldc, accumulate, ep);
+    case 1: return rows_r<1>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
+    case 2: return rows_r<2>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
+    case 3: return rows_r<3>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
+    case 4: return rows_r<4>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
+    default: return rows_r<5>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
   }
 }
 

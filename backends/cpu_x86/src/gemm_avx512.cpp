@@ -13,7 +13,7 @@ constexpr int kMr = 12;
 constexpr int kNr = 32;
 
 void kernel_12x32(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-                  bool accumulate) {
+                  bool accumulate, const float* /*next: no prefetch*/, int64_t) {
   __m512 acc[kMr][2];
 #pragma GCC unroll 12
   for (int i = 0; i < kMr; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();

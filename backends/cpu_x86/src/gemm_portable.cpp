@@ -10,7 +10,7 @@ constexpr int kMr = 4;
 constexpr int kNr = 16;
 
 void kernel_4x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-                 bool accumulate) {
+                 bool accumulate, const float* /*next: no prefetch*/, int64_t) {
   float acc[kMr][kNr] = {};
   for (int64_t k = 0; k < kc; ++k) {
     for (int i = 0; i < kMr; ++i) {

@@ -21,18 +21,21 @@ struct TileEpilogue {
 // c[MR x NR] (row stride ldc) = (accumulate ? c : 0) + sum over k < kc of the outer product of
 // a[k*MR .. k*MR+MR) and b[k*ldb .. k*ldb+NR): ldb is NR for a packed panel, or the row stride
 // of a row-major B read in place. `fused` (nullptr where a kernel has none) does the same, then
-// applies a TileEpilogue before storing.
+// applies a TileEpilogue before storing. `next` (may be null): a panel the following call will
+// read, `next_ld` floats per k step, which the kernel prefetches one line per k step (weights
+// streamed from memory would otherwise stall the first tile that reads them).
 struct MicroKernel {
   int mr;
   int nr;
-  void (*fn)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+  void (*fn)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
+             const float* next, int64_t next_ld);
   void (*fused)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-                const TileEpilogue& ep) = nullptr;
+                const float* next, int64_t next_ld, const TileEpilogue& ep) = nullptr;
   // The first `rows` (< MR) rows of a whole-width tile, stored straight to c, then (ep not null)
   // finished like `fused`: the last row panel of an M that MR does not divide. nullptr where a
   // kernel has none (such tiles then go through a buffer).
   void (*rows)(int rows, int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
-               bool accumulate, const TileEpilogue* ep) = nullptr;
+               bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();
