@@ -211,6 +211,46 @@ def test_unary(backend, fn, x, ref):
     close(got, ref(x.astype(np.float64)).astype(np.float32))
 
 
+def _ulps(got: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """|got - exact| in units of the float32 spacing at the exact value."""
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    return np.abs(got.astype(np.float64) - exact) / spacing
+
+
+TRANSCENDENTAL = {
+    UnaryFn.EXP: (np.exp, 1.0),
+    UnaryFn.SIGMOID: (lambda v: 1 / (1 + np.exp(-v)), 3.0),
+    UnaryFn.TANH: (np.tanh, 3.0),
+    UnaryFn.ERF: (np.vectorize(math.erf, otypes=[np.float64]), 3.0),
+}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fn", list(TRANSCENDENTAL), ids=lambda f: f.value)
+def test_transcendental_accuracy(monkeypatch, isa, fn):
+    """exp, sigmoid, tanh and erf within the ulps transcendental.hpp documents (AVX2 computes them
+    with its own approximations, portable with the C library), over wide and narrow sweeps and
+    the subnormal range, and exact at the special values."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    exact_of, max_ulps = TRANSCENDENTAL[fn]
+    g = np.random.default_rng(7)
+    x = np.concatenate([g.uniform(-110, 100, 100_000), g.uniform(-5, 5, 100_000), g.uniform(-1e-3, 1e-3, 10_000),
+                        np.linspace(-30, 30, 60_001), [1e-30, -1e-30, 1e-38]]).astype(np.float32)
+    (got,) = run1(CpuX86Backend(), Op.UNARY, ops.UnaryAttrs(fn), [x])
+    with np.errstate(over="ignore"):
+        exact = exact_of(x.astype(np.float64))
+    normal = (np.abs(exact) > np.finfo(np.float32).tiny) & (np.abs(exact) < np.finfo(np.float32).max)
+    assert _ulps(got[normal], exact[normal]).max() <= max_ulps
+    # results below the normal range: within one subnormal step (2^-149)
+    assert np.abs(got[~normal & (exact < 1)] - exact[~normal & (exact < 1)]).max(initial=0) <= 2.0 ** -149
+    special = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, 89.0, -104.0], np.float32)
+    (got,) = run1(CpuX86Backend(), Op.UNARY, ops.UnaryAttrs(fn), [special])
+    with np.errstate(over="ignore"):
+        want = exact_of(special.astype(np.float64)).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+    assert (np.signbit(got) == np.signbit(want))[~np.isnan(want)].all()  # tanh(-0) = -0, erf(-0) = -0
+
+
 def test_unary_not_and_large_parallel(backend):
     b = f32(7, 5) > 0
     (got,) = run1(backend, Op.UNARY, ops.UnaryAttrs(UnaryFn.NOT), [b])

@@ -6,6 +6,8 @@
 #include <limits>
 #include <type_traits>
 
+#include "transcendental.hpp"
+
 namespace walle {
 
 namespace {
@@ -66,7 +68,8 @@ Broadcast Broadcast::make(const Shape& out, const std::vector<Shape>& ins) {
 
 // ----------------------------------------------------------------------------------- unary
 
-void unary_f32(const Act& act, const float* x, float* y, int64_t n) {
+void unary_f32(const Act& act, const float* x, float* y, int64_t n, Isa isa) {
+  if (isa != Isa::kPortable && transcendental_avx2(act.fn, x, y, n)) return;
   const float alpha = act.alpha, beta = act.beta;
   switch (act.fn) {
     case UnaryFn::kIdentity: if (x != y) std::memmove(y, x, n * sizeof(float)); return;
@@ -100,7 +103,13 @@ void unary_f32(const Act& act, const float* x, float* y, int64_t n) {
     case UnaryFn::kRelu: return map_f32(x, y, n, [](float v) { return v < 0.f ? 0.f : v; });
     case UnaryFn::kLeakyRelu: return map_f32(x, y, n, [=](float v) { return v >= 0.f ? v : alpha * v; });
     case UnaryFn::kClip: return map_f32(x, y, n, [=](float v) { return std::min(std::max(v, alpha), beta); });
-    case UnaryFn::kSigmoid: return map_f32(x, y, n, [](float v) { return 1.f / (1.f + std::exp(-v)); });
+    // e^v / (1 + e^v) below 0, so results too small for 1 / (1 + e^-v) (an overflowed e^-v) keep
+    // their value
+    case UnaryFn::kSigmoid:
+      return map_f32(x, y, n, [](float v) {
+        const float e = std::exp(-std::fabs(v));
+        return (v < 0.f ? e : 1.f) / (1.f + e);
+      });
     case UnaryFn::kHardSigmoid:
       return map_f32(x, y, n, [=](float v) { return std::min(std::max(alpha * v + beta, 0.f), 1.f); });
     case UnaryFn::kHardSwish:
@@ -118,7 +127,7 @@ bool unary_supported(UnaryFn fn, DType dtype) {
   return dtype == DType::kF32 && static_cast<int>(fn) >= 0 && fn < UnaryFn::kCount;
 }
 
-void unary_op(const Act& act, DType dtype, const void* x, void* y, int64_t n, ThreadPool& pool) {
+void unary_op(const Act& act, DType dtype, const void* x, void* y, int64_t n, Isa isa, ThreadPool& pool) {
   if (act.fn == UnaryFn::kNot) {
     const auto* xb = static_cast<const uint8_t*>(x);
     auto* yb = static_cast<uint8_t*>(y);
@@ -130,7 +139,7 @@ void unary_op(const Act& act, DType dtype, const void* x, void* y, int64_t n, Th
   auto* yf = static_cast<float*>(y);
   pool.parallel_for(chunks(n), [&](int64_t t, int) {
     int64_t begin = t * kChunk;
-    unary_f32(act, xf + begin, yf + begin, std::min(kChunk, n - begin));
+    unary_f32(act, xf + begin, yf + begin, std::min(kChunk, n - begin), isa);
   });
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common.hpp"
+#include "isa.hpp"
 #include "threadpool.hpp"
 
 namespace walle {
@@ -55,10 +56,12 @@ struct Broadcast {
 };
 
 // y[i] = fn(x[i]) for any float UnaryFn except NOT; serial (used by epilogues too). y may be x.
-void unary_f32(const Act& act, const float* x, float* y, int64_t n);
+// On AVX2 plans exp, sigmoid, tanh and erf use the vector approximations of transcendental.hpp
+// (a few ulp), elsewhere the C library.
+void unary_f32(const Act& act, const float* x, float* y, int64_t n, Isa isa);
 
 bool unary_supported(UnaryFn fn, DType dtype);
-void unary_op(const Act& act, DType dtype, const void* x, void* y, int64_t n, ThreadPool& pool);
+void unary_op(const Act& act, DType dtype, const void* x, void* y, int64_t n, Isa isa, ThreadPool& pool);
 
 // Whether fn is implemented for inputs of dtype (output is bool for comparisons and logic).
 bool binary_supported(BinaryFn fn, DType dtype);

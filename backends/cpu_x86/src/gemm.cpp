@@ -209,7 +209,7 @@ void apply_epilogue(const Epilogue& ep, Isa isa, float* c, int64_t ldc, int64_t 
     if (r) {
       for (int64_t j = 0; j < cols; ++j) row[j] += r[j * ep.residual.cs];
     }
-    if (ep.act.fn != UnaryFn::kIdentity) unary_f32(ep.act, row, row, cols);
+    if (ep.act.fn != UnaryFn::kIdentity) unary_f32(ep.act, row, row, cols, isa);
   }
 }
 

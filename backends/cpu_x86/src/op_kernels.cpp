@@ -131,7 +131,7 @@ Act decode_act(const BuildContext& ctx, size_t fn_index, size_t alpha_index, boo
 
 class UnaryKernel : public OpKernel {
  public:
-  explicit UnaryKernel(const BuildContext& ctx) {
+  explicit UnaryKernel(const BuildContext& ctx) : isa_(ctx.gemm().isa) {
     ctx.expect_arity(1, 1, 1);
     act_ = decode_act(ctx, 0, 0, true);
     dtype_ = ctx.input(0).dtype;
@@ -142,9 +142,12 @@ class UnaryKernel : public OpKernel {
     y_ = ctx.output_id(0);
     n_ = ctx.output(0).numel;
   }
-  void run(const RunContext& ctx) const override { unary_op(act_, dtype_, ctx.ptrs[x_], ctx.ptrs[y_], n_, ctx.pool); }
+  void run(const RunContext& ctx) const override {
+    unary_op(act_, dtype_, ctx.ptrs[x_], ctx.ptrs[y_], n_, isa_, ctx.pool);
+  }
 
  private:
+  Isa isa_;
   Act act_;
   DType dtype_;
   int x_, y_;
