@@ -729,18 +729,16 @@ def test_pool2d(backend, case):
     close(got, np_pool(x, kind, k, s, pads, dil, out_hw, include))
 
 
-@pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("seed", range(10))
-def test_pool2d_random_geometry(monkeypatch, isa, seed):
-    """Wide rows, so both the inner windows (stride 2 reads the row's even and odd columns) and
-    the edge-clipped ones are exercised, for random kernels, strides, pads and dilations."""
-    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+def random_pool(seed: int, max_kernel: int, max_stride: int, max_hw: tuple[int, int]):
+    """A random pooling geometry: (kind, kernel, strides, pads, dilations, output size,
+    count_include_pad, input size). Odd seeds take ceil mode where it adds a window, every third
+    seed dilations, seeds 2 and 3 mod 4 average pooling (3 counting the pads)."""
     g = np.random.default_rng(seed)
-    k = tuple(int(v) for v in g.integers(1, 5, 2))
-    s = tuple(int(v) for v in g.integers(1, 4, 2))
+    k = tuple(int(v) for v in g.integers(1, max_kernel + 1, 2))
+    s = tuple(int(v) for v in g.integers(1, max_stride + 1, 2))
     dil = tuple(int(v) for v in g.integers(1, 3, 2)) if seed % 3 == 0 else (1, 1)
     pads = tuple(int(g.integers(0, k[i % 2])) for i in range(4))
-    h, w = int(g.integers(k[0] * dil[0] + 1, 30)), int(g.integers(k[1] * dil[1] + 1, 70))
+    h, w = int(g.integers(k[0] * dil[0] + 1, max_hw[0])), int(g.integers(k[1] * dil[1] + 1, max_hw[1]))
     out = []
     for size, kk, ss, dd, lo, hi in ((h, k[0], s[0], dil[0], pads[0], pads[2]), (w, k[1], s[1], dil[1], pads[1], pads[3])):
         extent = size + lo + hi - ((kk - 1) * dd + 1)
@@ -749,11 +747,20 @@ def test_pool2d_random_geometry(monkeypatch, isa, seed):
             n += 1
         out.append(n)
     kind = "max" if seed % 4 < 2 else "avg"
-    include = seed % 4 == 3
+    return kind, k, s, pads, dil, tuple(out), seed % 4 == 3, (h, w)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("seed", range(10))
+def test_pool2d_random_geometry(monkeypatch, isa, seed):
+    """Wide rows, so both the inner windows (stride 2 reads the row's even and odd columns) and
+    the edge-clipped ones are exercised, for random kernels, strides, pads and dilations."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    kind, k, s, pads, dil, out, include, (h, w) = random_pool(seed, max_kernel=4, max_stride=3, max_hw=(30, 70))
     x = f32(1, 3, h, w)
-    attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, tuple(out), include)
+    attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, out, include)
     (got,) = run1(CpuX86Backend(), Op.POOL2D, attrs, [x])
-    close(got, np_pool(x, kind, k, s, pads, dil, tuple(out), include))
+    close(got, np_pool(x, kind, k, s, pads, dil, out, include))
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -762,30 +769,17 @@ def test_pool2d_eight_planes_at_a_time_matches_plane_by_plane(monkeypatch, seed)
     pixel); the portable build goes plane by plane. Same operations in the same order: equal
     results, NaNs included, for random windows, strides, pads, dilations, ceil mode and
     count_include_pad, over 18 planes (two blocks of eight and two planes left over)."""
-    g = np.random.default_rng(100 + seed)
-    k = tuple(int(v) for v in g.integers(1, 4, 2))
-    s = tuple(int(v) for v in g.integers(1, 3, 2))
-    dil = tuple(int(v) for v in g.integers(1, 3, 2)) if seed % 3 == 0 else (1, 1)
-    pads = tuple(int(g.integers(0, k[i % 2])) for i in range(4))
-    h, w = int(g.integers(k[0] * dil[0] + 1, 20)), int(g.integers(k[1] * dil[1] + 1, 30))
-    out = []
-    for size, kk, ss, dd, lo, hi in ((h, k[0], s[0], dil[0], pads[0], pads[2]), (w, k[1], s[1], dil[1], pads[1], pads[3])):
-        extent = size + lo + hi - ((kk - 1) * dd + 1)
-        n = extent // ss + 1
-        if seed % 2 and extent % ss and n * ss < size + lo:  # ceil mode
-            n += 1
-        out.append(n)
-    kind = "max" if seed % 4 < 2 else "avg"
+    kind, k, s, pads, dil, out, include, (h, w) = random_pool(100 + seed, max_kernel=3, max_stride=2, max_hw=(20, 30))
     x = f32(2, 9, h, w)
     x[0, 3, h // 2, w // 2] = np.nan
-    attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, tuple(out), seed % 4 == 3)
+    attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, out, include)
     results = {}
     for isa in ISAS:
         monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
         (results[isa],) = run1(CpuX86Backend(), Op.POOL2D, attrs, [x])
     for got in results.values():
         np.testing.assert_array_equal(got, results["portable"])
-    want = np_pool(x, kind, k, s, pads, dil, tuple(out), seed % 4 == 3)
+    want = np_pool(x, kind, k, s, pads, dil, out, include)
     close(np.nan_to_num(results["portable"], nan=7.0), np.nan_to_num(want, nan=7.0))
 
 

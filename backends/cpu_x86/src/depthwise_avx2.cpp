@@ -63,23 +63,11 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
   float* padded = b.scratch;                // [rows][cols][8]
   float* wv = b.scratch + rows * cols * 8;  // [taps][8]
   for (int64_t i = 0; i < rows * cols * 8; i += 8) _mm256_store_ps(padded + i, _mm256_setzero_ps());
-  // interleave: eight pixels of the eight channels per 8x8 transpose, the row's tail one by one
   const int64_t ix_lo = std::max<int64_t>(0, -b.pl), ix_hi = std::min<int64_t>(b.w_in, cols - b.pl);
   for (int64_t iy = 0; iy < b.h; ++iy) {
     const int64_t Y = iy + b.pt;
-    if (Y < 0 || Y >= rows) continue;
-    const float* src = b.x + iy * b.w_in;
-    float* dst = padded + (Y * cols + b.pl) * 8;
-    int64_t ix = ix_lo;
-    for (; ix + 8 <= ix_hi; ix += 8) {
-      __m256 r[8];
-      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_in + ix);
-      transpose8x8(r);
-      for (int p = 0; p < 8; ++p) _mm256_store_ps(dst + (ix + p) * 8, r[p]);
-    }
-    for (; ix < ix_hi; ++ix) {
-      for (int l = 0; l < 8; ++l) dst[ix * 8 + l] = src[l * plane_in + ix];
-    }
+    if (Y < 0 || Y >= rows || ix_hi <= ix_lo) continue;
+    interleave_row8(b.x + iy * b.w_in + ix_lo, plane_in, ix_hi - ix_lo, padded + (Y * cols + b.pl + ix_lo) * 8);
   }
   for (int64_t t = 0; t < taps; ++t) {
     for (int l = 0; l < 8; ++l) wv[t * 8 + l] = b.w[l * taps + t];

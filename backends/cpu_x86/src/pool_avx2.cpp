@@ -45,19 +45,8 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   const __m256 fill = _mm256_set1_ps(p.is_max ? -std::numeric_limits<float>::infinity() : 0.f);
   for (int64_t i = 0; i < rows * cols * 8; i += 8) _mm256_store_ps(padded + i, fill);
   const int64_t ix_hi = std::min<int64_t>(p.w, cols - p.pl);
-  for (int64_t iy = 0; iy < p.h && iy + p.pt < rows; ++iy) {
-    const float* src = x + iy * p.w;
-    float* dst = padded + ((iy + p.pt) * cols + p.pl) * 8;
-    int64_t ix = 0;
-    for (; ix + 8 <= ix_hi; ix += 8) {
-      __m256 r[8];
-      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_in + ix);
-      transpose8x8(r);
-      for (int q = 0; q < 8; ++q) _mm256_store_ps(dst + (ix + q) * 8, r[q]);
-    }
-    for (; ix < ix_hi; ++ix) {
-      for (int l = 0; l < 8; ++l) dst[ix * 8 + l] = src[l * plane_in + ix];
-    }
+  for (int64_t iy = 0; iy < p.h && iy + p.pt < rows && ix_hi > 0; ++iy) {
+    interleave_row8(x + iy * p.w, plane_in, ix_hi, padded + ((iy + p.pt) * cols + p.pl) * 8);
   }
   // the average's divisors, as pool_planes counts them
   std::vector<int64_t> count_x(static_cast<size_t>(p.ow));

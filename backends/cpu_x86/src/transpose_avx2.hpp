@@ -5,6 +5,8 @@
 
 #include <immintrin.h>
 
+#include <cstdint>
+
 namespace walle {
 namespace {
 
@@ -30,6 +32,22 @@ inline void transpose8x8(__m256 r[8]) {
   r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
   r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
   r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// dst[i][l] = src[l * plane_stride + i] for i < n, l < 8: pixels [0, n) of one row of eight
+// planes, interleaved ([pixel][plane], dst 32-byte aligned). Eight pixels per 8x8 transpose, the
+// row's tail one by one.
+inline void interleave_row8(const float* src, int64_t plane_stride, int64_t n, float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 r[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_stride + i);
+    transpose8x8(r);
+    for (int q = 0; q < 8; ++q) _mm256_store_ps(dst + (i + q) * 8, r[q]);
+  }
+  for (; i < n; ++i) {
+    for (int l = 0; l < 8; ++l) dst[i * 8 + l] = src[l * plane_stride + i];
+  }
 }
 
 }  // namespace
