@@ -20,6 +20,9 @@ Shape broadcast_strides(const Shape& shape, const Shape& out) {
   return st;
 }
 
+// Largest run-time A (all matrices of a batch, packed) that a MatMul packs once per run.
+constexpr int64_t kMaxPackedAFloats = int64_t(4) << 20;
+
 class MatMulKernel : public OpKernel {
  public:
   explicit MatMulKernel(const BuildContext& ctx) : blk_(ctx.gemm()) {
@@ -109,22 +112,42 @@ class MatMulKernel : public OpKernel {
       }
       ctx.release_constant(1);
     }
+    // A run-time A that several column blocks of the GEMM read is packed once per run into the
+    // workspace, rather than once per column block; within a bound on the workspace.
+    const int64_t a_floats = batch_ * static_cast<int64_t>(packed_a_floats(m_, k_, mr));
+    pack_a_per_run_ = !a_packed_.data() && n_ > blk_.nc && a_floats <= kMaxPackedAFloats;
+    if (pack_a_per_run_) a_packed_stride_ = static_cast<int64_t>(packed_a_floats(m_, k_, mr));
     a_ = ctx.input_id(0);
     b_ = ctx.input_id(1);
     y_ = ctx.output_id(0);
   }
 
   size_t scratch_bytes() const override { return blk_.scratch_bytes(); }
+  size_t workspace_bytes() const override {
+    return pack_a_per_run_ ? static_cast<size_t>(batch_ * a_packed_stride_) * sizeof(float) : 0;
+  }
 
   void run(const RunContext& ctx) const override {
     const float* a = static_cast<const float*>(ctx.ptrs[a_]);
     const float* b = static_cast<const float*>(ctx.ptrs[b_]);
     const float* bias = bias_ >= 0 ? static_cast<const float*>(ctx.ptrs[bias_]) : nullptr;
     float* y = static_cast<float*>(ctx.ptrs[y_]);
+    const int mr = blk_.kernel.mr;
+    const int64_t panels = (m_ + mr - 1) / mr;
+    if (pack_a_per_run_) {  // one task per row panel of every matrix of the batch
+      ctx.pool.parallel_for(batch_ * panels, [&](int64_t t, int) {
+        const int64_t bi = t / panels, i0 = (t % panels) * mr;
+        MatView v = a_view_;
+        v.p = a + a_matrix_[bi] * m_ * k_ + i0 * v.rs;
+        pack_a_full(v, std::min<int64_t>(mr, m_ - i0), k_, mr, ctx.workspace + bi * a_packed_stride_ + i0 * k_);
+      });
+    }
     auto problem = [&](int64_t bi) {
       GemmProblem p;
       if (a_packed_.data()) {
         p.a.packed = a_packed_.as<float>() + a_matrix_[bi] * a_packed_stride_;
+      } else if (pack_a_per_run_) {
+        p.a.packed = ctx.workspace + bi * a_packed_stride_;
       } else {
         p.a.view = a_view_;
         p.a.view.p = a + a_matrix_[bi] * m_ * k_;
@@ -154,6 +177,7 @@ class MatMulKernel : public OpKernel {
   MatView a_view_, b_view_, bias_view_;
   std::vector<int64_t> a_matrix_, b_matrix_, bias_off_;
   AlignedBuffer a_packed_, b_packed_;
+  bool pack_a_per_run_ = false;
   int64_t a_packed_stride_ = 0, b_packed_stride_ = 0;
   int a_ = -1, b_ = -1, bias_ = -1, y_ = -1;
 };
