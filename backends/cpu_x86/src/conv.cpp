@@ -311,14 +311,14 @@ class Conv2DKernel : public OpKernel {
       for (int64_t n = 0; n < s_.n; ++n) {
         const float* image = x + n * s_.c * plane_in;
         if (phased_) split_phases(ctx, image);
-        ctx.pool.parallel_for((plane_out + mr - 1) / mr, [&](int64_t t, int) {
-          const int64_t rows = std::min<int64_t>(mr, plane_out - t * mr);
-          if (direct_1x1_) {
-            pack_a_full(MatView{image + t * mr, 1, plane_in}, rows, gemm_k_, mr, panels + t * mr * gemm_k_);
-          } else {
-            pack_im2col_full(im2col_, phased_ ? ctx.workspace : image, gemm_k_, t * mr, rows, mr, panels);
-          }
-        });
+        if (direct_1x1_) {
+          pack_a_panels(MatView{image, 1, plane_in}, plane_out, gemm_k_, mr, panels, ctx.pool);
+        } else {
+          ctx.pool.parallel_for((plane_out + mr - 1) / mr, [&](int64_t t, int) {
+            pack_im2col_full(im2col_, phased_ ? ctx.workspace : image, gemm_k_, t * mr,
+                             std::min<int64_t>(mr, plane_out - t * mr), mr, panels);
+          });
+        }
         if (is_cancelled(ctx.cancel)) return;
         gemm(blk_, plane_out, s_.o, gemm_k_, 1, [&](int64_t) { return problem(n); }, ctx.pool, ctx.scratch,
              ctx.cancel);

@@ -56,6 +56,31 @@ int64_t depthwise_block_scratch_floats(int64_t oh, int64_t ow, int64_t kh, int64
   return rows * cols * 8 + kh * kw * 8;  // the padded interleaved image, then the tap weights
 }
 
+namespace {
+
+// r[p] = the eight channels of output pixel (oy, ox + min(p, n - 1)), summed tap by tap in order
+// from zero: eight accumulators and one weight vector in registers (all the weights per pixel
+// would spill). KH, KW: the window when known at compile time (3x3), else 0.
+template <int KH, int KW>
+inline void taps8(const DepthwiseBlock& b, const float* padded, int64_t cols, const float* wv, int64_t oy,
+                  int64_t ox, int64_t n, __m256 r[8]) {
+  const int64_t kh = KH ? KH : b.kh, kw = KW ? KW : b.kw;
+  for (int p = 0; p < 8; ++p) r[p] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < kh; ++i) {
+    const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
+    for (int64_t j = 0; j < kw; ++j) {
+      const __m256 wt = _mm256_load_ps(wv + (i * kw + j) * 8);
+      const float* at = row + j * b.dw * 8;
+#pragma GCC unroll 8
+      for (int64_t p = 0; p < 8; ++p) {
+        r[p] = _mm256_fmadd_ps(wt, _mm256_load_ps(at + std::min(p, n - 1) * b.sw * 8), r[p]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void depthwise_block8_avx2(const DepthwiseBlock& b) {
   const int64_t rows = (b.oh - 1) * b.sh + (b.kh - 1) * b.dh + 1;
   const int64_t cols = (b.ow - 1) * b.sw + (b.kw - 1) * b.dw + 1;
@@ -74,30 +99,6 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
   }
   const __m256 bias = b.bias ? _mm256_loadu_ps(b.bias) : _mm256_setzero_ps();
   const __m256 lo = _mm256_set1_ps(b.act == 1 ? 0.f : b.lo), hi = _mm256_set1_ps(b.hi);
-  // 3x3 (nearly every depthwise layer): the nine weight vectors stay in registers
-  const bool k3 = b.kh == 3 && b.kw == 3;
-  __m256 w3[9];
-  for (int t = 0; t < 9; ++t) w3[t] = k3 ? _mm256_load_ps(wv + t * 8) : _mm256_setzero_ps();
-  // the eight channels of output pixel (oy, ox), the taps in order from zero, plus the bias
-  auto pixel = [&](int64_t oy, int64_t ox) {
-    __m256 acc = _mm256_setzero_ps();
-    if (k3) {
-      for (int i = 0; i < 3; ++i) {
-        const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
-        acc = _mm256_fmadd_ps(w3[i * 3], _mm256_load_ps(row), acc);
-        acc = _mm256_fmadd_ps(w3[i * 3 + 1], _mm256_load_ps(row + b.dw * 8), acc);
-        acc = _mm256_fmadd_ps(w3[i * 3 + 2], _mm256_load_ps(row + 2 * b.dw * 8), acc);
-      }
-    } else {
-      for (int64_t i = 0; i < b.kh; ++i) {
-        const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
-        for (int64_t j = 0; j < b.kw; ++j) {
-          acc = _mm256_fmadd_ps(_mm256_load_ps(wv + (i * b.kw + j) * 8), _mm256_load_ps(row + j * b.dw * 8), acc);
-        }
-      }
-    }
-    return b.bias ? _mm256_add_ps(acc, bias) : acc;
-  };
   auto finish = [&](__m256 v, const float* residual) {  // + residual, then the activation
     if (residual) v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
     if (b.act != 0) v = _mm256_max_ps(lo, v);  // max(lo, v) keeps a NaN v, as the row epilogue does
@@ -111,26 +112,10 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     for (int64_t ox = 0; ox < b.ow; ox += 8) {
       const int64_t n = std::min<int64_t>(8, b.ow - ox);
       __m256 r[8];
-      if (k3) {
-        // tap by tap: eight accumulators and one weight vector in registers (the per-pixel form
-        // would need all nine weights too, and spill); the same order of taps
-        for (auto& v : r) v = _mm256_setzero_ps();
-        for (int i = 0; i < 3; ++i) {
-          const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
-          for (int j = 0; j < 3; ++j) {
-            const __m256 wt = _mm256_load_ps(wv + (i * 3 + j) * 8);
-            const float* at = row + j * b.dw * 8;
-#pragma GCC unroll 8
-            for (int64_t p = 0; p < 8; ++p) {
-              r[p] = _mm256_fmadd_ps(wt, _mm256_load_ps(at + std::min(p, n - 1) * b.sw * 8), r[p]);
-            }
-          }
-        }
-        if (b.bias) {
-          for (auto& v : r) v = _mm256_add_ps(v, bias);
-        }
-      } else {
-        for (int64_t p = 0; p < 8; ++p) r[p] = pixel(oy, ox + std::min(p, n - 1));
+      if (b.kh == 3 && b.kw == 3) taps8<3, 3>(b, padded, cols, wv, oy, ox, n, r);  // nearly every layer
+      else taps8<0, 0>(b, padded, cols, wv, oy, ox, n, r);
+      if (b.bias) {
+        for (auto& v : r) v = _mm256_add_ps(v, bias);
       }
       transpose8x8(r);
       const int64_t at = oy * b.ow + ox;

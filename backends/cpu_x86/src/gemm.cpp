@@ -180,6 +180,13 @@ void pack_a_full(const MatView& a, int64_t m, int64_t k, int mr, float* dst) {
   pack_a_block(a, 0, m, 0, k, mr, dst);
 }
 
+void pack_a_panels(const MatView& a, int64_t m, int64_t k, int mr, float* dst, ThreadPool& pool) {
+  pool.parallel_for(ceil_div(m, mr), [&](int64_t t, int) {
+    const int64_t i0 = t * mr;
+    pack_a_block(a, i0, std::min<int64_t>(mr, m - i0), 0, k, mr, dst + i0 * k);
+  });
+}
+
 void pack_im2col_full(const Im2col& g, const float* image, int64_t k, int64_t j0, int64_t cols, int width,
                       float* dst) {
   pack_im2col_block(g, image, 0, k, j0, cols, width, dst + (j0 / width) * k * width);

@@ -81,6 +81,8 @@ struct GemmBlocking {
 void pack_a_full(const MatView& a, int64_t m, int64_t k, int mr, float* dst);
 void pack_b_full(const MatView& b, int64_t k, int64_t n, int nr, float* dst);
 size_t packed_a_floats(int64_t m, int64_t k, int mr);
+// pack_a_full of an operand known only at run time, one row panel per task of the pool.
+void pack_a_panels(const MatView& a, int64_t m, int64_t k, int mr, float* dst, ThreadPool& pool);
 // Columns [j0, j0+cols) of an im2col matrix over the full K, packed as panels of `width`
 // columns ([panel][k][width], zero padded): the B layout, or with width = MR the A layout of the
 // transposed matrix (each output pixel a row), at dst + (j0 / width) * k * width.

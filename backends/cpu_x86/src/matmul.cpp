@@ -132,15 +132,10 @@ class MatMulKernel : public OpKernel {
     const float* b = static_cast<const float*>(ctx.ptrs[b_]);
     const float* bias = bias_ >= 0 ? static_cast<const float*>(ctx.ptrs[bias_]) : nullptr;
     float* y = static_cast<float*>(ctx.ptrs[y_]);
-    const int mr = blk_.kernel.mr;
-    const int64_t panels = (m_ + mr - 1) / mr;
-    if (pack_a_per_run_) {  // one task per row panel of every matrix of the batch
-      ctx.pool.parallel_for(batch_ * panels, [&](int64_t t, int) {
-        const int64_t bi = t / panels, i0 = (t % panels) * mr;
-        MatView v = a_view_;
-        v.p = a + a_matrix_[bi] * m_ * k_ + i0 * v.rs;
-        pack_a_full(v, std::min<int64_t>(mr, m_ - i0), k_, mr, ctx.workspace + bi * a_packed_stride_ + i0 * k_);
-      });
+    for (int64_t bi = 0; pack_a_per_run_ && bi < batch_; ++bi) {
+      MatView v = a_view_;
+      v.p = a + a_matrix_[bi] * m_ * k_;
+      pack_a_panels(v, m_, k_, blk_.kernel.mr, ctx.workspace + bi * a_packed_stride_, ctx.pool);
     }
     auto problem = [&](int64_t bi) {
       GemmProblem p;
