@@ -632,7 +632,9 @@ WINOGRAD_CASES = [
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[f"wino{i}" for i in range(len(WINOGRAD_CASES))])
 @pytest.mark.parametrize("tile", ["2", "4"])
-def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile):
+@pytest.mark.parametrize("isa", ISAS)
+def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile, isa):
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     xs, o, pads = case
     oh, ow = xs[2] + pads[0] + pads[2] - 2, xs[3] + pads[1] + pads[3] - 2
     x, w, bias, res = f32(*xs), f32(o, xs[1], 3, 3), f32(o), f32(xs[0], o, oh, ow)
@@ -648,6 +650,32 @@ def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile):
     want = np.maximum(np_conv(x, w, bias, pads=pads) + res, 0).astype(np.float32)
     close(got[tile], want, atol=1e-4)
     close(got[tile], got["0"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tile", ["2", "4"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_winograd_ignores_what_the_workspace_held(monkeypatch, tile, isa):
+    """The tile transforms run whole vectors of tiles, reading on past a row's last tile into the
+    shared workspace, where the op before left non-finite values: lanes of their own, never stored,
+    so the second convolution's output is exactly what it is alone."""
+    monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+    monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", tile)
+    backend = CpuX86Backend()
+    x1, w1 = f32(1, 24, 21, 19), f32(16, 24, 3, 3)
+    x1[0, :, ::3, ::2] = np.inf
+    x2, w2 = f32(1, 8, 11, 13), f32(10, 8, 3, 3)
+    b = GraphBuilder()
+    a1, a2 = b.add_input("x1", TensorType(x1.dtype, x1.shape)), b.add_input("x2", TensorType(x2.dtype, x2.shape))
+    pads = ops.Conv2DAttrs(pads=(1, 1, 1, 1))
+    (y1,) = b.emit(Op.CONV2D, [a1, b.constant(w1)], pads)
+    (y2,) = b.emit(Op.CONV2D, [a2, b.constant(w2)], pads)
+    g = b.graph
+    exe = backend.compile(Segment(g.nodes, list(g.inputs), [y1, y2], dict(g.types), dict(g.constants)))
+    got1, got2 = exe.run([x1, x2])
+    assert not np.isfinite(got1).all()
+    (alone,) = run1(backend, Op.CONV2D, pads, [x2, w2], const=(1,))
+    np.testing.assert_array_equal(got2, alone)
+    close(got2, np_conv(x2, w2, pads=(1, 1, 1, 1)).astype(np.float32), atol=1e-4)
 
 
 # A 7x7 map has 16 F(2,3) tiles: they fill AVX2's 16-column panels exactly (Winograd wins) but pad

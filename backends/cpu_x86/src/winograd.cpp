@@ -124,7 +124,8 @@ int64_t packed_columns(int64_t tiles, int nr) { return ceil_div(tiles, nr) * nr;
 
 size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr) {
   const int64_t t = m + 2, tiles = ceil_div(s.oh, m) * ceil_div(s.ow, m);
-  return static_cast<size_t>(t * t * (s.c * packed_columns(tiles, nr) + s.o * tiles)) * sizeof(float);
+  // + slack for the output transform's reads past the last tile (winograd_tiles.inc)
+  return static_cast<size_t>(t * t * (s.c * packed_columns(tiles, nr) + s.o * tiles) + 16) * sizeof(float);
 }
 
 void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
@@ -133,7 +134,8 @@ void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const 
   const int64_t positions = t_ * t_;
   const int64_t position_stride = s_.c * packed_columns(tiles_, nr_);
   float* v = workspace;                                // [T*T][tiles / nr][C][nr]
-  float* mm = workspace + positions * position_stride;  // [T*T][O][tiles]
+  // [O][T*T][tiles]: the T*T values an output channel's tiles transform back from lie together
+  float* mm = workspace + positions * position_stride;
   const int64_t plane_in = s_.h * s_.w, plane_out = s_.oh * s_.ow;
   const bool wide = blk.isa != Isa::kPortable;  // AVX2 and AVX-512 plans: the AVX2 transforms
   pool.parallel_for(s_.c, [&](int64_t c, int worker) {
@@ -146,8 +148,8 @@ void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const 
     GemmProblem g;
     g.a.packed = weights_.as<float>() + p * packed_stride_;
     g.b.packed = v + p * position_stride;
-    g.c = mm + p * s_.o * tiles_;
-    g.ldc = tiles_;
+    g.c = mm + p * tiles_;
+    g.ldc = positions * tiles_;
     return g;
   };
   gemm(blk, s_.o, tiles_, s_.c, positions, problem, pool, scratch, cancel);

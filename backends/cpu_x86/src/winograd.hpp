@@ -36,7 +36,7 @@ int64_t packed_columns(int64_t tiles, int nr);
 
 // Shared workspace WinogradConv::workspace_bytes() will need for this tile and shape: the
 // transformed input, already in the GEMM's packed B layout ([position][panel of nr tiles][C][nr],
-// so the GEMM packs nothing), and the GEMM output [position][O][tiles].
+// so the GEMM packs nothing), and the GEMM output [O][position][tiles].
 size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr);
 
 class WinogradConv {

@@ -2,6 +2,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstring>
 
 #include "winograd_matrices.hpp"
 #include "winograd_tiles.hpp"

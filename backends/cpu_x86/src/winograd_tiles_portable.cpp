@@ -1,5 +1,6 @@
 // Winograd tile transforms compiled for baseline x86-64.
 #include <algorithm>
+#include <cstring>
 
 #include "winograd_matrices.hpp"
 #include "winograd_tiles.hpp"
