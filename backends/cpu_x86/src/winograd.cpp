@@ -23,19 +23,23 @@ constexpr int kWeightLanes = 8;
 
 // U = G g G^T for every (o, c), in the GEMM's packed A layout of each of the T*T positions:
 // position p's [O x C] matrix in panels of mr rows, [panel][c][row in panel], zero rows padding
-// the last panel. A panel's rows are transformed kWeightLanes channels at a time into a small
-// [position][row][lane] block, which then goes out as one contiguous run per position.
+// the last panel. One row panel is transformed at a time, kWeightLanes channels per step, into
+// a [position][c][row] block; each position's share then goes out as one contiguous run. (Written
+// straight to the T*T destinations, every step touched T*T pages of fresh memory: most of a
+// model's load time.)
 template <int M>
 void transform_weights(const WinogradShape& s, const unsigned char* w, int mr, int64_t packed_stride, float* packed) {
   using X = WinogradMatrices<M>;
   constexpr int T = X::T;
   constexpr int L = kWeightLanes;
-  std::vector<float> block(static_cast<size_t>(T * T * mr * L));
+  const int64_t panel_floats = s.c * mr;
+  std::vector<float> block(static_cast<size_t>(T * T * panel_floats));
   for (int64_t o0 = 0; o0 < s.o; o0 += mr) {
     const int64_t rows = std::min<int64_t>(mr, s.o - o0);
-    for (int64_t c0 = 0; c0 < s.c; c0 += L) {
-      const int64_t lanes = std::min<int64_t>(L, s.c - c0);
-      for (int64_t r = 0; r < rows; ++r) {
+    std::fill(block.begin(), block.end(), 0.f);  // the rows past O stay zero
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c0 = 0; c0 < s.c; c0 += L) {
+        const int64_t lanes = std::min<int64_t>(L, s.c - c0);
         const unsigned char* wo = w + ((o0 + r) * s.c + c0) * 9 * sizeof(float);
         float g[9][L];
         for (int64_t l = 0; l < lanes; ++l) {
@@ -56,21 +60,18 @@ void transform_weights(const WinogradShape& s, const unsigned char* w, int mr, i
         }
         for (int i = 0; i < T; ++i) {
           for (int j = 0; j < T; ++j) {
-            float* out = block.data() + ((i * T + j) * mr + r) * L;
+            float u[L];
             for (int l = 0; l < L; ++l) {
-              out[l] = gt[i][0][l] * X::G[j][0] + gt[i][1][l] * X::G[j][1] + gt[i][2][l] * X::G[j][2];
+              u[l] = gt[i][0][l] * X::G[j][0] + gt[i][1][l] * X::G[j][1] + gt[i][2][l] * X::G[j][2];
             }
+            float* out = block.data() + (i * T + j) * panel_floats + c0 * mr + r;
+            for (int64_t l = 0; l < lanes; ++l) out[l * mr] = u[l];
           }
         }
       }
-      for (int p = 0; p < T * T; ++p) {
-        const float* from = block.data() + p * mr * L;
-        float* dst = packed + p * packed_stride + o0 * s.c + c0 * mr;
-        for (int64_t l = 0; l < lanes; ++l) {
-          for (int64_t r = 0; r < rows; ++r) dst[l * mr + r] = from[r * L + l];
-          for (int64_t r = rows; r < mr; ++r) dst[l * mr + r] = 0.f;
-        }
-      }
+    }
+    for (int p = 0; p < T * T; ++p) {
+      std::copy_n(block.data() + p * panel_floats, panel_floats, packed + p * packed_stride + o0 * s.c);
     }
   }
 }
