@@ -58,22 +58,24 @@ int64_t depthwise_block_scratch_floats(int64_t oh, int64_t ow, int64_t kh, int64
 
 namespace {
 
-// r[p] = the eight channels of output pixel (oy, ox + min(p, n - 1)), summed tap by tap in order
-// from zero: eight accumulators and one weight vector in registers (all the weights per pixel
-// would spill). KH, KW: the window when known at compile time (3x3), else 0.
-template <int KH, int KW>
-inline void taps8(const DepthwiseBlock& b, const float* padded, int64_t cols, const float* wv, int64_t oy,
-                  int64_t ox, int64_t n, __m256 r[8]) {
+// r[p] = the eight channels of the output pixel whose window starts at base[p] in the padded
+// image, summed tap by tap in order from zero: eight accumulators and one weight vector in
+// registers (all the weights per pixel would spill). KH, KW: the window when known at compile
+// time (3x3), else 0. OneRow: the pixels are consecutive in one row, base[p] = base[0] + p
+// strides (one pointer instead of eight: the common case, and faster).
+template <int KH, int KW, bool OneRow>
+inline void taps8(const DepthwiseBlock& b, int64_t cols, const float* wv, const float* const (&base)[8],
+                  __m256 (&r)[8]) {
   const int64_t kh = KH ? KH : b.kh, kw = KW ? KW : b.kw;
   for (int p = 0; p < 8; ++p) r[p] = _mm256_setzero_ps();
   for (int64_t i = 0; i < kh; ++i) {
-    const float* row = padded + ((oy * b.sh + i * b.dh) * cols + ox * b.sw) * 8;
     for (int64_t j = 0; j < kw; ++j) {
       const __m256 wt = _mm256_load_ps(wv + (i * kw + j) * 8);
-      const float* at = row + j * b.dw * 8;
+      const int64_t offset = (i * b.dh * cols + j * b.dw) * 8;
 #pragma GCC unroll 8
-      for (int64_t p = 0; p < 8; ++p) {
-        r[p] = _mm256_fmadd_ps(wt, _mm256_load_ps(at + std::min(p, n - 1) * b.sw * 8), r[p]);
+      for (int p = 0; p < 8; ++p) {
+        const float* src = OneRow ? base[0] + p * b.sw * 8 : base[p];
+        r[p] = _mm256_fmadd_ps(wt, _mm256_load_ps(src + offset), r[p]);
       }
     }
   }
@@ -106,32 +108,40 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     return v;
   };
   alignas(32) float lanes[8], residual_lanes[8];
-  for (int64_t oy = 0; oy < b.oh; ++oy) {
-    // eight pixels at a time (the row's last n < 8 repeat the last one), transposed back to eight
-    // rows of the eight channels' planes
-    for (int64_t ox = 0; ox < b.ow; ox += 8) {
-      const int64_t n = std::min<int64_t>(8, b.ow - ox);
-      __m256 r[8];
-      if (b.kh == 3 && b.kw == 3) taps8<3, 3>(b, padded, cols, wv, oy, ox, n, r);  // nearly every layer
-      else taps8<0, 0>(b, padded, cols, wv, oy, ox, n, r);
-      if (b.bias) {
-        for (auto& v : r) v = _mm256_add_ps(v, bias);
+  // Eight output pixels at a time in plane order, across row ends (short rows would otherwise
+  // leave a partial group per row), the last n < 8 repeating the last one; transposed back to
+  // eight runs of the eight channels' planes.
+  int64_t oy = 0, ox = 0;  // the group's first pixel
+  for (int64_t at = 0; at < plane_out; at += 8) {
+    const int64_t n = std::min<int64_t>(8, plane_out - at);
+    const bool one_row = n == 8 && ox + 8 <= b.ow;
+    const float* base[8];
+    for (int64_t p = 0, y = oy, x = ox; p < (one_row ? 1 : 8); ++p) {
+      base[p] = padded + (y * b.sh * cols + x * b.sw) * 8;
+      if (p + 1 < n && ++x == b.ow) x = 0, ++y;
+    }
+    ox += n;
+    while (ox >= b.ow) ox -= b.ow, ++oy;
+    __m256 r[8];
+    const bool three = b.kh == 3 && b.kw == 3;  // nearly every layer
+    if (one_row) three ? taps8<3, 3, true>(b, cols, wv, base, r) : taps8<0, 0, true>(b, cols, wv, base, r);
+    else three ? taps8<3, 3, false>(b, cols, wv, base, r) : taps8<0, 0, false>(b, cols, wv, base, r);
+    if (b.bias) {
+      for (auto& v : r) v = _mm256_add_ps(v, bias);
+    }
+    transpose8x8(r);
+    for (int l = 0; l < 8; ++l) {
+      float* out = b.y + l * plane_out + at;
+      const float* residual = b.residual ? b.residual + l * plane_out + at : nullptr;
+      if (n == 8) {
+        _mm256_storeu_ps(out, finish(r[l], residual));
+        continue;
       }
-      transpose8x8(r);
-      const int64_t at = oy * b.ow + ox;
-      for (int l = 0; l < 8; ++l) {
-        float* out = b.y + l * plane_out + at;
-        const float* residual = b.residual ? b.residual + l * plane_out + at : nullptr;
-        if (n == 8) {
-          _mm256_storeu_ps(out, finish(r[l], residual));
-          continue;
-        }
-        if (residual) {
-          for (int64_t p = 0; p < 8; ++p) residual_lanes[p] = p < n ? residual[p] : 0.f;
-        }
-        _mm256_store_ps(lanes, finish(r[l], residual ? residual_lanes : nullptr));
-        for (int64_t p = 0; p < n; ++p) out[p] = lanes[p];
+      if (residual) {
+        for (int64_t p = 0; p < 8; ++p) residual_lanes[p] = p < n ? residual[p] : 0.f;
       }
+      _mm256_store_ps(lanes, finish(r[l], residual ? residual_lanes : nullptr));
+      for (int64_t p = 0; p < n; ++p) out[p] = lanes[p];
     }
   }
 }
