@@ -46,7 +46,7 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   for (int64_t i = 0; i < rows * cols * 8; i += 8) _mm256_store_ps(padded + i, fill);
   const int64_t ix_hi = std::min<int64_t>(p.w, cols - p.pl);
   for (int64_t iy = 0; iy < p.h && iy + p.pt < rows && ix_hi > 0; ++iy) {
-    interleave_row8(x + iy * p.w, plane_in, ix_hi, padded + ((iy + p.pt) * cols + p.pl) * 8);
+    interleave_row8(x + iy * p.w, plane_in, ix_hi, padded + ((iy + p.pt) * cols + p.pl) * 8, iy + 1 < p.h);
   }
   // the average's divisors, as pool_planes counts them
   std::vector<int64_t> count_x(static_cast<size_t>(p.ow));

@@ -35,15 +35,23 @@ inline void transpose8x8(__m256 r[8]) {
 }
 
 // dst[i][l] = src[l * plane_stride + i] for i < n, l < 8: pixels [0, n) of one row of eight
-// planes, interleaved ([pixel][plane], dst 32-byte aligned). Eight pixels per 8x8 transpose, the
-// row's tail one by one.
-inline void interleave_row8(const float* src, int64_t plane_stride, int64_t n, float* dst) {
+// planes, interleaved ([pixel][plane], dst 32-byte aligned). Eight pixels per 8x8 transpose; the
+// row's tail one by one, or, when each plane may be read up to 7 floats past the row's end
+// (read_past: any row but a plane's last), by one more transpose of which only the tail is kept.
+inline void interleave_row8(const float* src, int64_t plane_stride, int64_t n, float* dst, bool read_past = false) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 r[8];
     for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_stride + i);
     transpose8x8(r);
     for (int q = 0; q < 8; ++q) _mm256_store_ps(dst + (i + q) * 8, r[q]);
+  }
+  if (read_past && i < n) {
+    __m256 r[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(src + l * plane_stride + i);
+    transpose8x8(r);
+    for (int64_t q = 0; q < n - i; ++q) _mm256_store_ps(dst + (i + q) * 8, r[q]);
+    return;
   }
   for (; i < n; ++i) {
     for (int l = 0; l < 8; ++l) dst[i * 8 + l] = src[l * plane_stride + i];
