@@ -56,10 +56,17 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
     tap_range(x0, p.dw, p.kw, p.w, lo, hi);
     count_x[ox] = p.count_include_pad ? padded_taps(x0, p.dw, p.kw, p.w, p.pl, p.pr) : hi - lo;
   }
+  std::vector<int64_t> count_y(static_cast<size_t>(p.oh));
+  for (int64_t oy = 0; oy < p.oh; ++oy) {
+    const int64_t y0 = oy * p.sh - p.pt;
+    int64_t lo, hi;
+    tap_range(y0, p.dh, p.kh, p.h, lo, hi);
+    count_y[oy] = p.count_include_pad ? padded_taps(y0, p.dh, p.kh, p.h, p.pt, p.pb) : hi - lo;
+  }
   const int64_t row_step = p.dh * cols * 8;
   // the eight planes' output pixel (oy, ox): each window column's rows combined in order, then
   // the columns in order
-  auto pixel = [&](int64_t oy, int64_t ox, __m256 divisor) {
+  auto pixel = [&](int64_t oy, int64_t ox) {
     const float* corner = padded + (oy * p.sh * cols + ox * p.sw) * 8;
     __m256 out = _mm256_setzero_ps();
     for (int64_t j = 0; j < p.kw; ++j) {
@@ -71,27 +78,34 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
       }
       out = j == 0 ? col : p.is_max ? nan_max8(out, col) : _mm256_add_ps(out, col);
     }
-    return p.is_max ? out : _mm256_div_ps(out, divisor);
+    if (p.is_max) return out;
+    const int64_t count = std::max<int64_t>(count_y[static_cast<size_t>(oy)] * count_x[static_cast<size_t>(ox)], 1);
+    return _mm256_div_ps(out, _mm256_set1_ps(static_cast<float>(count)));
   };
+  // eight output pixels at a time in plane order, across row ends (short rows would otherwise
+  // leave a partial group per row), transposed back to eight runs of the eight planes
   alignas(32) float lanes[8];
-  for (int64_t oy = 0; oy < p.oh; ++oy) {
-    const int64_t y0 = oy * p.sh - p.pt;
-    int64_t ilo, ihi;
-    tap_range(y0, p.dh, p.kh, p.h, ilo, ihi);
-    const int64_t count_y = p.count_include_pad ? padded_taps(y0, p.dh, p.kh, p.h, p.pt, p.pb) : ihi - ilo;
-    auto divisor = [&](int64_t ox) {
-      return _mm256_set1_ps(static_cast<float>(std::max<int64_t>(count_y * count_x[ox], 1)));
-    };
-    int64_t ox = 0;
-    for (; ox + 8 <= p.ow; ox += 8) {  // eight pixels, transposed back to the eight planes
-      __m256 r[8];
-      for (int q = 0; q < 8; ++q) r[q] = pixel(oy, ox + q, divisor(ox + q));
-      transpose8x8(r);
-      for (int l = 0; l < 8; ++l) _mm256_storeu_ps(y + l * plane_out + oy * p.ow + ox, r[l]);
+  int64_t oy = 0, ox = 0;
+  for (int64_t at = 0; at < plane_out; at += 8) {
+    const int64_t n = std::min<int64_t>(8, plane_out - at);
+    __m256 r[8];
+    for (int64_t q = 0; q < 8; ++q) {
+      if (q < n) {
+        r[q] = pixel(oy, ox);
+        if (++ox == p.ow) ox = 0, ++oy;
+      } else {
+        r[q] = r[q - 1];
+      }
     }
-    for (; ox < p.ow; ++ox) {
-      _mm256_store_ps(lanes, pixel(oy, ox, divisor(ox)));
-      for (int l = 0; l < 8; ++l) y[l * plane_out + oy * p.ow + ox] = lanes[l];
+    transpose8x8(r);
+    for (int l = 0; l < 8; ++l) {
+      float* out = y + l * plane_out + at;
+      if (n == 8) {
+        _mm256_storeu_ps(out, r[l]);
+      } else {
+        _mm256_store_ps(lanes, r[l]);
+        for (int64_t q = 0; q < n; ++q) out[q] = lanes[q];
+      }
     }
   }
 }
