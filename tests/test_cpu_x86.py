@@ -1050,8 +1050,11 @@ def test_malformed_run_inputs_raise_value_error(backend):
     close(got, feeds[0] + feeds[1])
 
 
-def test_native_plan_validates_its_tables():
-    pool = _ext.ThreadPool(1)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_native_plan_validates_its_tables(threads):
+    """Kernels are built on the plan's pool: a bad record among many still fails the whole plan
+    with its own message."""
+    pool = _ext.ThreadPool(threads)
     f32_code = _ext.dtype_names().index("float32")
     unary = _ext.op_names().index("unary")
     exp = _ext.unary_fns().index("exp")
@@ -1067,6 +1070,14 @@ def test_native_plan_validates_its_tables():
     for message, records in bad_cases.items():
         with pytest.raises(ValueError, match=message):
             _ext.Plan(tensors, [], [0], [1], records, 0, "", pool)
+    # a chain x -> t1 -> ... -> t8 whose sixth op has a bad function
+    chain = [(f32_code, 4, [3], 0, 0)] + [(f32_code, 4, [3], 2, 64 * (i % 2)) for i in range(7)] + \
+        [(f32_code, 4, [3], 1, 0)]
+    ops = [(unary, i, f"u{i}", [i], [i + 1], [999 if i == 5 else exp], [0.0, 0.0]) for i in range(8)]
+    with pytest.raises(ValueError, match="unknown unary function"):
+        _ext.Plan(chain, [], [0], [8], ops, 128, "", pool)
+    ops[5] = (unary, 5, "u5", [5], [6], [exp], [0.0, 0.0])
+    _ext.Plan(chain, [], [0], [8], ops, 128, "", pool)
     with pytest.raises(ValueError, match="arena range outside the arena"):
         _ext.Plan([(f32_code, 4, [3], 0, 0), (f32_code, 4, [3], 2, 64), (f32_code, 4, [3], 1, 0)], [], [0], [2],
                   [(unary, 0, "u", [0], [1], [exp], [0.0, 0.0]), (unary, 1, "u", [1], [2], [exp], [0.0, 0.0])],

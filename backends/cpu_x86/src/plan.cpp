@@ -1,8 +1,10 @@
 #include "plan.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <memory>
 
 #if defined(__linux__) || defined(__APPLE__)
 #include <sys/mman.h>
@@ -165,23 +167,29 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   }
   for (int id : outputs_) ++reads[static_cast<size_t>(id)];
   // ops still to be built that read each constant: a mapped one is let go after its last
-  std::vector<int64_t> to_build(constants.size(), 0);
+  const auto to_build = std::make_unique<std::atomic<int64_t>[]>(constants.size());
   for (const OpRecord& rec : records_)
     for (int id : rec.inputs)
       if (tensors_[id].kind == TensorKind::kConstant) ++to_build[static_cast<size_t>(tensors_[id].where)];
-  std::vector<int> released;
-  for (const OpRecord& rec : records_) {
-    BuildContext ctx(rec, tensors_, constants, gemm_, released);
-    kernels_.push_back(build_kernel(ctx));
-    scratch_per_worker_ = std::max(scratch_per_worker_, kernels_.back()->scratch_bytes());
-    workspace_bytes_ = std::max(workspace_bytes_, kernels_.back()->workspace_bytes());
+  // The kernels are built on the pool (packing weights is most of a load), each with its own
+  // list of released constants; the first error is rethrown once all have stopped.
+  kernels_.resize(records_.size());
+  std::vector<std::vector<int>> released(records_.size());
+  pool_->parallel_for(static_cast<int64_t>(records_.size()), [&](int64_t i, int) {
+    const OpRecord& rec = records_[static_cast<size_t>(i)];
+    BuildContext ctx(rec, tensors_, constants, gemm_, released[static_cast<size_t>(i)]);
+    kernels_[static_cast<size_t>(i)] = build_kernel(ctx);
     for (int id : rec.inputs) {
       if (tensors_[id].kind != TensorKind::kConstant) continue;
       const auto c = static_cast<size_t>(tensors_[id].where);
       if (--to_build[c] == 0 && constants[c].reclaimable) drop_mapped_pages(constants[c].data, constants[c].nbytes);
     }
+  });
+  for (size_t i = 0; i < kernels_.size(); ++i) {
+    scratch_per_worker_ = std::max(scratch_per_worker_, kernels_[i]->scratch_bytes());
+    workspace_bytes_ = std::max(workspace_bytes_, kernels_[i]->workspace_bytes());
+    for (int id : released[i]) --reads[static_cast<size_t>(id)];
   }
-  for (int id : released) --reads[static_cast<size_t>(id)];
   std::vector<bool> kept(constants.size(), false);
   for (size_t id = 0; id < tensors_.size(); ++id) {
     const TensorInfo& t = tensors_[id];
