@@ -6,6 +6,12 @@
 //  - anything else: GEMM whose B operand is read through an im2col view of the image, packed
 //    block by block, so the im2col matrix is never materialised.
 // Constant weights are packed once, per group, when the plan is compiled.
+//
+// An activation a pointwise convolution passes to a depthwise one may stay in blocks of 8
+// channels (NCHW8c, [C/8][H][W][8]; the op record's ints[13] and ints[14] flag a blocked input
+// and output): the depthwise kernel computes in that layout anyway, so it skips its transpose on
+// the way in. The pointwise convolution writes it with the pixels as GEMM rows, a register tile's
+// 16 columns being two blocks' rows.
 #include <emmintrin.h>
 
 #include <algorithm>
@@ -205,6 +211,15 @@ class Conv2DKernel : public OpKernel {
     }
     // ints[12], when present: Winograd tile forced by the caller (0 = never), else the cost rule
     const int64_t policy = ctx.rec().ints.size() > 12 ? ctx.int_at(12) : -1;
+    in_blocked_ = ctx.rec().ints.size() > 13 && ctx.int_at(13) != 0;
+    out_blocked_ = ctx.rec().ints.size() > 14 && ctx.int_at(14) != 0;
+    if (in_blocked_ || out_blocked_) {
+      ctx.check(in_blocked_ ? depthwise_ && s_.og == 1 && blk_.isa != Isa::kPortable && s_.c % 8 == 0 && !out_blocked_
+                            : direct_1x1_ && g == 1 && s_.o % 8 == 0 && !has_residual,
+                "an 8-channel-blocked input needs a depthwise convolution (AVX2, channels a multiple of 8), a "
+                "blocked output a pointwise one (output channels a multiple of 8, no residual)");
+      if (depthwise_) channel_blocks_ = true;  // the layout the eight-channel kernel works in
+    }
     ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
     const bool winograd_shape = s_.kh == 3 && s_.kw == 3 && s_.sh == 1 && s_.sw == 1 && s_.dh == 1 && s_.dw == 1 &&
                                 g == 1 && ctx.constant_bytes(1) != nullptr;
@@ -228,6 +243,9 @@ class Conv2DKernel : public OpKernel {
       auto padded = [](int64_t v, int64_t t) { return (v + t - 1) / t * t; };
       pixel_rows_ = g == 1 && s_.o > 64 && pixels <= blk_.mc && ctx.constant_bytes(1) != nullptr &&
                     10 * padded(pixels, mr) * padded(s_.o, nr) < 9 * padded(s_.o, mr) * padded(pixels, nr);
+      // a blocked output is only written with the pixels as rows (any number of them)
+      ctx.check(!out_blocked_ || ctx.constant_bytes(1) != nullptr, "a blocked output needs constant weights");
+      if (out_blocked_) pixel_rows_ = true;
       if (const void* data = pixel_rows_ ? ctx.constant_input(1) : nullptr) {
         // W^T as the constant B operand: element (k, j) is W[j, k]
         packed_stride_ = static_cast<int64_t>(packed_b_floats(gemm_k_, s_.o, nr));
@@ -265,7 +283,7 @@ class Conv2DKernel : public OpKernel {
   size_t workspace_bytes() const override {
     if (winograd_) return winograd_->workspace_bytes();
     size_t floats = pixel_panels_offset();
-    if (pixel_rows_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
+    if (pixel_rows_ && !out_blocked_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
     return floats * sizeof(float);
   }
   // Where the packed transposed im2col starts in the workspace: after the phase-split image,
@@ -288,6 +306,22 @@ class Conv2DKernel : public OpKernel {
         winograd_->run(blk_, x + n * s_.c * plane_in, y + out_off, bias, res ? res + out_off : nullptr, act_,
                        ctx.pool, ctx.scratch, ctx.workspace, ctx.cancel);
       }
+      return;
+    }
+    if (out_blocked_) {
+      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O] stored as 8-channel blocks, A packed
+      // block by block by the GEMM (any number of pixels)
+      auto problem = [&](int64_t n) {
+        GemmProblem p;
+        p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
+        p.b.packed = packed_.as<float>();
+        p.c = y + n * s_.o * plane_out;
+        p.c_block = 8 * plane_out;
+        if (bias) p.epilogue.bias = MatView{bias, 0, 1};
+        p.epilogue.act = act_;
+        return p;
+      };
+      gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
       return;
     }
     if (pixel_rows_) {
@@ -388,6 +422,7 @@ class Conv2DKernel : public OpKernel {
         b.h = s_.h, b.w_in = s_.w, b.oh = s_.oh, b.ow = s_.ow, b.kh = s_.kh, b.kw = s_.kw;
         b.sh = s_.sh, b.sw = s_.sw, b.dh = s_.dh, b.dw = s_.dw, b.pt = s_.pt, b.pl = s_.pl;
         b.act = fused < 0 ? 0 : fused;
+        b.x_blocked = in_blocked_;
         b.lo = act_.alpha;
         b.hi = act_.beta;
         b.scratch = ctx.scratch(worker);
@@ -425,6 +460,7 @@ class Conv2DKernel : public OpKernel {
   bool depthwise_ = false, direct_1x1_ = false;
   bool pixel_rows_ = false;  // a GEMM with the pixels as rows (see build)
   bool channel_blocks_ = false;  // depthwise eight channels at a time (depthwise_block8_avx2)
+  bool in_blocked_ = false, out_blocked_ = false;  // NCHW8c input / output (see the top)
   int64_t gemm_k_ = 0;
   Im2col im2col_;
   bool phased_ = false;  // im2col reads a phase-split copy of the image (im2col_.phased)

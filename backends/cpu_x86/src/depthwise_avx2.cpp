@@ -94,8 +94,9 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
   for (int64_t iy = 0; iy < b.h; ++iy) {
     const int64_t Y = iy + b.pt;
     if (Y < 0 || Y >= rows || ix_hi <= ix_lo) continue;
-    interleave_row8(b.x + iy * b.w_in + ix_lo, plane_in, ix_hi - ix_lo, padded + (Y * cols + b.pl + ix_lo) * 8,
-                    iy + 1 < b.h);
+    float* dst = padded + (Y * cols + b.pl + ix_lo) * 8;
+    if (b.x_blocked) std::copy_n(b.x + (iy * b.w_in + ix_lo) * 8, (ix_hi - ix_lo) * 8, dst);
+    else interleave_row8(b.x + iy * b.w_in + ix_lo, plane_in, ix_hi - ix_lo, dst, iy + 1 < b.h);
   }
   for (int64_t t = 0; t < taps; ++t) {
     for (int l = 0; l < 8; ++l) wv[t * 8 + l] = b.w[l * taps + t];

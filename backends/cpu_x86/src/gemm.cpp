@@ -232,7 +232,9 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           FunctionRef<GemmProblem(int64_t)> problem, ThreadPool& pool, FunctionRef<float*(int)> scratch,
           const CancelFlag* cancel) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
-  require(m <= blk.mc || !problem(0).c_transposed, "a GEMM with a transposed C has at most MC rows");
+  const GemmProblem first = problem(0);
+  require(m <= blk.mc || !first.c_transposed, "a GEMM with a transposed C has at most MC rows");
+  require(first.c_block == 0 || n % 8 == 0, "a GEMM with a blocked C has a multiple of 8 columns");
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
   const int64_t nt = ceil_div(n, blk.nc);
   // A task owns one column block and a range of rows. Each B block is packed once per task and
@@ -255,12 +257,16 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     // Epilogues the kernel can apply to its tiles as it stores them (one pass over C fewer):
     // a bias per row, a residual with unit column stride, and relu or clip.
     int fused_act = -1;
-    if (has_epilogue && blk.kernel.fused && !pr.c_transposed && (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) &&
+    if (has_epilogue && blk.kernel.fused && !pr.c_transposed && !pr.c_block &&
+        (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) &&
         (!ep.residual.p || ep.residual.cs == 1)) {
       if (ep.act.fn == UnaryFn::kIdentity) fused_act = 0;
       else if (ep.act.fn == UnaryFn::kRelu) fused_act = 1;
       else if (ep.act.fn == UnaryFn::kClip) fused_act = 2;
     }
+    // the activation a blocked tile's kernel applies (-1: one it cannot, left to the buffer path)
+    const int blocked_act = ep.act.fn == UnaryFn::kIdentity ? 0 : ep.act.fn == UnaryFn::kRelu ? 1
+                            : ep.act.fn == UnaryFn::kClip ? 2 : -1;
     // what the kernel applies as it stores the tile at row i, column j0 + jr
     auto tile_epilogue = [&](int64_t i, int64_t jr) {
       TileEpilogue te;
@@ -287,6 +293,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
       const int64_t kc = std::min(blk.kc, k - pc);
       const bool accumulate = pc > 0;
       const bool fuse = fused_act >= 0 && pc + kc >= k;  // the last k block stores final values
+      const bool fuse_blocked = pr.c_block && has_epilogue && pc + kc >= k;
       const float* bp;
       int64_t b_stride;  // floats between consecutive NR-column panels
       int64_t ldb = nr;  // floats between consecutive k rows of a panel
@@ -336,7 +343,30 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             } else if (jr + nr < nc && pr.b.packed) {
               next = bp + (jr / nr + 1) * b_stride, next_ld = nr;
             }
-            if (pr.c_transposed) {
+            if (pr.c_block) {
+              auto group = [&](int64_t i, int64_t q) {
+                return pr.c + ((j0 + jr + q) / 8) * pr.c_block + (i0 + ir + i) * 8;
+              };
+              if (rows == mr && cols == nr && blk.kernel.blocked && (!fuse_blocked || blocked_act >= 0)) {
+                TileEpilogue te;
+                if (ep.bias.p) te.bias = ep.bias.p + j0 + jr;
+                te.act = blocked_act;
+                te.lo = ep.act.alpha;
+                te.hi = ep.act.beta;
+                blk.kernel.blocked(kc, a_panel, b_panel, b_ld, group(0, 0), pr.c_block, accumulate, next, next_ld,
+                                   fuse_blocked ? &te : nullptr);
+                continue;
+              }
+              // through the edge buffer: row i's 8-column groups go to their blocks
+              if (accumulate) {
+                for (int64_t i = 0; i < rows; ++i)
+                  for (int64_t q = 0; q < cols; q += 8) std::memcpy(edge + i * nr + q, group(i, q), 8 * sizeof(float));
+              }
+              blk.kernel.fn(kc, a_panel, b_panel, b_ld, edge, nr, accumulate, next, next_ld);
+              if (fuse_blocked) apply_epilogue(ep, blk.isa, edge, nr, i0 + ir, rows, j0 + jr, cols);
+              for (int64_t i = 0; i < rows; ++i)
+                for (int64_t q = 0; q < cols; q += 8) std::memcpy(group(i, q), edge + i * nr + q, 8 * sizeof(float));
+            } else if (pr.c_transposed) {
               blk.kernel.fn(kc, a_panel, b_panel, b_ld, stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld,
                             accumulate, next, next_ld);
             } else if (rows == mr && cols == nr) {
@@ -372,7 +402,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         float* col = pr.c + (j0 + q) * pr.ldc + i_begin;
         for (int64_t r = 0; r < rows; ++r) col[r] = stage[r * stage_ld + q];
       }
-    } else if (has_epilogue && fused_act < 0) {
+    } else if (has_epilogue && fused_act < 0 && !pr.c_block) {
       apply_epilogue(ep, blk.isa, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
     }
   });

@@ -63,6 +63,11 @@ struct GemmProblem {
   // output with the pixels as GEMM rows while keeping the NCHW layout; the tiles then go through
   // a buffer, and the epilogue's views are in (i, j) terms as usual.
   bool c_transposed = false;
+  // > 0: C is stored in blocks of 8 columns of this many floats, element (i, j) at
+  // c[(j / 8) * c_block + i * 8 + j % 8] (ldc unused): how a convolution with the pixels as rows
+  // writes NCHW8c. N must be a multiple of 8; each tile goes through a buffer, where the epilogue
+  // (its bias per column) is applied.
+  int64_t c_block = 0;
   Epilogue epilogue;
 };
 

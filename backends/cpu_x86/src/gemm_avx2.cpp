@@ -13,9 +13,11 @@ constexpr int kMr = 6;
 constexpr int kNr = 16;
 
 // The first R rows of a tile (R = kMr for a whole one; A's panels always hold kMr rows).
-template <int R, bool Fused>
+// Row i of the tile goes to c + i * ldc, its second 8 columns `second` floats after its first
+// (8 in a row-major C; a block apart in a blocked one, whose bias is per column: ColumnBias).
+template <int R, bool Fused, bool ColumnBias = false>
 inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-                      const float* next, int64_t next_ld, const TileEpilogue* ep) {
+                      const float* next, int64_t next_ld, const TileEpilogue* ep, int64_t second = 8) {
   __m256 acc[R][2];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -43,11 +45,14 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
     float* row = c + i * ldc;
     if (accumulate) {
       acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
-      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + 8));
+      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + second));
     }
     if constexpr (Fused) {
       // the separate epilogue pass's operations in its order, so the result is bit-identical
-      if (ep->bias) {
+      if (ep->bias && ColumnBias) {
+        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ep->bias));
+        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ep->bias + 8));
+      } else if (ep->bias) {
         const __m256 bias = _mm256_broadcast_ss(ep->bias + i);
         acc[i][0] = _mm256_add_ps(acc[i][0], bias);
         acc[i][1] = _mm256_add_ps(acc[i][1], bias);
@@ -69,7 +74,7 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
       }
     }
     _mm256_storeu_ps(row, acc[i][0]);
-    _mm256_storeu_ps(row + 8, acc[i][1]);
+    _mm256_storeu_ps(row + second, acc[i][1]);
   }
 }
 
@@ -101,8 +106,16 @@ void kernel_rows(int rows, int64_t kc, const float* a, const float* b, int64_t l
   }
 }
 
+void kernel_6x16_blocked(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t c_block,
+                         bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) {
+  if (ep) tile_rx16<kMr, true, true>(kc, a, b, ldb, c, 8, accumulate, next, next_ld, ep, c_block);
+  else tile_rx16<kMr, false>(kc, a, b, ldb, c, 8, accumulate, next, next_ld, nullptr, c_block);
+}
+
 }  // namespace
 
-MicroKernel micro_kernel_avx2() { return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows}; }
+MicroKernel micro_kernel_avx2() {
+  return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked};
+}
 
 }  // namespace walle

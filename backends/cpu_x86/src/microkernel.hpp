@@ -36,6 +36,12 @@ struct MicroKernel {
   // kernel has none (such tiles then go through a buffer).
   void (*rows)(int rows, int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
                bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) = nullptr;
+  // A whole tile stored in blocks of 8 columns: element (i, j) at c[(j / 8) * c_block + i * 8 + j % 8]
+  // (NCHW8c, with the pixels as rows), then (ep not null) finished like `fused`, except that ep's
+  // bias holds one value per tile column and there is no residual. nullptr where a kernel has
+  // none (such tiles then go through a buffer).
+  void (*blocked)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t c_block,
+                  bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();

@@ -83,8 +83,9 @@ def _matmul(codes: Codes, a: ops.MatMulAttrs, node: Node, types):
 
 def _conv2d(codes: Codes, a: ops.Conv2DAttrs, node: Node, types):
     act_ints, floats = _act(codes, a.activation)
-    # the last int is the algorithm policy (-1: the native rule), set by encode_segment's caller
-    ints = [*a.strides, *a.pads, *a.dilations, a.groups, int(a.has_bias), int(a.has_residual), *act_ints, -1]
+    # then the algorithm policy (-1: the native rule) and whether the input and the output are in
+    # 8-channel blocks, all three set by encode_segment
+    ints = [*a.strides, *a.pads, *a.dilations, a.groups, int(a.has_bias), int(a.has_residual), *act_ints, -1, 0, 0]
     return ints, floats
 
 
@@ -121,11 +122,12 @@ def node_label(node: Node) -> str:
     return node.op.value
 
 
-def encode_segment(segment: Segment, codes: Codes,
-                   conv_policy: Callable[[Node], int] | None = None) -> EncodedSegment:
+def encode_segment(segment: Segment, codes: Codes, conv_policy: Callable[[Node], int] | None = None,
+                   blocked: frozenset[str] = frozenset()) -> EncodedSegment:
     """Build the native tables for ``segment``: tensor table, constants, op records, arena size.
     ``conv_policy(node)`` gives each convolution's algorithm (the native Winograd tile, 0 for
-    none); without it the native rule decides."""
+    none); without it the native rule decides. ``blocked`` names the activations convolutions
+    pass in 8-channel blocks (see layout.py)."""
     types = dict(segment.types)
     ids: dict[str, int] = {}
     tensors: list[tuple[int, int, list[int], int, int]] = []
@@ -179,8 +181,10 @@ def encode_segment(segment: Segment, codes: Codes,
     records = []
     for index, node in enumerate(segment.nodes):
         ints, floats = _ENCODERS[node.op](codes, node.attrs, node, types)
-        if node.op is Op.CONV2D and conv_policy is not None:
-            ints[-1] = conv_policy(node)
+        if node.op is Op.CONV2D:
+            if conv_policy is not None:
+                ints[-3] = conv_policy(node)
+            ints[-2], ints[-1] = int(node.inputs[0] in blocked), int(node.outputs[0] in blocked)
         records.append((codes.ops[node.op.value], index, node_label(node), [ids[n] for n in node.inputs],
                         [ids[n] for n in node.outputs], [int(i) for i in ints], floats))
     return EncodedSegment(

@@ -27,6 +27,7 @@ from walle_cpu_x86.conv_search import (
     forced_policy,
     random_conv_inputs,
 )
+from walle_cpu_x86.layout import blocked_activations
 from walle_cpu_x86.lowering import Codes, as_bytes, encode_segment
 
 try:
@@ -262,8 +263,8 @@ class CpuX86Backend(Backend):
     def _compile(self, segment: Segment, conv_policy: Any) -> Executable:
         if _ext is None:
             raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
-        enc = encode_segment(segment, self._codes, conv_policy)
         isa = os.environ.get(ISA_ENV, "").strip().lower()
+        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, isa or _ext.best_isa()))
         try:
             plan = _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
                              isa, self._thread_pool(), enc.reclaimable)

@@ -1,0 +1,129 @@
+"""cpu_x86: activations a pointwise convolution passes to a depthwise one in 8-channel blocks.
+
+The blocked path computes the same products in the same order as the plain one, so the tests
+compare the two to the bit (WALLE_CPU_X86_BLOCKED=0 turns blocking off), and both against NumPy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy_oracles import np_conv
+
+from walle_core import ops
+from walle_core.backend import Segment
+from walle_core.errors import BackendError
+from walle_core.ir import GraphBuilder, TensorType
+from walle_core.ops import Activation, Op, UnaryFn
+from walle_cpu_x86 import CpuX86Backend, _ext
+from walle_cpu_x86.layout import blocked_activations
+
+pytestmark = pytest.mark.skipif(_ext is None or _ext.best_isa() == "portable", reason="needs AVX2")
+
+rng = np.random.default_rng(7)
+
+
+def f32(*shape: int) -> np.ndarray:
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def expand_then_depthwise(x, w1, b1, act1, w2, b2, stride, extra_reader=False, residual=None):
+    """x -> pointwise(w1, b1, act1) -> t -> depthwise 3x3 (w2, b2, relu6) -> y; optionally t is
+    also a segment output, or the pointwise conv adds a residual."""
+    b = GraphBuilder()
+    name = b.add_input("x", TensorType(x.dtype, x.shape))
+    inputs = [name, b.constant(w1), b.constant(b1)]
+    if residual is not None:
+        inputs.append(b.add_input("r", TensorType(residual.dtype, residual.shape)))
+    attrs = ops.Conv2DAttrs(activation=act1, has_bias=True, has_residual=residual is not None)
+    (t,) = b.emit(Op.CONV2D, inputs, attrs)
+    c = w2.shape[0]
+    dw = ops.Conv2DAttrs((stride, stride), (1, 1, 1, 1), groups=c, activation=Activation(UnaryFn.CLIP, 0.0, 6.0),
+                         has_bias=True)
+    (y,) = b.emit(Op.CONV2D, [t, b.constant(w2), b.constant(b2)], dw)
+    g = b.graph
+    outs = [y, t] if extra_reader else [y]
+    return Segment(g.nodes, list(g.inputs), outs, dict(g.types), dict(g.constants)), t
+
+
+def reference(x, w1, b1, fn, w2, b2, stride, residual=None):
+    t = np_conv(x, w1, b1)
+    if residual is not None:
+        t = t + residual
+    t = {UnaryFn.IDENTITY: t, UnaryFn.CLIP: np.clip(t, 0, 6), UnaryFn.SIGMOID: 1 / (1 + np.exp(-t))}[fn]
+    return np.clip(np_conv(t, w2, b2, (stride, stride), (1, 1, 1, 1), groups=w2.shape[0]), 0, 6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", [
+    # (x shape, output channels, activation, dw stride): pixels not a multiple of the 6-row tile,
+    # 24 channels (a last tile of 8 columns), K over one 256 block, two images, an activation
+    # the register tile cannot apply, stride 2
+    ((1, 16, 14, 14), 96, UnaryFn.CLIP, 1),
+    ((2, 24, 9, 11), 24, UnaryFn.IDENTITY, 1),
+    ((1, 300, 7, 9), 40, UnaryFn.CLIP, 2),
+    ((1, 8, 13, 13), 32, UnaryFn.SIGMOID, 2),
+], ids=["expand", "24ch-2img", "k300-s2", "sigmoid"])
+def test_blocked_activation_matches_plain_layout(monkeypatch, threads, case):
+    xs, c, fn, stride = case
+    x, w1, b1, w2, b2 = f32(*xs), f32(c, xs[1], 1, 1), f32(c), f32(c, 1, 3, 3), f32(c)
+    act = Activation(fn, 0.0, 6.0) if fn is UnaryFn.CLIP else Activation(fn)
+    seg, t = expand_then_depthwise(x, w1, b1, act, w2, b2, stride)
+    assert blocked_activations(seg, "avx2") == {t}
+    got = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("WALLE_CPU_X86_BLOCKED", mode)
+        (got[mode],) = CpuX86Backend(threads=threads).compile(seg).run([x])
+    np.testing.assert_array_equal(got["1"], got["0"])
+    np.testing.assert_allclose(got["1"], reference(x, w1, b1, fn, w2, b2, stride), rtol=1e-4, atol=1e-4)
+
+
+def test_only_a_private_pointwise_to_depthwise_edge_is_blocked():
+    x, w1, b1, w2, b2 = f32(1, 8, 6, 6), f32(16, 8, 1, 1), f32(16), f32(16, 1, 3, 3), f32(16)
+    act = Activation(UnaryFn.RELU)
+    seg, t = expand_then_depthwise(x, w1, b1, act, w2, b2, 1)
+    assert blocked_activations(seg, "avx2") == {t}
+    assert blocked_activations(seg, "portable") == frozenset()  # no eight-channel depthwise kernel
+    assert blocked_activations(seg, "avx512") == frozenset()  # no blocked register tile yet
+    seg, _ = expand_then_depthwise(x, w1, b1, act, w2, b2, 1, extra_reader=True)
+    assert blocked_activations(seg, "avx2") == frozenset()  # a segment output stays NCHW
+    seg, _ = expand_then_depthwise(x, w1, b1, act, w2, b2, 1, residual=f32(1, 16, 6, 6))
+    assert blocked_activations(seg, "avx2") == frozenset()  # no residual in the blocked store
+    # read by two depthwise convolutions: each would want it, only one layout exists
+    b = GraphBuilder()
+    (t,) = b.emit(Op.CONV2D, [b.add_input("x", TensorType(x.dtype, x.shape)), b.constant(w1)], ops.Conv2DAttrs())
+    dw = ops.Conv2DAttrs(pads=(1, 1, 1, 1), groups=16)
+    (y1,) = b.emit(Op.CONV2D, [t, b.constant(w2)], dw)
+    (y2,) = b.emit(Op.CONV2D, [t, b.constant(w2)], dw)
+    g = b.graph
+    seg = Segment(g.nodes, list(g.inputs), [y1, y2], dict(g.types), dict(g.constants))
+    assert blocked_activations(seg, "avx2") == frozenset()
+    # channels that do not fill whole blocks
+    x, w1, b1, w2, b2 = f32(1, 8, 6, 6), f32(12, 8, 1, 1), f32(12), f32(12, 1, 3, 3), f32(12)
+    seg, _ = expand_then_depthwise(x, w1, b1, act, w2, b2, 1)
+    assert blocked_activations(seg, "avx2") == frozenset()
+
+
+def test_blocking_env_is_validated(monkeypatch):
+    x, w1, b1, w2, b2 = f32(1, 8, 6, 6), f32(16, 8, 1, 1), f32(16), f32(16, 1, 3, 3), f32(16)
+    seg, _ = expand_then_depthwise(x, w1, b1, Activation(UnaryFn.RELU), w2, b2, 1)
+    monkeypatch.setenv("WALLE_CPU_X86_BLOCKED", "yes")
+    with pytest.raises(BackendError, match="WALLE_CPU_X86_BLOCKED='yes': expected 0 or 1"):
+        CpuX86Backend().compile(seg)
+
+
+def test_native_side_refuses_a_blocked_flag_it_cannot_honour():
+    """The op record's layout flags are checked like every other field: a blocked input on a
+    convolution that is not depthwise fails the plan with a message."""
+    pool = _ext.ThreadPool(1)
+    f32_code = _ext.dtype_names().index("float32")
+    conv = _ext.op_names().index("conv2d")
+    identity = _ext.unary_fns().index("identity")
+    w = np.ones((4, 4, 1, 1), np.float32)
+    tensors = [(f32_code, 4, [1, 4, 2, 2], 0, 0), (f32_code, 4, [4, 4, 1, 1], 3, 0), (f32_code, 4, [1, 4, 2, 2], 1, 0)]
+    ints = [1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, identity, -1]
+    consts = [w.reshape(-1).view(np.uint8)]
+    _ext.Plan(tensors, consts, [0], [2], [(conv, 0, "conv", [0, 1], [2], ints + [0, 0], [0.0, 0.0])], 0, "", pool)
+    with pytest.raises(ValueError, match="8-channel-blocked input needs a depthwise convolution"):
+        _ext.Plan(tensors, consts, [0], [2], [(conv, 0, "conv", [0, 1], [2], ints + [1, 0], [0.0, 0.0])], 0, "",
+                  pool)
