@@ -48,21 +48,20 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   for (int64_t iy = 0; iy < p.h && iy + p.pt < rows && ix_hi > 0; ++iy) {
     interleave_row8(x + iy * p.w, plane_in, ix_hi, padded + ((iy + p.pt) * cols + p.pl) * 8, iy + 1 < p.h);
   }
-  // the average's divisors, as pool_planes counts them
-  std::vector<int64_t> count_x(static_cast<size_t>(p.ow));
-  for (int64_t ox = 0; ox < p.ow; ++ox) {
-    const int64_t x0 = ox * p.sw - p.pl;
-    int64_t lo, hi;
-    tap_range(x0, p.dw, p.kw, p.w, lo, hi);
-    count_x[ox] = p.count_include_pad ? padded_taps(x0, p.dw, p.kw, p.w, p.pl, p.pr) : hi - lo;
-  }
-  std::vector<int64_t> count_y(static_cast<size_t>(p.oh));
-  for (int64_t oy = 0; oy < p.oh; ++oy) {
-    const int64_t y0 = oy * p.sh - p.pt;
-    int64_t lo, hi;
-    tap_range(y0, p.dh, p.kh, p.h, lo, hi);
-    count_y[oy] = p.count_include_pad ? padded_taps(y0, p.dh, p.kh, p.h, p.pt, p.pb) : hi - lo;
-  }
+  // the average's divisors, as pool_planes counts them: window taps per output column and row
+  auto counts = [&](int64_t outputs, int64_t stride, int64_t pad, int64_t pad_end, int64_t dil, int64_t taps,
+                    int64_t size) {
+    std::vector<int64_t> count(static_cast<size_t>(outputs));
+    for (int64_t o = 0; o < outputs; ++o) {
+      const int64_t start = o * stride - pad;
+      int64_t lo, hi;
+      tap_range(start, dil, taps, size, lo, hi);
+      count[static_cast<size_t>(o)] = p.count_include_pad ? padded_taps(start, dil, taps, size, pad, pad_end) : hi - lo;
+    }
+    return count;
+  };
+  const std::vector<int64_t> count_x = counts(p.ow, p.sw, p.pl, p.pr, p.dw, p.kw, p.w);
+  const std::vector<int64_t> count_y = counts(p.oh, p.sh, p.pt, p.pb, p.dh, p.kh, p.h);
   const int64_t row_step = p.dh * cols * 8;
   // the eight planes' output pixel (oy, ox): each window column's rows combined in order, then
   // the columns in order
