@@ -33,18 +33,20 @@ def blocking_enabled() -> bool:
     return value == "1"
 
 
-def _conv_shapes(node: Node, types: Mapping[str, TensorType]) -> tuple[TensorType, tuple[int, ...]] | None:
+def _conv_shapes(node: Node, types: Mapping[str, TensorType], constants: Mapping[str, np.ndarray]
+                 ) -> tuple[TensorType, tuple[int, ...]] | None:
     """The input type and weight shape of a float32 convolution, else None."""
     if node.op is not Op.CONV2D:
         return None
-    x, w = types[node.inputs[0]], types[node.inputs[1]]
-    if x.dtype != np.float32 or len(x.shape) != 4 or len(w.shape) != 4:
+    x, w = types[node.inputs[0]], node.inputs[1]
+    w_shape = constants[w].shape if w in constants else types[w].shape
+    if x.dtype != np.float32 or len(x.shape) != 4 or len(w_shape) != 4:
         return None
-    return x, tuple(int(d) for d in w.shape)
+    return x, tuple(int(d) for d in w_shape)
 
 
-def _is_depthwise(node: Node, types: Mapping[str, TensorType]) -> bool:
-    shapes = _conv_shapes(node, types)
+def _is_depthwise(node: Node, types: Mapping[str, TensorType], constants: Mapping[str, np.ndarray]) -> bool:
+    shapes = _conv_shapes(node, types, constants)
     if shapes is None:
         return False
     x, w = shapes
@@ -52,8 +54,8 @@ def _is_depthwise(node: Node, types: Mapping[str, TensorType]) -> bool:
     return node.attrs.groups == channels and w[0] == channels and w[1] == 1 and channels % 8 == 0
 
 
-def _is_pointwise(node: Node, types: Mapping[str, TensorType], constants: Mapping[str, object]) -> bool:
-    shapes = _conv_shapes(node, types)
+def _is_pointwise(node: Node, types: Mapping[str, TensorType], constants: Mapping[str, np.ndarray]) -> bool:
+    shapes = _conv_shapes(node, types, constants)
     if shapes is None:
         return False
     _, w = shapes
@@ -76,7 +78,7 @@ def blocked_activations(segment: Segment, isa: str) -> frozenset[str]:
     for node in segment.nodes:
         x = node.inputs[0] if node.inputs else None
         p = producer.get(x)
-        if (p is not None and _is_depthwise(node, types) and _is_pointwise(p, types, constants)
+        if (p is not None and _is_depthwise(node, types, constants) and _is_pointwise(p, types, constants)
                 and not p.attrs.has_residual and readers[x] == 1 and x not in kept_plain):
             blocked.add(x)
     return frozenset(blocked)
