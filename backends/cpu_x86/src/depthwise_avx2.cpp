@@ -89,25 +89,7 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
   const int64_t taps = b.kh * b.kw, plane_in = b.h * b.w_in, plane_out = b.oh * b.ow;
   float* padded = b.scratch;                // [rows][cols][8]
   float* wv = b.scratch + rows * cols * 8;  // [taps][8]
-  const int64_t ix_lo = std::max<int64_t>(0, -b.pl), ix_hi = std::min<int64_t>(b.w_in, cols - b.pl);
-  auto zero = [](float* p, int64_t cells) {
-    for (int64_t i = 0; i < cells * 8; i += 8) _mm256_store_ps(p + i, _mm256_setzero_ps());
-  };
-  // each row of the padded copy: the input row's pixels, zeros around them (only there: the
-  // whole copy is as large as the input)
-  for (int64_t Y = 0; Y < rows; ++Y) {
-    const int64_t iy = Y - b.pt;
-    float* row = padded + Y * cols * 8;
-    if (iy < 0 || iy >= b.h || ix_hi <= ix_lo) {
-      zero(row, cols);
-      continue;
-    }
-    zero(row, b.pl + ix_lo);
-    zero(row + (b.pl + ix_hi) * 8, cols - b.pl - ix_hi);
-    float* dst = row + (b.pl + ix_lo) * 8;
-    if (b.x_blocked) std::copy_n(b.x + (iy * b.w_in + ix_lo) * 8, (ix_hi - ix_lo) * 8, dst);
-    else interleave_row8(b.x + iy * b.w_in + ix_lo, plane_in, ix_hi - ix_lo, dst, iy + 1 < b.h);
-  }
+  pad_planes8(b.x, plane_in, b.x_blocked, b.h, b.w_in, b.pt, b.pl, rows, cols, _mm256_setzero_ps(), padded);
   for (int64_t t = 0; t < taps; ++t) {
     for (int l = 0; l < 8; ++l) wv[t * 8 + l] = b.w[l * taps + t];
   }

@@ -43,11 +43,7 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   float* padded = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 31) & ~uintptr_t(31));
   // cells outside the input take the value that leaves a max or a sum unchanged
   const __m256 fill = _mm256_set1_ps(p.is_max ? -std::numeric_limits<float>::infinity() : 0.f);
-  for (int64_t i = 0; i < rows * cols * 8; i += 8) _mm256_store_ps(padded + i, fill);
-  const int64_t ix_hi = std::min<int64_t>(p.w, cols - p.pl);
-  for (int64_t iy = 0; iy < p.h && iy + p.pt < rows && ix_hi > 0; ++iy) {
-    interleave_row8(x + iy * p.w, plane_in, ix_hi, padded + ((iy + p.pt) * cols + p.pl) * 8, iy + 1 < p.h);
-  }
+  pad_planes8(x, plane_in, false, p.h, p.w, p.pt, p.pl, rows, cols, fill, padded);
   // the average's divisors, as pool_planes counts them: window taps per output column and row
   auto counts = [&](int64_t outputs, int64_t stride, int64_t pad, int64_t pad_end, int64_t dil, int64_t taps,
                     int64_t size) {

@@ -1,10 +1,12 @@
-// An 8x8 transpose of floats in AVX registers, for the AVX2 translation units that interleave
-// eight channels. Include it only from files compiled with -mavx2: the function is internal to
-// each of them, so no copy of it reaches code built for the baseline.
+// An 8x8 transpose of floats in AVX registers and the eight-plane interleave built on it, for the
+// AVX2 translation units that work on eight channels at a time. Include it only from files
+// compiled with -mavx2: the functions are internal to each of them, so no copy of them reaches
+// code built for the baseline.
 #pragma once
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace walle {
@@ -55,6 +57,30 @@ inline void interleave_row8(const float* src, int64_t plane_stride, int64_t n, f
   }
   for (; i < n; ++i) {
     for (int l = 0; l < 8; ++l) dst[i * 8 + l] = src[l * plane_stride + i];
+  }
+}
+
+// The padded [rows][cols][8] copy of eight planes of h x w floats (plane_stride apart) or, when
+// blocked, of one NCHW8c block ([h][w][8]): input pixel (iy, ix) at (iy + pt, ix + pl), `fill`
+// in every other cell. Only the cells around the copied pixels are filled, not the whole copy
+// first (it is as large as the input).
+inline void pad_planes8(const float* x, int64_t plane_stride, bool blocked, int64_t h, int64_t w, int64_t pt,
+                        int64_t pl, int64_t rows, int64_t cols, __m256 fill, float* padded) {
+  auto fill_cells = [&](float* p, int64_t cells) {
+    for (int64_t i = 0; i < cells * 8; i += 8) _mm256_store_ps(p + i, fill);
+  };
+  const int64_t n = std::min(w, cols - pl);  // the pixels of a row that land in the copy
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t iy = r - pt;
+    float* row = padded + r * cols * 8;
+    if (iy < 0 || iy >= h || n <= 0) {
+      fill_cells(row, cols);
+      continue;
+    }
+    fill_cells(row, pl);
+    fill_cells(row + (pl + n) * 8, cols - pl - n);
+    if (blocked) std::copy_n(x + iy * w * 8, n * 8, row + pl * 8);
+    else interleave_row8(x + iy * w, plane_stride, n, row + pl * 8, iy + 1 < h);
   }
 }
 
