@@ -536,23 +536,30 @@ def test_depthwise_planes_eight_channels_at_a_time(fn, geometry):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("fn", [UnaryFn.RELU, UnaryFn.SIGMOID], ids=lambda f: f.value)
 @pytest.mark.parametrize("geometry", [((2, 5, 13, 11), 7, 3, (1, 0, 2, 1)), ((1, 3, 30, 29), 20, 7, (3, 3, 3, 3)),
-                                      ((2, 4, 8, 9), 6, 2, (0, 1, 1, 0)), ((1, 2, 6, 7), 9, 4, (2, 1, 0, 2))],
-                         ids=["3x3", "7x7", "2x2", "4x4"])
-def test_stride2_conv_through_the_phase_split_image(monkeypatch, isa, geometry):
+                                      ((2, 4, 8, 9), 6, 2, (0, 1, 1, 0)), ((1, 2, 6, 7), 9, 4, (2, 1, 0, 2)),
+                                      ((2, 3, 40, 70), 20, 3, (1, 1, 1, 1))],
+                         ids=["3x3", "7x7", "2x2", "4x4", "stem"])
+def test_stride2_conv_through_the_phase_split_image(monkeypatch, isa, fn, geometry):
     """Stride-2 windows of 2x2 taps or more read a padded, phase-split copy of each image: odd
-    and even sizes, uneven pads, two images, and the fused bias, residual and activation."""
+    and even sizes, uneven pads, two images, and the bias, residual and activation (fused or
+    not). With constant weights and at most 4 input channels (network stems) the AVX2 kernel
+    reads the taps straight from that copy, in whole 16-pixel tiles and partial ones; the same
+    products in the same order as the packed path that runtime weights take, so bit-identical."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     xs, o, k, pads = geometry
     x, w, bias = f32(*xs), f32(o, xs[1], k, k), f32(o)
     oh = (xs[2] + pads[0] + pads[2] - k) // 2 + 1
     ow = (xs[3] + pads[1] + pads[3] - k) // 2 + 1
     res = f32(xs[0], o, oh, ow)
-    attrs = ops.Conv2DAttrs((2, 2), pads, activation=act_of(UnaryFn.RELU), has_bias=True, has_residual=True)
+    attrs = ops.Conv2DAttrs((2, 2), pads, activation=act_of(fn), has_bias=True, has_residual=True)
+    got = {}
     for const in ((1, 2), (2,)):
-        (got,) = run1(CpuX86Backend(threads=2), Op.CONV2D, attrs, [x, w, bias, res], const=const)
-        want = np.maximum(np_conv(x, w, bias, (2, 2), pads) + res, 0).astype(np.float32)
-        close(got, want, atol=1e-4)
+        (got[const],) = run1(CpuX86Backend(threads=2), Op.CONV2D, attrs, [x, w, bias, res], const=const)
+        want = ACTIVATIONS[fn][2](np_conv(x, w, bias, (2, 2), pads) + res).astype(np.float32)
+        close(got[const], want, atol=1e-4)
+    np.testing.assert_array_equal(got[(1, 2)], got[(2,)])
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -15,6 +15,7 @@
 #include <emmintrin.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "depthwise_taps.hpp"
 #include "elementwise.hpp"
@@ -253,6 +254,16 @@ class Conv2DKernel : public OpKernel {
         pack_b_full(MatView{static_cast<const float*>(data), 1, gemm_k_}, gemm_k_, s_.o, nr, packed_.as<float>());
         ctx.release_constant(1);
       } else if (const void* data = ctx.constant_input(1)) {
+        // Stride-2 convolutions of few input channels (network stems: K = 27 or 147) read their
+        // taps straight from the phase-split image, where 16 consecutive output pixels of one tap
+        // are one run: packing the im2col matrix cost a third of such a convolution, each packed
+        // element feeding only O multiply-adds.
+        direct_taps_ = phased_ && s_.c <= 4 && gemm_k_ <= blk_.kc && blk_.kernel.gathered != nullptr;
+        for (int64_t k = 0; direct_taps_ && k < gemm_k_; ++k) {
+          const int64_t c = k / (s_.kh * s_.kw), kh = (k / s_.kw) % s_.kh, kw = k % s_.kw;
+          tap_offsets_.push_back(c * im2col_.phase_channel + ((kh & 1) * 2 + (kw & 1)) * im2col_.phase_plane +
+                                 (kh >> 1) * im2col_.phase_pitch + (kw >> 1));
+        }
         // weights of group gi: rows [gi*og, (gi+1)*og) of the [O, cg*kh*kw] matrix
         packed_stride_ = static_cast<int64_t>(packed_a_floats(s_.og, gemm_k_, mr));
         packed_.resize(static_cast<size_t>(g * packed_stride_) * sizeof(float));
@@ -284,6 +295,7 @@ class Conv2DKernel : public OpKernel {
     if (winograd_) return winograd_->workspace_bytes();
     size_t floats = pixel_panels_offset();
     if (pixel_rows_ && !out_blocked_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
+    if (direct_taps_) floats += 16;  // a row's last tile reads up to 16 floats on
     return floats * sizeof(float);
   }
   // Where the packed transposed im2col starts in the workspace: after the phase-split image,
@@ -305,6 +317,14 @@ class Conv2DKernel : public OpKernel {
         const int64_t out_off = n * s_.o * plane_out;
         winograd_->run(blk_, x + n * s_.c * plane_in, y + out_off, bias, res ? res + out_off : nullptr, act_,
                        ctx.pool, ctx.scratch, ctx.workspace, ctx.cancel);
+      }
+      return;
+    }
+    if (direct_taps_) {
+      for (int64_t n = 0; n < s_.n; ++n) {
+        split_phases(ctx, x + n * s_.c * plane_in);
+        if (is_cancelled(ctx.cancel)) return;
+        run_direct_taps(ctx, bias, res ? res + n * s_.o * plane_out : nullptr, y + n * s_.o * plane_out);
       }
       return;
     }
@@ -401,6 +421,49 @@ class Conv2DKernel : public OpKernel {
     });
   }
 
+  // One image of a direct-taps convolution (see the build) from the phase-split image in the
+  // workspace: one output row per task, tiles of MR channels x NR pixels, each finished with the
+  // bias, residual and activation as it is stored (those the kernel cannot apply, right after).
+  void run_direct_taps(const RunContext& ctx, const float* bias, const float* res, float* y) const {
+    const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
+    const int64_t plane_out = s_.oh * s_.ow;
+    Epilogue ep;
+    if (bias) ep.bias = MatView{bias, 1, 0};
+    if (res) ep.residual = MatView{res, plane_out, 1};
+    ep.act = act_;
+    const bool has_epilogue = bias || res || act_.fn != UnaryFn::kIdentity;
+    const int fused = act_.fn == UnaryFn::kIdentity ? 0 : act_.fn == UnaryFn::kRelu ? 1
+                      : act_.fn == UnaryFn::kClip ? 2 : -1;
+    ctx.pool.parallel_for(s_.oh, [&](int64_t oy, int worker) {
+      if (is_cancelled(ctx.cancel)) return;
+      float* edge = ctx.scratch(worker);
+      const float* taps = ctx.workspace + oy * phase_layout_.pitch;  // tap offsets are from here
+      for (int64_t ox0 = 0; ox0 < s_.ow; ox0 += nr) {
+        const int64_t cols = std::min<int64_t>(nr, s_.ow - ox0), j0 = oy * s_.ow + ox0;
+        for (int64_t o0 = 0; o0 < s_.o; o0 += mr) {
+          const int rows = static_cast<int>(std::min<int64_t>(mr, s_.o - o0));
+          const float* a = packed_.as<float>() + o0 * gemm_k_;
+          float* c = y + o0 * plane_out + j0;
+          if (cols == nr && fused >= 0) {
+            TileEpilogue te;
+            if (bias) te.bias = bias + o0;
+            if (res) te.residual = res + o0 * plane_out + j0;
+            te.ldr = plane_out;
+            te.act = fused;
+            te.lo = act_.alpha;
+            te.hi = act_.beta;
+            blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), c, plane_out,
+                                 has_epilogue ? &te : nullptr);
+            continue;
+          }
+          blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), edge, nr, nullptr);
+          for (int i = 0; i < rows; ++i) std::copy_n(edge + i * nr, cols, c + i * plane_out);
+          if (has_epilogue) apply_epilogue(ep, blk_.isa, c, plane_out, o0, rows, j0, cols);
+        }
+      }
+    });
+  }
+
   void run_depthwise(const RunContext& ctx, const float* x, const float* w, const float* bias, const float* res,
                      float* y) const {
     const int64_t mult = s_.og;  // output channels per input channel
@@ -464,6 +527,8 @@ class Conv2DKernel : public OpKernel {
   int64_t gemm_k_ = 0;
   Im2col im2col_;
   bool phased_ = false;  // im2col reads a phase-split copy of the image (im2col_.phased)
+  bool direct_taps_ = false;  // the kernel reads the taps from the phase-split image (see the build)
+  std::vector<int64_t> tap_offsets_;  // tap k's offset in the phase-split image
   DepthwiseLayout phase_layout_{};
   AlignedBuffer packed_;
   int64_t packed_stride_ = 0;

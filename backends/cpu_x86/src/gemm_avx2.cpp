@@ -15,9 +15,11 @@ constexpr int kNr = 16;
 // The first R rows of a tile (R = kMr for a whole one; A's panels always hold kMr rows).
 // Row i of the tile goes to c + i * ldc, its second 8 columns `second` floats after its first
 // (8 in a row-major C; a block apart in a blocked one, whose bias is per column: ColumnBias).
-template <int R, bool Fused, bool ColumnBias = false>
+// Row k of B is at b + k * ldb, or (Gather) at b + b_offsets[k].
+template <int R, bool Fused, bool ColumnBias = false, bool Gather = false>
 inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-                      const float* next, int64_t next_ld, const TileEpilogue* ep, int64_t second = 8) {
+                      const float* next, int64_t next_ld, const TileEpilogue* ep, int64_t second = 8,
+                      const int64_t* b_offsets = nullptr) {
   __m256 acc[R][2];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -29,8 +31,9 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
   for (int64_t k = 0; k < kc; ++k) {
     _mm_prefetch(pf, _MM_HINT_T0);
     pf += next_ld * static_cast<int64_t>(sizeof(float));
-    const __m256 b0 = _mm256_loadu_ps(b);
-    const __m256 b1 = _mm256_loadu_ps(b + 8);
+    const float* bk = Gather ? b + b_offsets[k] : b;
+    const __m256 b0 = _mm256_loadu_ps(bk);
+    const __m256 b1 = _mm256_loadu_ps(bk + 8);
 #pragma GCC unroll 6
     for (int i = 0; i < R; ++i) {
       const __m256 ai = _mm256_broadcast_ss(a + i);
@@ -38,7 +41,7 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
     a += kMr;
-    b += ldb;
+    if constexpr (!Gather) b += ldb;
   }
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) {
@@ -112,10 +115,29 @@ void kernel_6x16_blocked(int64_t kc, const float* a, const float* b, int64_t ldb
   else tile_rx16<kMr, false>(kc, a, b, ldb, c, 8, accumulate, next, next_ld, nullptr, c_block);
 }
 
+template <int R>
+void gathered_r(int64_t kc, const float* a, const float* b, const int64_t* b_offsets, float* c, int64_t ldc,
+                const TileEpilogue* ep) {
+  if (ep) tile_rx16<R, true, false, true>(kc, a, b, 0, c, ldc, false, nullptr, 0, ep, 8, b_offsets);
+  else tile_rx16<R, false, false, true>(kc, a, b, 0, c, ldc, false, nullptr, 0, nullptr, 8, b_offsets);
+}
+
+void kernel_gathered(int rows, int64_t kc, const float* a, const float* b, const int64_t* b_offsets, float* c,
+                     int64_t ldc, const TileEpilogue* ep) {
+  switch (rows) {
+    case 1: return gathered_r<1>(kc, a, b, b_offsets, c, ldc, ep);
+    case 2: return gathered_r<2>(kc, a, b, b_offsets, c, ldc, ep);
+    case 3: return gathered_r<3>(kc, a, b, b_offsets, c, ldc, ep);
+    case 4: return gathered_r<4>(kc, a, b, b_offsets, c, ldc, ep);
+    case 5: return gathered_r<5>(kc, a, b, b_offsets, c, ldc, ep);
+    default: return gathered_r<kMr>(kc, a, b, b_offsets, c, ldc, ep);
+  }
+}
+
 }  // namespace
 
 MicroKernel micro_kernel_avx2() {
-  return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked};
+  return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked, kernel_gathered};
 }
 
 }  // namespace walle

@@ -42,6 +42,12 @@ struct MicroKernel {
   // none (such tiles then go through a buffer).
   void (*blocked)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t c_block,
                   bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) = nullptr;
+  // The first `rows` (<= MR) rows of a whole-width tile over one k block, row k of B read at
+  // b + b_offsets[k] (a convolution's tap k read straight from its image: NR consecutive pixels
+  // of one row), stored straight to c and finished with ep when it is not null. nullptr where a
+  // kernel has none.
+  void (*gathered)(int rows, int64_t kc, const float* a, const float* b, const int64_t* b_offsets, float* c,
+                   int64_t ldc, const TileEpilogue* ep) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();
