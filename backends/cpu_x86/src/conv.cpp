@@ -432,8 +432,7 @@ class Conv2DKernel : public OpKernel {
     if (res) ep.residual = MatView{res, plane_out, 1};
     ep.act = act_;
     const bool has_epilogue = bias || res || act_.fn != UnaryFn::kIdentity;
-    const int fused = act_.fn == UnaryFn::kIdentity ? 0 : act_.fn == UnaryFn::kRelu ? 1
-                      : act_.fn == UnaryFn::kClip ? 2 : -1;
+    const bool fusable = tile_act(act_) >= 0;
     ctx.pool.parallel_for(s_.oh, [&](int64_t oy, int worker) {
       if (is_cancelled(ctx.cancel)) return;
       float* edge = ctx.scratch(worker);
@@ -444,14 +443,8 @@ class Conv2DKernel : public OpKernel {
           const int rows = static_cast<int>(std::min<int64_t>(mr, s_.o - o0));
           const float* a = packed_.as<float>() + o0 * gemm_k_;
           float* c = y + o0 * plane_out + j0;
-          if (cols == nr && fused >= 0) {
-            TileEpilogue te;
-            if (bias) te.bias = bias + o0;
-            if (res) te.residual = res + o0 * plane_out + j0;
-            te.ldr = plane_out;
-            te.act = fused;
-            te.lo = act_.alpha;
-            te.hi = act_.beta;
+          if (cols == nr && fusable) {
+            const TileEpilogue te = row_tile_epilogue(ep, o0, j0);
             blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), c, plane_out,
                                  has_epilogue ? &te : nullptr);
             continue;
@@ -471,8 +464,7 @@ class Conv2DKernel : public OpKernel {
     const DepthwiseLayout layout = DepthwiseLayout::of(s_);
     const int64_t blocks = channel_blocks_ ? s_.c / 8 : 0;  // leading channels taken 8 at a time
     if (blocks > 0) {
-      const int fused = act_.fn == UnaryFn::kIdentity ? 0 : act_.fn == UnaryFn::kRelu ? 1
-                        : act_.fn == UnaryFn::kClip ? 2 : -1;
+      const int fused = tile_act(act_);  // what the block applies itself (-1: left to a pass after it)
       ctx.pool.parallel_for(s_.n * blocks, [&](int64_t t, int worker) {
         if (is_cancelled(ctx.cancel)) return;
         const int64_t n = t / blocks, c0 = (t % blocks) * 8;

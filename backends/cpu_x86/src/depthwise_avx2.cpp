@@ -95,13 +95,22 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
   }
   const __m256 bias = b.bias ? _mm256_loadu_ps(b.bias) : _mm256_setzero_ps();
   const __m256 lo = _mm256_set1_ps(b.act == 1 ? 0.f : b.lo), hi = _mm256_set1_ps(b.hi);
-  auto finish = [&](__m256 v, const float* residual) {  // + residual, then the activation
-    if (residual) v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
+  // + residual (plane l's pixels of the group), then the activation
+  auto finish = [&](__m256 v, int l, int64_t at, int64_t n) {
+    if (b.residual) {
+      const float* residual = b.residual + l * plane_out + at;
+      if (n == 8) {
+        v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
+      } else {  // only the group's pixels: the plane may end here
+        alignas(32) float lanes[8] = {};
+        std::copy_n(residual, n, lanes);
+        v = _mm256_add_ps(v, _mm256_load_ps(lanes));
+      }
+    }
     if (b.act != 0) v = _mm256_max_ps(lo, v);  // max(lo, v) keeps a NaN v, as the row epilogue does
     if (b.act == 2) v = _mm256_min_ps(hi, v);
     return v;
   };
-  alignas(32) float lanes[8], residual_lanes[8];
   // Eight output pixels at a time in plane order, across row ends (short rows would otherwise
   // leave a partial group per row), the last n < 8 repeating the last one; transposed back to
   // eight runs of the eight channels' planes.
@@ -123,20 +132,7 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     if (b.bias) {
       for (auto& v : r) v = _mm256_add_ps(v, bias);
     }
-    transpose8x8(r);
-    for (int l = 0; l < 8; ++l) {
-      float* out = b.y + l * plane_out + at;
-      const float* residual = b.residual ? b.residual + l * plane_out + at : nullptr;
-      if (n == 8) {
-        _mm256_storeu_ps(out, finish(r[l], residual));
-        continue;
-      }
-      if (residual) {
-        for (int64_t p = 0; p < 8; ++p) residual_lanes[p] = p < n ? residual[p] : 0.f;
-      }
-      _mm256_store_ps(lanes, finish(r[l], residual ? residual_lanes : nullptr));
-      for (int64_t p = 0; p < n; ++p) out[p] = lanes[p];
-    }
+    store_planes8(r, b.y, plane_out, at, n, [&](__m256 v, int l) { return finish(v, l, at, n); });
   }
 }
 

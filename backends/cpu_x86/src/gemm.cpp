@@ -220,6 +220,26 @@ void apply_epilogue(const Epilogue& ep, Isa isa, float* c, int64_t ldc, int64_t 
   }
 }
 
+int tile_act(const Act& act) {
+  switch (act.fn) {
+    case UnaryFn::kIdentity: return 0;
+    case UnaryFn::kRelu: return 1;
+    case UnaryFn::kClip: return 2;
+    default: return -1;
+  }
+}
+
+TileEpilogue row_tile_epilogue(const Epilogue& ep, int64_t i, int64_t j) {
+  TileEpilogue te;
+  if (ep.bias.p) te.bias = ep.bias.p + i;
+  if (ep.residual.p) te.residual = ep.residual.p + i * ep.residual.rs + j;
+  te.ldr = ep.residual.rs;
+  te.act = tile_act(ep.act);
+  te.lo = ep.act.alpha;
+  te.hi = ep.act.beta;
+  return te;
+}
+
 // Largest m for which a row-major B is read in place rather than packed (see gemm()).
 constexpr int64_t kInPlaceRows = 64;
 
@@ -256,28 +276,9 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     const bool has_epilogue = ep.bias.p || ep.residual.p || ep.act.fn != UnaryFn::kIdentity;
     // Epilogues the kernel can apply to its tiles as it stores them (one pass over C fewer):
     // a bias per row, a residual with unit column stride, and relu or clip.
-    int fused_act = -1;
-    if (has_epilogue && blk.kernel.fused && !pr.c_transposed && !pr.c_block &&
-        (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) &&
-        (!ep.residual.p || ep.residual.cs == 1)) {
-      if (ep.act.fn == UnaryFn::kIdentity) fused_act = 0;
-      else if (ep.act.fn == UnaryFn::kRelu) fused_act = 1;
-      else if (ep.act.fn == UnaryFn::kClip) fused_act = 2;
-    }
-    // the activation a blocked tile's kernel applies (-1: one it cannot, left to the buffer path)
-    const int blocked_act = ep.act.fn == UnaryFn::kIdentity ? 0 : ep.act.fn == UnaryFn::kRelu ? 1
-                            : ep.act.fn == UnaryFn::kClip ? 2 : -1;
-    // what the kernel applies as it stores the tile at row i, column j0 + jr
-    auto tile_epilogue = [&](int64_t i, int64_t jr) {
-      TileEpilogue te;
-      if (ep.bias.p) te.bias = ep.bias.p + i;
-      if (ep.residual.p) te.residual = ep.residual.p + i * ep.residual.rs + j0 + jr;
-      te.ldr = ep.residual.rs;
-      te.act = fused_act;
-      te.lo = ep.act.alpha;
-      te.hi = ep.act.beta;
-      return te;
-    };
+    const int act_code = tile_act(ep.act);  // -1: one no kernel applies
+    const bool fusable = has_epilogue && blk.kernel.fused && !pr.c_transposed && !pr.c_block && act_code >= 0 &&
+                         (!ep.bias.p || (ep.bias.cs == 0 && ep.bias.rs == 1)) && (!ep.residual.p || ep.residual.cs == 1);
     unsigned char* base = reinterpret_cast<unsigned char*>(scratch(worker));
     float* a_buf = align64(base);
     float* b_buf = align64(reinterpret_cast<unsigned char*>(a_buf + blk.mc * blk.kc));
@@ -292,7 +293,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     for (int64_t pc = 0; pc == 0 || pc < k; pc += blk.kc) {
       const int64_t kc = std::min(blk.kc, k - pc);
       const bool accumulate = pc > 0;
-      const bool fuse = fused_act >= 0 && pc + kc >= k;  // the last k block stores final values
+      const bool fuse = fusable && pc + kc >= k;  // the last k block stores final values
       const bool fuse_blocked = pr.c_block && has_epilogue && pc + kc >= k;
       const float* bp;
       int64_t b_stride;  // floats between consecutive NR-column panels
@@ -347,10 +348,10 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
               auto group = [&](int64_t i, int64_t q) {
                 return pr.c + ((j0 + jr + q) / 8) * pr.c_block + (i0 + ir + i) * 8;
               };
-              if (rows == mr && cols == nr && blk.kernel.blocked && (!fuse_blocked || blocked_act >= 0)) {
-                TileEpilogue te;
+              if (rows == mr && cols == nr && blk.kernel.blocked && (!fuse_blocked || act_code >= 0)) {
+                TileEpilogue te;  // its bias per column
                 if (ep.bias.p) te.bias = ep.bias.p + j0 + jr;
-                te.act = blocked_act;
+                te.act = act_code;
                 te.lo = ep.act.alpha;
                 te.hi = ep.act.beta;
                 blk.kernel.blocked(kc, a_panel, b_panel, b_ld, group(0, 0), pr.c_block, accumulate, next, next_ld,
@@ -372,12 +373,12 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             } else if (rows == mr && cols == nr) {
               if (fuse) {
                 blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next, next_ld,
-                                 tile_epilogue(i0 + ir, jr));
+                                 row_tile_epilogue(ep, i0 + ir, j0 + jr));
               } else {
                 blk.kernel.fn(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next, next_ld);
               }
             } else if (cols == nr && blk.kernel.rows) {
-              const TileEpilogue te = fuse ? tile_epilogue(i0 + ir, jr) : TileEpilogue{};
+              const TileEpilogue te = fuse ? row_tile_epilogue(ep, i0 + ir, j0 + jr) : TileEpilogue{};
               blk.kernel.rows(static_cast<int>(rows), kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next,
                               next_ld, fuse ? &te : nullptr);
             } else {
@@ -402,7 +403,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         float* col = pr.c + (j0 + q) * pr.ldc + i_begin;
         for (int64_t r = 0; r < rows; ++r) col[r] = stage[r * stage_ld + q];
       }
-    } else if (has_epilogue && fused_act < 0 && !pr.c_block) {
+    } else if (has_epilogue && !fusable && !pr.c_block) {
       apply_epilogue(ep, blk.isa, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
     }
   });

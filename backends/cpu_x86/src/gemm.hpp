@@ -71,6 +71,14 @@ struct GemmProblem {
   Epilogue epilogue;
 };
 
+// The TileEpilogue activation code of act: 0 none, 1 relu, 2 clip; -1 for one a register tile
+// cannot apply (then applied by apply_epilogue).
+int tile_act(const Act& act);
+
+// What a kernel applies as it stores the tile whose first element is (i, j) of C, for an epilogue
+// whose bias is per row (bias(i) = ep.bias.p[i]) and whose residual has unit column stride.
+TileEpilogue row_tile_epilogue(const Epilogue& ep, int64_t i, int64_t j);
+
 // Blocking of one ISA's kernel; MC and NC are multiples of MR and NR.
 struct GemmBlocking {
   Isa isa;  // the plan's instruction set, for kernels that dispatch on it too

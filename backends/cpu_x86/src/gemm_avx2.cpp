@@ -3,6 +3,8 @@
 // called after the run-time check in isa.cpp.
 #include <immintrin.h>
 
+#include <type_traits>
+
 #include "microkernel.hpp"
 
 namespace walle {
@@ -91,22 +93,25 @@ void kernel_6x16_fused(int64_t kc, const float* a, const float* b, int64_t ldb, 
   tile_rx16<kMr, true>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, &ep);
 }
 
-template <int R>
-void rows_r(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
-            const float* next, int64_t next_ld, const TileEpilogue* ep) {
-  if (ep) tile_rx16<R, true>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
-  else tile_rx16<R, false>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, nullptr);
+// f(std::integral_constant<int, R>{}) for R = rows (1 .. kMr).
+template <class F>
+void with_rows(int rows, F f) {
+  switch (rows) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    default: return f(std::integral_constant<int, kMr>{});
+  }
 }
 
 void kernel_rows(int rows, int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc,
                  bool accumulate, const float* next, int64_t next_ld, const TileEpilogue* ep) {
-  switch (rows) {
-    case 1: return rows_r<1>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
-    case 2: return rows_r<2>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
-    case 3: return rows_r<3>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
-    case 4: return rows_r<4>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
-    default: return rows_r<5>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
-  }
+  with_rows(rows, [&](auto r) {
+    if (ep) tile_rx16<decltype(r)::value, true>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, ep);
+    else tile_rx16<decltype(r)::value, false>(kc, a, b, ldb, c, ldc, accumulate, next, next_ld, nullptr);
+  });
 }
 
 void kernel_6x16_blocked(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t c_block,
@@ -115,23 +120,12 @@ void kernel_6x16_blocked(int64_t kc, const float* a, const float* b, int64_t ldb
   else tile_rx16<kMr, false>(kc, a, b, ldb, c, 8, accumulate, next, next_ld, nullptr, c_block);
 }
 
-template <int R>
-void gathered_r(int64_t kc, const float* a, const float* b, const int64_t* b_offsets, float* c, int64_t ldc,
-                const TileEpilogue* ep) {
-  if (ep) tile_rx16<R, true, false, true>(kc, a, b, 0, c, ldc, false, nullptr, 0, ep, 8, b_offsets);
-  else tile_rx16<R, false, false, true>(kc, a, b, 0, c, ldc, false, nullptr, 0, nullptr, 8, b_offsets);
-}
-
 void kernel_gathered(int rows, int64_t kc, const float* a, const float* b, const int64_t* b_offsets, float* c,
                      int64_t ldc, const TileEpilogue* ep) {
-  switch (rows) {
-    case 1: return gathered_r<1>(kc, a, b, b_offsets, c, ldc, ep);
-    case 2: return gathered_r<2>(kc, a, b, b_offsets, c, ldc, ep);
-    case 3: return gathered_r<3>(kc, a, b, b_offsets, c, ldc, ep);
-    case 4: return gathered_r<4>(kc, a, b, b_offsets, c, ldc, ep);
-    case 5: return gathered_r<5>(kc, a, b, b_offsets, c, ldc, ep);
-    default: return gathered_r<kMr>(kc, a, b, b_offsets, c, ldc, ep);
-  }
+  with_rows(rows, [&](auto r) {
+    if (ep) tile_rx16<decltype(r)::value, true, false, true>(kc, a, b, 0, c, ldc, false, nullptr, 0, ep, 8, b_offsets);
+    else tile_rx16<decltype(r)::value, false, false, true>(kc, a, b, 0, c, ldc, false, nullptr, 0, nullptr, 8, b_offsets);
+  });
 }
 
 }  // namespace

@@ -79,7 +79,6 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   };
   // eight output pixels at a time in plane order, across row ends (short rows would otherwise
   // leave a partial group per row), transposed back to eight runs of the eight planes
-  alignas(32) float lanes[8];
   int64_t oy = 0, ox = 0;
   for (int64_t at = 0; at < plane_out; at += 8) {
     const int64_t n = std::min<int64_t>(8, plane_out - at);
@@ -92,16 +91,7 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
         r[q] = r[q - 1];
       }
     }
-    transpose8x8(r);
-    for (int l = 0; l < 8; ++l) {
-      float* out = y + l * plane_out + at;
-      if (n == 8) {
-        _mm256_storeu_ps(out, r[l]);
-      } else {
-        _mm256_store_ps(lanes, r[l]);
-        for (int64_t q = 0; q < n; ++q) out[q] = lanes[q];
-      }
-    }
+    store_planes8(r, y, plane_out, at, n, [](__m256 v, int) { return v; });
   }
 }
 

@@ -52,7 +52,6 @@ class ThreadPool {
   void worker_main(int worker);
   void drain(Job& job, int worker);
 
-
   int threads_;
   std::vector<std::thread> workers_;
   std::mutex busy_;  // held by the one caller whose loop uses the workers

@@ -84,5 +84,23 @@ inline void pad_planes8(const float* x, int64_t plane_stride, bool blocked, int6
   }
 }
 
+// r holds eight output pixels' eight planes (the last of them repeated when n < 8 are real):
+// transposed, plane l's n pixels go to y + l * plane + at, each vector through finish(v, l)
+// first (which may read plane l's n pixels of another tensor at the same place).
+template <class Finish>
+inline void store_planes8(__m256 (&r)[8], float* y, int64_t plane, int64_t at, int64_t n, Finish finish) {
+  transpose8x8(r);
+  alignas(32) float lanes[8];
+  for (int l = 0; l < 8; ++l) {
+    float* out = y + l * plane + at;
+    if (n == 8) {
+      _mm256_storeu_ps(out, finish(r[l], l));
+      continue;
+    }
+    _mm256_store_ps(lanes, finish(r[l], l));
+    for (int64_t p = 0; p < n; ++p) out[p] = lanes[p];
+  }
+}
+
 }  // namespace
 }  // namespace walle
