@@ -65,3 +65,19 @@ def test_unknown_backend_is_a_clear_error():
     backends = resolve_backends("reference", 1)
     assert [b.name for b in backends] == ["reference"]
     assert isinstance(backends[0].compile, object) and np is not None
+
+
+@pytest.mark.parametrize("group", ["walle", "console_scripts", "pytest11"])
+def test_entry_points_match_importlib_metadata(group):
+    """The core reads entry_points.txt itself (importlib.metadata is a 30 ms import): it must
+    find what importlib.metadata finds, and load the same objects."""
+    import importlib.metadata
+
+    from walle_core.entry_points import entry_points
+
+    expected = sorted((ep.name, ep.value) for ep in importlib.metadata.entry_points(group=group))
+    found = entry_points(group)
+    assert sorted((ep.name, ep.value) for ep in found) == expected
+    if group == "walle":
+        assert expected and all(ep.load() is importlib.metadata.EntryPoint(ep.name, ep.value, group).load()
+                                for ep in found)

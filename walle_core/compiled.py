@@ -40,7 +40,7 @@ import numpy as np
 from walle_core import ops
 from walle_core.errors import ModelError, WalleError
 from walle_core.ir import Graph, Node, TensorType
-from walle_core.mapped import FileMapping, map_file
+from walle_core.mapped import FileMapping, map_file, mapping_of
 from walle_core.shapes import MAX_ELEMENTS, MAX_RANK, infer_types
 
 MAGIC = b"WALLEMDL"
@@ -128,14 +128,17 @@ def _field_types(cls: type) -> dict[str, Any]:
 
 def _dtype(name: Any, where: str) -> np.dtype:
     """A dtype by name; ``ml_dtypes`` registers bfloat16, float8 and int4 with NumPy."""
-    import ml_dtypes  # noqa: F401  (registration side effect)
-
     if not isinstance(name, str):
         raise ModelError(f"{where}: dtype must be a name, got {name!r}")
     try:
         dtype = np.dtype(name)
     except TypeError:
-        raise ModelError(f"{where}: unknown dtype {name!r}") from None
+        import ml_dtypes  # noqa: F401  (registration side effect; a 10 ms import, so only when needed)
+
+        try:
+            dtype = np.dtype(name)
+        except TypeError:
+            raise ModelError(f"{where}: unknown dtype {name!r}") from None
     if dtype.hasobject or dtype.itemsize == 0:
         raise ModelError(f"{where}: dtype {name!r} cannot be stored as raw bytes")
     return dtype
@@ -147,8 +150,15 @@ def _align(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
 
 
-def save_graph(graph: Graph, path: str | os.PathLike, source: str = "") -> None:
-    """Write ``graph`` (fully typed, static shapes) as a compiled model at ``path``."""
+def save_graph(graph: Graph, path: str | os.PathLike, source: str = "", *,
+               source_mapping: FileMapping | None = None, extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``graph`` (fully typed, static shapes) as a compiled model at ``path``.
+
+    Constants that are views of ``source_mapping`` (the mapped model file the graph was
+    lowered from) are stored as offsets into that file instead of copies; such a file
+    opens only with the same source (see :mod:`walle_core.model_cache`). ``extra`` adds
+    header fields. The file appears whole or not at all (written aside, then renamed).
+    """
     for name, value in graph.constants.items():
         if value.dtype.hasobject:
             raise WalleError(f"[compiled] constant {name!r} has dtype {value.dtype}; strings cannot be compiled")
@@ -167,19 +177,41 @@ def save_graph(graph: Graph, path: str | os.PathLike, source: str = "") -> None:
             for node in graph.nodes
         ],
     }
+    header.update(extra or {})
+    stored = []  # (entry, array) of the constants the data section holds
     offset = 0  # relative to the data section, so the header's length does not move them
     for name, value in graph.constants.items():
-        header["constants"].append({**_type_entry(name, TensorType(value.dtype, value.shape)),
-                                    "offset": offset, "nbytes": value.nbytes})
-        offset = _align(offset + value.nbytes)
+        entry = {**_type_entry(name, TensorType(value.dtype, value.shape)), "nbytes": value.nbytes}
+        in_source = _offset_in(source_mapping, value) if source_mapping is not None else None
+        if in_source is not None:
+            entry["source_offset"] = in_source
+        else:
+            entry["offset"] = offset
+            stored.append((entry, value))
+            offset = _align(offset + value.nbytes)
+        header["constants"].append(entry)
     blob = json.dumps(header).encode()
     data_start = _align(_PREAMBLE.size + len(blob))
-    with open(path, "wb") as f:
-        f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)))
-        f.write(blob)
-        for entry in header["constants"]:
-            f.write(b"\0" * (data_start + entry["offset"] - f.tell()))
-            f.write(np.ascontiguousarray(graph.constants[entry["name"]]).tobytes())
+    path = Path(path)
+    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(aside, "wb") as f:
+            f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)))
+            f.write(blob)
+            for entry, value in stored:
+                f.write(b"\0" * (data_start + entry["offset"] - f.tell()))
+                f.write(np.ascontiguousarray(value).data)
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
+
+
+def _offset_in(mapping: FileMapping, array: np.ndarray) -> int | None:
+    """Where ``array``'s bytes start in ``mapping``, if it is a contiguous view of it."""
+    if mapping_of(array) is not mapping or not array.flags.c_contiguous or array.size == 0:
+        return None
+    start = array.__array_interface__["data"][0] - np.frombuffer(mapping, np.uint8).__array_interface__["data"][0]
+    return start if 0 <= start and start + array.nbytes <= len(mapping) else None
 
 
 def _type_entry(name: str, ttype: TensorType) -> dict[str, Any]:
@@ -205,7 +237,8 @@ class CompiledModel:
     it for the graph instead of lowering one.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, source: FileMapping | bytes | None = None) -> None:
+        """``source``: the mapped model file that a cache entry's constants lie in, if any."""
         self.path = str(path)
         try:
             mapping = map_file(path)
@@ -213,8 +246,8 @@ class CompiledModel:
             raise ModelError(f"cannot open compiled model {self.path}: {exc}") from None
         if len(mapping) < _PREAMBLE.size:
             raise ModelError(f"{self.path}: truncated compiled model ({len(mapping)} bytes)")
-        self._map = mapping
-        self.graph = _read_graph(self._map, self.path)
+        self._map, self._source = mapping, source
+        self.graph, self.header = _read_graph(self._map, self.path, source)
         self.inputs = [CompiledInput(n, self.graph.types[n].dtype, self.graph.types[n].shape)
                        for n in self.graph.inputs]
         self.output_names = list(self.graph.output_names)
@@ -224,11 +257,16 @@ class CompiledModel:
 
     def drop_weight_pages(self) -> None:
         """Plans are built and backends hold their own copies: let the mapped pages go."""
-        if isinstance(self._map, FileMapping):
-            self._map.drop_pages()
+        for mapping in (self._map, self._source):
+            if isinstance(mapping, FileMapping):
+                mapping.drop_pages()
 
     def op_types(self) -> dict[str, int]:
-        """Histogram of the front-end op types the nodes were lowered from."""
+        """Histogram of the front-end op types: as the ONNX model had them if the header says
+        (a cache entry does), else counted over the nodes' origins."""
+        stored = self.header.get("onnx_ops")
+        if isinstance(stored, dict) and all(isinstance(n, int) for n in stored.values()):
+            return dict(stored)
         return dict(Counter(node.origin_op or "?" for node in self.graph.nodes))
 
     def lowered(self, input_types: Mapping[str, Any]) -> Graph:
@@ -253,7 +291,9 @@ def is_compiled(source: Any) -> bool:
         return False
 
 
-def _read_graph(buf: mmap.mmap, where: str) -> Graph:
+def _read_graph(buf: mmap.mmap | bytes, where: str, source: FileMapping | bytes | None = None
+                ) -> tuple[Graph, dict[str, Any]]:
+    """The graph and the raw header. ``source`` holds the constants stored by source offset."""
     magic, version, header_len = _PREAMBLE.unpack_from(buf, 0)
     if magic != MAGIC:
         raise ModelError(f"{where}: not a compiled walle model (bad magic {magic!r})")
@@ -275,17 +315,27 @@ def _read_graph(buf: mmap.mmap, where: str) -> Graph:
     for i, entry in enumerate(_list(header, "constants", where)):
         label = f"{where}: constants[{i}]"
         name, ttype = _read_type(entry, label)
-        offset, nbytes = _field(entry, "offset", int, label), _field(entry, "nbytes", int, label)
+        nbytes = _field(entry, "nbytes", int, label)
         if nbytes != ttype.nbytes:
             raise ModelError(f"{label} {name!r}: {nbytes} bytes stored for {ttype} ({ttype.nbytes} bytes)")
-        if offset % ALIGNMENT or offset < 0 or data_start + offset + nbytes > len(buf):
-            raise ModelError(f"{label} {name!r}: data at section offset {offset} ({nbytes} bytes) is "
-                             f"misaligned or past the end of the file ({len(buf)} bytes)")
+        if "source_offset" in entry:
+            if source is None:
+                raise ModelError(f"{label} {name!r}: stored in the source model file, which was not given")
+            holder, start = source, _field(entry, "source_offset", int, label)
+            if start < 0 or start + nbytes > len(source):
+                raise ModelError(f"{label} {name!r}: source offset {start} ({nbytes} bytes) is past the end "
+                                 f"of the source model ({len(source)} bytes)")
+        else:
+            offset = _field(entry, "offset", int, label)
+            if offset % ALIGNMENT or offset < 0 or data_start + offset + nbytes > len(buf):
+                raise ModelError(f"{label} {name!r}: data at section offset {offset} ({nbytes} bytes) is "
+                                 f"misaligned or past the end of the file ({len(buf)} bytes)")
+            holder, start = buf, data_start + offset
         _define(graph, name, ttype, f"{where}: constant")
         if ttype.size == 0:
             graph.constants[name] = np.empty(ttype.shape, ttype.dtype)
         else:  # a read-only view of the mapping: the weights are not copied
-            array = np.frombuffer(buf, dtype=ttype.dtype, count=ttype.size, offset=data_start + offset)
+            array = np.frombuffer(holder, dtype=ttype.dtype, count=ttype.size, offset=start)
             graph.constants[name] = array.reshape(ttype.shape)
     for i, entry in enumerate(_list(header, "nodes", where)):
         graph.nodes.append(_read_node(graph, entry, f"{where}: nodes[{i}]"))
@@ -296,7 +346,7 @@ def _read_graph(buf: mmap.mmap, where: str) -> Graph:
     for name in graph.outputs:
         if name not in graph.types:
             raise ModelError(f"{where}: graph output {name!r} is never produced")
-    return graph
+    return graph, header
 
 
 def _read_node(graph: Graph, entry: Any, label: str) -> Node:

@@ -19,7 +19,10 @@ import numpy as np
 
 
 class FileMapping(mmap.mmap):
-    """A whole file mapped read-only and shared: its pages always equal the file's."""
+    """A whole file mapped read-only and shared: its pages always equal the file's.
+    ``stat`` is the file's status when it was mapped."""
+
+    stat: os.stat_result
 
     def drop_pages(self) -> None:
         """Let the kernel take back every resident page (a hint; reads fault them back in)."""
@@ -35,16 +38,23 @@ def map_file(path: str | os.PathLike) -> FileMapping | bytes:
         if not stat.S_ISREG(info.st_mode) or info.st_size == 0:
             return file.read()
         try:
-            return FileMapping(file.fileno(), 0, access=mmap.ACCESS_READ)
+            mapping = FileMapping(file.fileno(), 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError):
             return file.read()
+        mapping.stat = info
+        return mapping
 
 
-def is_reclaimable(array: np.ndarray) -> bool:
-    """Whether ``array``'s memory is a view into a :class:`FileMapping`."""
+def mapping_of(array: np.ndarray) -> FileMapping | None:
+    """The :class:`FileMapping` whose memory ``array`` views, if any."""
     base = array
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, memoryview):
         base = base.obj
-    return isinstance(base, FileMapping)
+    return base if isinstance(base, FileMapping) else None
+
+
+def is_reclaimable(array: np.ndarray) -> bool:
+    """Whether ``array``'s memory is a view into a :class:`FileMapping`."""
+    return mapping_of(array) is not None

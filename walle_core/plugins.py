@@ -11,13 +11,13 @@ import importlib
 import os
 import threading
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 import pluggy
 
 from walle_core import hookspecs
 from walle_core.backend import Backend
+from walle_core.entry_points import entry_points
 
 ENTRY_POINT_GROUP = "walle"
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from walle_core import ops
 from walle_core.backend import Backend, Segment
+from walle_core.cache_dir import cache_root
 from walle_core.ir import Graph, GraphBuilder, Node, TensorType
 from walle_core.ops import Op, UnaryFn
 
@@ -106,8 +107,7 @@ class JsonFileCache:
     rewritten atomically so a concurrent reader sees the old or the new file, never half."""
 
     def __init__(self, filename: str, path: Path | None = None) -> None:
-        root = Path(os.environ.get("WALLE_CACHE_DIR", Path.home() / ".cache" / "walle"))
-        self.path = path or root / filename
+        self.path = path or cache_root() / filename
         self._lock = threading.Lock()
 
     def _read(self) -> dict:

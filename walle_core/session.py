@@ -184,13 +184,22 @@ class Session:
 
     def __init__(self, model: Any, backend: BackendChoice = "auto", threads: int = 1,
                  search: str = "first") -> None:
+        from walle_core import model_cache
         from walle_core.compiled import CompiledModel, is_compiled
-        from walle_core.onnx import load_model
 
         self.threads = int(threads) if threads else (os.cpu_count() or 1)
-        self.model = CompiledModel(model) if is_compiled(model) else load_model(model)
-        self._rules = plugins.decomposition_rules()
-        self.model.check_supported(self._rules)
+        self._rules: dict[tuple[str, str], Any] = {}
+        cached = None
+        if is_compiled(model):  # already atomic: neither the ONNX import nor the rules needed
+            self.model = CompiledModel(model)
+        elif (cached := model_cache.open_cached(model)) is not None:
+            self.model = cached
+        else:
+            from walle_core.onnx import load_model
+
+            self.model = load_model(model)
+            self._rules = plugins.decomposition_rules()
+            self.model.check_supported(self._rules)
         self.backends = resolve_backends(backend, self.threads)
         if search not in ("first", "cost", "measure"):
             raise WalleError(f"search must be 'first', 'cost' or 'measure', got {search!r}")
@@ -207,9 +216,12 @@ class Session:
             # static model: plan now, so every error surfaces at load time (unless the plan
             # depends on input values, which only a run provides)
             try:
-                self._plan({spec.name: tuple(spec.shape) for spec in self.inputs})
+                plan = self._plan({spec.name: tuple(spec.shape) for spec in self.inputs})
             except InputValueRequired:
                 pass
+            else:
+                if not hasattr(self.model, "lowered"):  # lowered from ONNX here, not compiled
+                    model_cache.store(model, self.model, plan.graph, plan.layout)
 
     # -- planning ---------------------------------------------------------------------
     def _plan(self, feeds: Mapping[str, Any]) -> Plan:
@@ -240,8 +252,6 @@ class Session:
         return plan
 
     def _build_plan(self, key: tuple, feeds: Mapping[str, Any]) -> Plan:
-        from walle_core.onnx import lower_with_layout
-
         types: dict[str, Any] = {}
         for spec, sig in zip(self.inputs, key):
             if sig is None:
@@ -254,6 +264,8 @@ class Session:
         if hasattr(self.model, "lowered"):  # a compiled model: already lowered and optimised
             graph, layout = self.model.lowered(types), None
         else:
+            from walle_core.onnx import lower_with_layout
+
             graph, layout = lower_with_layout(self.model, types, self._rules, input_values=values)
             graph = optimize(graph)
         sched = schedule(graph, self.backends, self._assigner)
@@ -264,14 +276,14 @@ class Session:
 
     def _flatten(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
         """Feeds keyed by IR input: sequence elements get their own inputs, absent optionals none."""
-        from walle_core.onnx import element_name
-
         flat: dict[str, Any] = {}
         for spec in self.inputs:
             value = feeds[spec.name]
             if value is None:
                 continue
             if spec.is_sequence:
+                from walle_core.onnx import element_name  # only ONNX models have sequences
+
                 flat.update({element_name(spec.name, i): item for i, item in enumerate(value)})
             else:
                 flat[spec.name] = value

@@ -68,6 +68,8 @@ class OnnxModel:
         self.opsets = _read_opsets(proto)
         self.initializers = _read_initializers(graph, payloads)
         self._payloads = payloads
+        #: whether some weights came from files beside the model (set by :func:`load_model`)
+        self.external_data = False
         self.inputs = _read_inputs(graph, self.initializers)
         self.output_names = [out.name for out in graph.output]
         ordered = _topological_order(graph, self.opsets, set(self.initializers), [spec.name for spec in self.inputs])
@@ -81,6 +83,12 @@ class OnnxModel:
         the pages of a mapped model file go (re-planning reads them back from the file)."""
         if self._payloads is not None and isinstance(self._payloads.buffer, FileMapping):
             self._payloads.buffer.drop_pages()
+
+    @property
+    def mapped_file(self) -> FileMapping | None:
+        """The read-only mapping of the model file that the weights view, if it was mapped."""
+        buffer = self._payloads.buffer if self._payloads is not None else None
+        return buffer if isinstance(buffer, FileMapping) else None
 
     def opset(self, domain: str) -> int:
         """Imported opset version of ``domain`` ('' and 'ai.onnx' are the same domain)."""
@@ -123,7 +131,7 @@ def load_model(source: ModelSource) -> OnnxModel:
     in memory. Replace a model file by writing a new one and renaming it over the old (as
     bundle installs do); truncating a file that a live session maps is not supported.
     """
-    payloads = None
+    payloads, external = None, False
     if isinstance(source, onnx.ModelProto):
         proto = source
     elif isinstance(source, (bytes, bytearray, memoryview)):
@@ -136,13 +144,15 @@ def load_model(source: ModelSource) -> OnnxModel:
         except OSError as exc:
             raise ModelError(f"cannot read model file {str(path)!r}: {exc.strerror or exc}") from None
         proto, payloads = _parse_without_weights(data, str(path))
-        _load_external_data(proto, path.parent)
+        external = _load_external_data(proto, path.parent)
     else:
         raise ModelError(f"cannot load a model from {type(source).__name__}; "
                          "pass a path, bytes or an onnx.ModelProto")
     if not proto.HasField("graph"):
         raise ModelError("model has no graph")
-    return OnnxModel(proto, payloads)
+    model = OnnxModel(proto, payloads)
+    model.external_data = external
+    return model
 
 
 def _parse_without_weights(data: bytes | mmap.mmap, what: str) -> tuple[onnx.ModelProto, RawPayloads | None]:
@@ -194,15 +204,17 @@ def _text_fields(descriptor: Any) -> tuple[tuple[str, bool, bool], ...]:
     )
 
 
-def _load_external_data(proto: onnx.ModelProto, base_dir: Path) -> None:
+def _load_external_data(proto: onnx.ModelProto, base_dir: Path) -> bool:
+    """Read the initializers stored in files beside the model; whether there were any."""
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     if not any(uses_external_data(t) for t in proto.graph.initializer):
-        return
+        return False
     try:
         load_external_data_for_model(proto, str(base_dir))
     except Exception as exc:  # noqa: BLE001 -- onnx raises several kinds for a missing or escaping file
         raise ModelError(f"cannot load external initializer data: {type(exc).__name__}: {exc}") from None
+    return True
 
 
 def _canonical_domain(domain: str) -> str:
