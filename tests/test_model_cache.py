@@ -201,3 +201,16 @@ def test_sequence_outputs_are_not_cached(tmp_path, cache):
         session = wc.load(path)
         assert [a.tolist() for a in session.run({"x": x})["s"]] == [[row] for row in x.tolist()]
     assert _entries(cache) == []
+
+
+def test_an_entry_made_by_other_walle_code_is_replaced(tmp_path, cache, monkeypatch):
+    path = tmp_path / "cnn.onnx"
+    onnx.save(_static_cnn(), path)
+    _run(path)
+    (old,) = _entries(cache)
+    monkeypatch.setattr(model_cache, "_code_stamp", lambda: "another walle")
+    session, _ = _run(path)
+    assert not isinstance(session.model, CompiledModel)
+    (new,) = _entries(cache)
+    assert new != old and new.name.split("-")[0] == old.name.split("-")[0]
+

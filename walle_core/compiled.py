@@ -24,6 +24,7 @@ import dataclasses
 import enum
 import functools
 import json
+import math
 import mmap
 import os
 import struct
@@ -379,7 +380,7 @@ def _read_type(entry: Any, label: str) -> tuple[str, TensorType]:
     name = _field(entry, "name", str, label)
     dtype = _dtype(entry.get("dtype"), f"{label} {name!r}")
     shape = tuple(_expect(d, int, f"{label} {name!r} shape") for d in _field(entry, "shape", list, label))
-    if len(shape) > MAX_RANK or any(d < 0 for d in shape) or np.prod(shape, dtype=np.float64) > MAX_ELEMENTS:
+    if len(shape) > MAX_RANK or any(d < 0 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
         raise ModelError(f"{label} {name!r}: invalid shape {shape}")
     return name, TensorType(dtype, shape)
 

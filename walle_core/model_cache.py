@@ -10,15 +10,15 @@ kilobytes and the weights stay in memory once. Later loads of that path, from an
 open the entry instead.
 
 An entry is named by the model's real path and by walle's own code (the sizes and times of
-``walle_core``'s modules, the installed ``walle`` plugins, ``WALLE_PLUGINS``), and is checked
-against the model file on every load, so a changed model or a changed walle is lowered
-afresh and its entry replaced. The check compares the file's size, inode and times; any
-write changes the change time (ctime), which no program can set. Only when the file
-changed within a second of the entry being written could a later write leave the same
-times (file times are coarse), so then the entry also holds the file's CRC-32, compared
-on load (git treats its index the same way). Models whose weights lie in other files
-(ONNX external data), with symbolic input shapes, or whose graph depends on input values
-are not cached. ``WALLE_MODEL_CACHE=0`` turns the cache off.
+``walle_core``'s modules, the installed ``walle`` plugins, ``WALLE_PLUGINS``); one entry per
+model path is kept. Every load checks the entry against the model file, so a changed model
+or a changed walle is lowered afresh and its entry replaced. The check compares the file's
+size, inode and times: any write changes the change time (ctime), which no program can
+set. Only when the file changed within two seconds of the entry being written could a
+later write leave the same times (file times are coarse), so such an entry also holds the
+file's CRC-32, compared on load (git treats its index the same way). Models whose weights
+lie in other files (ONNX external data), with symbolic input shapes, or whose graph
+depends on input values are not cached. ``WALLE_MODEL_CACHE=0`` turns the cache off.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from walle_core.cache_dir import cache_root
+from walle_core.caches import cache_root
 from walle_core.compiled import CompiledModel, save_graph
 from walle_core.entry_points import entry_points
 from walle_core.errors import ModelError, WalleError
@@ -94,6 +94,10 @@ def store(source: Any, model: OnnxModel, graph: Graph, layout: Any) -> None:
             check["crc32"] = _crc32(source)
         save_graph(graph, entry, source=Path(source).name, source_mapping=mapping,
                    extra={"source_check": check, "onnx_ops": model.op_types()})
+        model_key = entry.name.split("-")[0]
+        for older in entry.parent.glob(f"{model_key}-*.walle"):  # made by another walle
+            if older != entry:
+                older.unlink(missing_ok=True)
     except (OSError, WalleError):
         pass
 
@@ -105,8 +109,9 @@ def _entry_path(source: Any) -> Path | None:
         model_path = os.path.realpath(source)
     except OSError:
         return None
-    key = hashlib.sha256(f"{model_path}\0{_code_stamp()}".encode()).hexdigest()[:32]
-    return cache_root() / "models" / f"{key}.walle"
+    model_key = hashlib.sha256(model_path.encode()).hexdigest()[:24]
+    code_key = hashlib.sha256(_code_stamp().encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{model_key}-{code_key}.walle"
 
 
 def _crc32(path: Any) -> int:

@@ -13,9 +13,6 @@ decision per (model, input shapes, devices) in ``$WALLE_CACHE_DIR/plans.json``.
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +22,7 @@ import numpy as np
 
 from walle_core import ops
 from walle_core.backend import Backend, Segment
-from walle_core.cache_dir import cache_root
+from walle_core.caches import JsonFileCache
 from walle_core.ir import Graph, GraphBuilder, Node, TensorType
 from walle_core.ops import Op, UnaryFn
 
@@ -100,40 +97,6 @@ def measure_profile(backend: Backend) -> BackendProfile:
         launch_s=launch,
         conv_flops_per_s=2.0 * 32 * 28 * 28 * 32 * 9 / max(conv - launch, 1e-7),
     )
-
-
-class JsonFileCache:
-    """A small JSON object on disk under ``$WALLE_CACHE_DIR`` (default ``~/.cache/walle``),
-    rewritten atomically so a concurrent reader sees the old or the new file, never half."""
-
-    def __init__(self, filename: str, path: Path | None = None) -> None:
-        self.path = path or cache_root() / filename
-        self._lock = threading.Lock()
-
-    def _read(self) -> dict:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}  # a damaged file is an empty cache
-
-    def _write(self, data: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
-
-    def get_entry(self, key: str) -> object:
-        """The value stored under ``key``, or None."""
-        with self._lock:
-            return self._read().get(key)
-
-    def put_entry(self, key: str, value: object) -> None:
-        """Store ``value`` (JSON-able) under ``key``, keeping every other entry."""
-        with self._lock:
-            data = self._read()
-            data[key] = value
-            self._write(data)
 
 
 class ProfileCache(JsonFileCache):

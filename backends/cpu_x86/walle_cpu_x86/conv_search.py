@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from walle_core import ops
+from walle_core.caches import JsonFileCache
 from walle_core.errors import BackendError
 from walle_core.ir import Node, TensorType
-from walle_core.search import JsonFileCache
 
 #: how convolutions are chosen: "model" (default), "measure" or "rule"
 SEARCH_ENV = "WALLE_CONV_SEARCH"
