@@ -819,6 +819,26 @@ def test_pool2d_eight_planes_at_a_time_matches_plane_by_plane(monkeypatch, seed)
     close(np.nan_to_num(results["portable"], nan=7.0), np.nan_to_num(want, nan=7.0))
 
 
+@pytest.mark.parametrize("width", [9, 17, 19, 33, 35, 111, 112])
+@pytest.mark.parametrize("pad", [0, 1])
+def test_max_pool_3x3_stride2_rows_match_plane_by_plane(monkeypatch, width, pad):
+    """The AVX2 row kernel of the 3-wide stride-2 max (eight outputs per step, a last partial
+    group redone as the eight ending at the row's inner end) against the portable build's
+    taps, NaNs included, for rows of fewer than eight inner windows up to ResNet's 112."""
+    out_w = (width + 2 * pad - 3) // 2 + 1
+    x = f32(1, 3, 7, width)
+    x[0, 1, 2, ::7] = np.nan
+    attrs = ops.Pool2DAttrs(PoolKind.MAX, (3, 3), (2, 2), (pad, pad, pad, pad), (1, 1), (3 + pad, out_w))
+    results = {}
+    for isa in ISAS:
+        monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
+        (results[isa],) = run1(CpuX86Backend(), Op.POOL2D, attrs, [x])
+    for got in results.values():
+        np.testing.assert_array_equal(got, results["portable"])
+    want = np_pool(x, "max", (3, 3), (2, 2), (pad,) * 4, (1, 1), (3 + pad, out_w), False)
+    close(np.nan_to_num(results["portable"], nan=7.0), np.nan_to_num(want, nan=7.0))
+
+
 def test_max_pool_propagates_nan_and_splits_planes(backend):
     x = f32(3, 5, 9, 11)
     x[1, 2, 3, 3] = np.nan  # inside the windows of outputs (1..2, 1..2)

@@ -11,9 +11,6 @@
 
 namespace walle {
 namespace pool_avx2 {
-
-#include "pool_planes.inc"
-
 namespace {
 
 // nan_max on eight lanes: max_ps returns its second operand when either is a NaN, so a NaN
@@ -21,6 +18,36 @@ namespace {
 inline __m256 nan_max8(__m256 acc, __m256 v) {
   return _mm256_blendv_ps(_mm256_max_ps(acc, v), acc, _mm256_cmp_ps(acc, acc, _CMP_UNORD_Q));
 }
+
+// Output columns [lo, hi) of a 3-wide, stride-2 max over `row`, whose windows lie inside it:
+// out[ox] = max(row[2 ox - pl], row[2 ox - pl + 1], row[2 ox - pl + 2]), combined left to
+// right like pool_planes' taps. Eight outputs read 18 consecutive values, split into their
+// even and odd columns by in-lane shuffles; the lanes come out in the order
+// 0 1 4 5 2 3 6 7 and one permute restores it. A last partial group is done as the eight
+// columns ending at hi (recomputing some). Returns the first column not done: hi, or lo
+// when there are fewer than eight. `row` must be readable one float past the inner
+// windows' extent.
+int64_t max3_stride2(const float* row, int64_t pl, float* out, int64_t lo, int64_t hi) {
+  if (hi - lo < 8) return lo;
+  for (int64_t group = lo; group < hi; group += 8) {
+    const int64_t ox = std::min(group, hi - 8);
+    const float* at = row + 2 * ox - pl;
+    const __m256 a = _mm256_loadu_ps(at), b = _mm256_loadu_ps(at + 8);
+    const __m256 c = _mm256_loadu_ps(at + 2), d = _mm256_loadu_ps(at + 10);
+    const __m256 left = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 mid = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    const __m256 right = _mm256_shuffle_ps(c, d, _MM_SHUFFLE(2, 0, 2, 0));
+    const __m256 m = nan_max8(nan_max8(left, mid), right);
+    _mm256_storeu_ps(out + ox, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(m), _MM_SHUFFLE(3, 1, 2, 0))));
+  }
+  return hi;
+}
+
+}  // namespace
+
+#include "pool_planes.inc"
+
+namespace {
 
 // Rows and columns of the padded extent the windows cover, from (-pt, -pl).
 void block8_extent(const PoolParams& p, int64_t& rows, int64_t& cols) {

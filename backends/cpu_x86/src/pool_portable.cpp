@@ -7,6 +7,12 @@
 
 namespace walle {
 namespace pool_portable {
+namespace {
+
+// No hand-written row kernel in the baseline build: pool_planes does every column.
+int64_t max3_stride2(const float*, int64_t, float*, int64_t lo, int64_t) { return lo; }
+
+}  // namespace
 
 #include "pool_planes.inc"
 
