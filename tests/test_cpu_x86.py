@@ -611,17 +611,19 @@ def test_conv_with_pixels_as_gemm_rows(monkeypatch, isa, fn, geometry):
     GEMM's rows (a 1x1 reading the image, others its transposed im2col) and stores its tiles
     transposed. Same products summed in the same order as the usual orientation (which 16
     channels keep): bit-identical channel by channel, with bias, residual and activation; K = 300
-    takes two k blocks, K = 360 too."""
+    takes two k blocks, K = 360 too. 92 channels: eleven eight-channel transposes and four left."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "0")
     xs, k, stride, pad = geometry
-    x, w, bias = f32(*xs), f32(80, xs[1], k, k), f32(80)
-    res = f32(xs[0], 80, 7, 7)
+    x, w, bias = f32(*xs), f32(92, xs[1], k, k), f32(92)
+    res = f32(xs[0], 92, 7, 7)
     attrs = ops.Conv2DAttrs((stride, stride), (pad,) * 4, activation=act_of(fn), has_bias=True, has_residual=True)
     backend = CpuX86Backend()
     (wide,) = run1(backend, Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
-    (narrow,) = run1(backend, Op.CONV2D, attrs, [x, w[:16], bias[:16], res[:, :16]], const=(1, 2))
-    np.testing.assert_array_equal(wide[:, :16], narrow)
+    for c in range(0, 92, 16):
+        part = slice(c, c + 16)
+        (narrow,) = run1(backend, Op.CONV2D, attrs, [x, w[part], bias[part], res[:, part]], const=(1, 2))
+        np.testing.assert_array_equal(wide[:, part], narrow)
     want = ACTIVATIONS[fn][2](np_conv(x, w, bias, (stride, stride), (pad,) * 4) + res).astype(np.float32)
     close(wide, want, atol=1e-4)
 

@@ -3,7 +3,10 @@
 // residual additions and the activation round exactly as the scalar code does.
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "epilogue_simd.hpp"
+#include "transpose_avx2.hpp"
 
 namespace walle {
 
@@ -71,7 +74,54 @@ void row_for_act(float* row, int64_t n, const float* bias, int64_t bias_cs, cons
   }
 }
 
+template <UnaryFn Fn>
+void transpose_finish(const float* src, int64_t lds, int64_t rows, int64_t full, float* dst, int64_t ldd,
+                      const float* bias, const float* residual, int64_t ldr, const Act& act) {
+  const __m256 alpha = _mm256_set1_ps(act.alpha), beta = _mm256_set1_ps(act.beta);
+  for (int64_t q = 0; q < full; q += 8) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t n = std::min<int64_t>(8, rows - r0);
+      __m256 v[8];
+      for (int64_t i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + std::min(i, n - 1)) * lds + q);
+      store_planes8(v, dst + q * ldd, ldd, r0, n, [&](__m256 x, int l) {
+        if (bias) x = _mm256_add_ps(x, _mm256_set1_ps(bias[q + l]));
+        if (residual) {
+          const float* at = residual + (q + l) * ldr + r0;
+          x = _mm256_add_ps(x, n == 8 ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, tail_mask(n)));
+        }
+        return activate<Fn>(x, alpha, beta);
+      });
+    }
+  }
+}
+
 }  // namespace
+
+int64_t transpose_finish_avx2(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst, int64_t ldd,
+                              const float* bias, const float* residual, int64_t ldr, const Act& act) {
+  const int64_t full = cols / 8 * 8;
+  int64_t finished = full;
+  switch (act.fn) {
+    case UnaryFn::kIdentity:
+      transpose_finish<UnaryFn::kIdentity>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
+      break;
+    case UnaryFn::kRelu:
+      transpose_finish<UnaryFn::kRelu>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
+      break;
+    case UnaryFn::kClip:
+      transpose_finish<UnaryFn::kClip>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
+      break;
+    case UnaryFn::kLeakyRelu:
+      transpose_finish<UnaryFn::kLeakyRelu>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
+      break;
+    default:  // transposed only
+      transpose_finish<UnaryFn::kIdentity>(src, lds, rows, full, dst, ldd, nullptr, nullptr, 0, act);
+      finished = 0;
+  }
+  for (int64_t q = full; q < cols; ++q)
+    for (int64_t r = 0; r < rows; ++r) dst[q * ldd + r] = src[r * lds + q];
+  return finished;
+}
 
 bool epilogue_row_avx2(float* row, int64_t n, const float* bias, int64_t bias_cs, const float* residual,
                        const Act& act) {

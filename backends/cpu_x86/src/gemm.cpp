@@ -243,6 +243,14 @@ TileEpilogue row_tile_epilogue(const Epilogue& ep, int64_t i, int64_t j) {
 // Largest m for which a row-major B is read in place rather than packed (see gemm()).
 constexpr int64_t kInPlaceRows = 64;
 
+// The epilogue of C^T applied to C: bias and residual read with their strides swapped.
+static Epilogue transposed(const Epilogue& ep) {
+  Epilogue t = ep;
+  t.bias = MatView{ep.bias.p, ep.bias.cs, ep.bias.rs};
+  t.residual = MatView{ep.residual.p, ep.residual.cs, ep.residual.rs};
+  return t;
+}
+
 static float* align64(unsigned char* p) {
   auto v = reinterpret_cast<uintptr_t>(p);
   return reinterpret_cast<float*>((v + 63) & ~static_cast<uintptr_t>(63));
@@ -397,11 +405,25 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
     // Epilogues the kernel could not fuse: bias, residual and activation over the task's block
     // while it is still in L2.
     if (pr.c_transposed) {
+      // stored as C's channel rows and finished there, where the bias is one value per row and
+      // the residual runs along it; the same arithmetic as on the stage
       const int64_t rows = i_end - i_begin;
-      if (has_epilogue) apply_epilogue(ep, blk.isa, stage, stage_ld, i_begin, rows, j0, nc);
-      for (int64_t q = 0; q < nc; ++q) {
-        float* col = pr.c + (j0 + q) * pr.ldc + i_begin;
-        for (int64_t r = 0; r < rows; ++r) col[r] = stage[r * stage_ld + q];
+      float* c = pr.c + j0 * pr.ldc + i_begin;
+      int64_t finished = 0;  // channels [0, finished) of the block have had their epilogue
+      const bool vector_finish = (!ep.bias.p || ep.bias.cs == 1) && (!ep.residual.p || ep.residual.rs == 1);
+      if (blk.isa != Isa::kPortable && vector_finish) {
+        const float* bias = ep.bias.p ? ep.bias.p + j0 * ep.bias.cs : nullptr;
+        const float* res = ep.residual.p ? ep.residual.p + j0 * ep.residual.cs + i_begin : nullptr;
+        finished = transpose_finish_avx2(stage, stage_ld, rows, nc, c, pr.ldc, bias, res, ep.residual.cs, ep.act);
+      } else if (blk.isa != Isa::kPortable) {
+        transpose_finish_avx2(stage, stage_ld, rows, nc, c, pr.ldc, nullptr, nullptr, 0, Act{});
+      } else {
+        for (int64_t q = 0; q < nc; ++q)
+          for (int64_t r = 0; r < rows; ++r) c[q * pr.ldc + r] = stage[r * stage_ld + q];
+      }
+      if (has_epilogue && finished < nc) {
+        apply_epilogue(transposed(ep), blk.isa, c + finished * pr.ldc, pr.ldc, j0 + finished, nc - finished,
+                       i_begin, rows);
       }
     } else if (has_epilogue && !fusable && !pr.c_block) {
       apply_epilogue(ep, blk.isa, pr.c + i_begin * pr.ldc + j0, pr.ldc, i_begin, i_end - i_begin, j0, nc);
