@@ -214,3 +214,11 @@ def test_an_entry_made_by_other_walle_code_is_replaced(tmp_path, cache, monkeypa
     (new,) = _entries(cache)
     assert new != old and new.name.split("-")[0] == old.name.split("-")[0]
 
+
+
+def test_the_plugin_selection_is_part_of_the_key(tmp_path, cache, monkeypatch):
+    """WALLE_PLUGINS decides which plugins' decomposition rules lower the model."""
+    path = tmp_path / "cnn.onnx"
+    all_plugins = model_cache._entry_path(path)
+    monkeypatch.setenv("WALLE_PLUGINS", "")
+    assert model_cache._entry_path(path) != all_plugins

@@ -23,6 +23,7 @@ depends on input values are not cached. ``WALLE_MODEL_CACHE=0`` turns the cache 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -110,7 +111,8 @@ def _entry_path(source: Any) -> Path | None:
     except OSError:
         return None
     model_key = hashlib.sha256(model_path.encode()).hexdigest()[:24]
-    code_key = hashlib.sha256(_code_stamp().encode()).hexdigest()[:16]
+    plugins = os.environ.get("WALLE_PLUGINS", "<all>")  # which plugins' rules lower the model
+    code_key = hashlib.sha256(f"{plugins}\0{_code_stamp()}".encode()).hexdigest()[:16]
     return cache_root() / "models" / f"{model_key}-{code_key}.walle"
 
 
@@ -128,11 +130,12 @@ def _stamp(info: os.stat_result) -> list[int]:
     return [info.st_size, info.st_ino, info.st_dev, info.st_mtime_ns, info.st_ctime_ns]
 
 
+@functools.cache
 def _code_stamp() -> str:
     """What the lowered graph depends on besides the model: walle_core's code and the plugins
-    that may register decompositions."""
-    parts = [os.environ.get("WALLE_PLUGINS", "<all>")]
-    parts += sorted(f"{ep.name}={ep.value}" for ep in entry_points("walle"))
+    that may register decompositions. Once per process: the code that lowers is the code
+    imported, whatever happens to the files later."""
+    parts = sorted(f"{ep.name}={ep.value}" for ep in entry_points("walle"))
     stack = [_CORE]
     while stack:
         for item in os.scandir(stack.pop()):
