@@ -811,13 +811,18 @@ def test_pool2d_eight_planes_at_a_time_matches_plane_by_plane(monkeypatch, seed)
     x = f32(2, 9, h, w)
     x[0, 3, h // 2, w // 2] = np.nan
     attrs = ops.Pool2DAttrs(PoolKind.MAX if kind == "max" else PoolKind.AVG, k, s, pads, dil, out, include)
+    pool_on_every_isa(monkeypatch, x, attrs, np_pool(x, kind, k, s, pads, dil, out, include))
+
+
+def pool_on_every_isa(monkeypatch, x, attrs, want) -> None:
+    """The pooling of x on every instruction set equals the portable build's to the bit (NaNs
+    included), and that one equals ``want`` (NaNs in the same places)."""
     results = {}
     for isa in ISAS:
         monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
         (results[isa],) = run1(CpuX86Backend(), Op.POOL2D, attrs, [x])
     for got in results.values():
         np.testing.assert_array_equal(got, results["portable"])
-    want = np_pool(x, kind, k, s, pads, dil, out, include)
     close(np.nan_to_num(results["portable"], nan=7.0), np.nan_to_num(want, nan=7.0))
 
 
@@ -831,14 +836,7 @@ def test_max_pool_3x3_stride2_rows_match_plane_by_plane(monkeypatch, width, pad)
     x = f32(1, 3, 7, width)
     x[0, 1, 2, ::7] = np.nan
     attrs = ops.Pool2DAttrs(PoolKind.MAX, (3, 3), (2, 2), (pad, pad, pad, pad), (1, 1), (3 + pad, out_w))
-    results = {}
-    for isa in ISAS:
-        monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
-        (results[isa],) = run1(CpuX86Backend(), Op.POOL2D, attrs, [x])
-    for got in results.values():
-        np.testing.assert_array_equal(got, results["portable"])
-    want = np_pool(x, "max", (3, 3), (2, 2), (pad,) * 4, (1, 1), (3 + pad, out_w), False)
-    close(np.nan_to_num(results["portable"], nan=7.0), np.nan_to_num(want, nan=7.0))
+    pool_on_every_isa(monkeypatch, x, attrs, np_pool(x, "max", (3, 3), (2, 2), (pad,) * 4, (1, 1), (3 + pad, out_w)))
 
 
 def test_max_pool_propagates_nan_and_splits_planes(backend):

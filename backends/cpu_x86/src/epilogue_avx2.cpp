@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "epilogue_simd.hpp"
 #include "transpose_avx2.hpp"
@@ -74,6 +75,19 @@ void row_for_act(float* row, int64_t n, const float* bias, int64_t bias_cs, cons
   }
 }
 
+// Calls f(std::integral_constant<UnaryFn, Fn>{}) when fn is an activation the vector epilogue
+// handles (identity, relu, clip, leaky relu); false, calling nothing, for any other.
+template <class F>
+bool with_vector_act(UnaryFn fn, F&& f) {
+  switch (fn) {
+    case UnaryFn::kIdentity: f(std::integral_constant<UnaryFn, UnaryFn::kIdentity>{}); return true;
+    case UnaryFn::kRelu: f(std::integral_constant<UnaryFn, UnaryFn::kRelu>{}); return true;
+    case UnaryFn::kClip: f(std::integral_constant<UnaryFn, UnaryFn::kClip>{}); return true;
+    case UnaryFn::kLeakyRelu: f(std::integral_constant<UnaryFn, UnaryFn::kLeakyRelu>{}); return true;
+    default: return false;
+  }
+}
+
 template <UnaryFn Fn>
 void transpose_finish(const float* src, int64_t lds, int64_t rows, int64_t full, float* dst, int64_t ldd,
                       const float* bias, const float* residual, int64_t ldr, const Act& act) {
@@ -101,22 +115,12 @@ int64_t transpose_finish_avx2(const float* src, int64_t lds, int64_t rows, int64
                               const float* bias, const float* residual, int64_t ldr, const Act& act) {
   const int64_t full = cols / 8 * 8;
   int64_t finished = full;
-  switch (act.fn) {
-    case UnaryFn::kIdentity:
-      transpose_finish<UnaryFn::kIdentity>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
-      break;
-    case UnaryFn::kRelu:
-      transpose_finish<UnaryFn::kRelu>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
-      break;
-    case UnaryFn::kClip:
-      transpose_finish<UnaryFn::kClip>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
-      break;
-    case UnaryFn::kLeakyRelu:
-      transpose_finish<UnaryFn::kLeakyRelu>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
-      break;
-    default:  // transposed only
-      transpose_finish<UnaryFn::kIdentity>(src, lds, rows, full, dst, ldd, nullptr, nullptr, 0, act);
-      finished = 0;
+  const bool done = with_vector_act(act.fn, [&](auto fn) {
+    transpose_finish<decltype(fn)::value>(src, lds, rows, full, dst, ldd, bias, residual, ldr, act);
+  });
+  if (!done) {  // transposed only
+    transpose_finish<UnaryFn::kIdentity>(src, lds, rows, full, dst, ldd, nullptr, nullptr, 0, act);
+    finished = 0;
   }
   for (int64_t q = full; q < cols; ++q)
     for (int64_t r = 0; r < rows; ++r) dst[q * ldd + r] = src[r * lds + q];
@@ -126,13 +130,7 @@ int64_t transpose_finish_avx2(const float* src, int64_t lds, int64_t rows, int64
 bool epilogue_row_avx2(float* row, int64_t n, const float* bias, int64_t bias_cs, const float* residual,
                        const Act& act) {
   if (bias && bias_cs != 0 && bias_cs != 1) return false;
-  switch (act.fn) {
-    case UnaryFn::kIdentity: row_for_act<UnaryFn::kIdentity>(row, n, bias, bias_cs, residual, act); return true;
-    case UnaryFn::kRelu: row_for_act<UnaryFn::kRelu>(row, n, bias, bias_cs, residual, act); return true;
-    case UnaryFn::kClip: row_for_act<UnaryFn::kClip>(row, n, bias, bias_cs, residual, act); return true;
-    case UnaryFn::kLeakyRelu: row_for_act<UnaryFn::kLeakyRelu>(row, n, bias, bias_cs, residual, act); return true;
-    default: return false;
-  }
+  return with_vector_act(act.fn, [&](auto fn) { row_for_act<decltype(fn)::value>(row, n, bias, bias_cs, residual, act); });
 }
 
 }  // namespace walle
