@@ -28,6 +28,7 @@ import math
 import mmap
 import os
 import struct
+import threading
 import types
 import typing
 from collections import Counter
@@ -194,7 +195,7 @@ def save_graph(graph: Graph, path: str | os.PathLike, source: str = "", *,
     blob = json.dumps(header).encode()
     data_start = _align(_PREAMBLE.size + len(blob))
     path = Path(path)
-    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
     try:
         with open(aside, "wb") as f:
             f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)))
