@@ -222,3 +222,20 @@ def test_the_plugin_selection_is_part_of_the_key(tmp_path, cache, monkeypatch):
     all_plugins = model_cache._entry_path(path)
     monkeypatch.setenv("WALLE_PLUGINS", "")
     assert model_cache._entry_path(path) != all_plugins
+
+
+def test_the_least_recently_used_entries_go(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(model_cache, "MAX_ENTRIES", 2)
+    paths = [tmp_path / f"cnn{i}.onnx" for i in range(3)]
+    for i, path in enumerate(paths[:2]):
+        onnx.save(_static_cnn(seed=i), path)
+        _run(path)
+    os.utime(model_cache._entry_path(paths[0]), ns=(0, 0))  # the older of the two ...
+    os.utime(model_cache._entry_path(paths[1]), ns=(10**9, 10**9))
+    assert isinstance(_run(paths[0])[0].model, CompiledModel)  # ... until used again
+    onnx.save(_static_cnn(seed=2), paths[2])
+    _run(paths[2])
+    assert len(_entries(cache)) == 2
+    assert isinstance(_run(paths[0])[0].model, CompiledModel)
+    assert not isinstance(_run(paths[1])[0].model, CompiledModel)
+

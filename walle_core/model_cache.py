@@ -18,7 +18,8 @@ set. Only when the file changed within two seconds of the entry being written co
 later write leave the same times (file times are coarse), so such an entry also holds the
 file's CRC-32, compared on load (git treats its index the same way). Models whose weights
 lie in other files (ONNX external data), with symbolic input shapes, or whose graph
-depends on input values are not cached. ``WALLE_MODEL_CACHE=0`` turns the cache off.
+depends on input values are not cached. The cache keeps the 256 most recently used
+entries. ``WALLE_MODEL_CACHE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 SWITCH = "WALLE_MODEL_CACHE"
 #: a model file changed less than this before its entry was written gets a content check
 _RACY_NS = 2_000_000_000
+#: entries kept (a few kB each); the least recently used go first
+MAX_ENTRIES = 256
 _CORE = Path(__file__).resolve().parent
 
 
@@ -71,6 +74,10 @@ def open_cached(source: Any) -> CompiledModel | None:
         return None
     if "crc32" in stored and stored["crc32"] != _crc32(source):
         return None
+    try:
+        os.utime(entry)  # recently used: kept by _evict
+    except OSError:
+        pass
     return model
 
 
@@ -99,8 +106,22 @@ def store(source: Any, model: OnnxModel, graph: Graph, layout: Any) -> None:
         for older in entry.parent.glob(f"{model_key}-*.walle"):  # made by another walle
             if older != entry:
                 older.unlink(missing_ok=True)
+        _evict(entry.parent)
     except (OSError, WalleError):
         pass
+
+
+def _evict(folder: Path) -> None:
+    """Keep the MAX_ENTRIES most recently used entries (a hit refreshes its entry's mtime):
+    releases install each model version at a new path, so old paths' entries would pile up."""
+    entries = []
+    for path in folder.glob("*.walle"):
+        try:
+            entries.append((path.stat().st_mtime_ns, path))
+        except OSError:  # removed meanwhile by another process
+            pass
+    for _, path in sorted(entries)[: max(0, len(entries) - MAX_ENTRIES)]:
+        path.unlink(missing_ok=True)
 
 
 def _entry_path(source: Any) -> Path | None:
