@@ -75,10 +75,14 @@ def decode_attrs(cls: type, data: Any, where: str) -> Any:
     return _decode(cls, data, where)
 
 
+@functools.cache
+def _origin_args(hint: Any) -> tuple[Any, tuple[Any, ...]]:
+    return typing.get_origin(hint), typing.get_args(hint)
+
+
 def _decode(hint: Any, data: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
+    origin, options = _origin_args(hint)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
         if data is None and type(None) in options:
             return None
         (inner,) = [opt for opt in options if opt is not type(None)]
@@ -86,8 +90,10 @@ def _decode(hint: Any, data: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(data, list):
             raise ModelError(f"{where}: expected a list, got {type(data).__name__}")
-        args = typing.get_args(hint)
+        args = options
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] is int and all(type(item) is int for item in data):  # shapes, strides: the bulk
+                return tuple(data)
             return tuple(_decode(args[0], item, f"{where}[{i}]") for i, item in enumerate(data))
         if len(data) != len(args):
             raise ModelError(f"{where}: expected {len(args)} values, got {len(data)}")
@@ -96,8 +102,8 @@ def _decode(hint: Any, data: Any, where: str) -> Any:
         if not isinstance(data, dict):
             raise ModelError(f"{where}: expected an object for {hint.__name__}, got {type(data).__name__}")
         hints = _field_types(hint)
-        names = {f.name for f in dataclasses.fields(hint)}
-        if set(data) != names:
+        names = hints.keys()
+        if data.keys() != names:
             raise ModelError(f"{where}: {hint.__name__} fields {sorted(data)} instead of {sorted(names)}")
         return hint(**{name: _decode(hints[name], data[name], f"{where}.{name}") for name in names})
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -124,8 +130,9 @@ def _decode(hint: Any, data: Any, where: str) -> Any:
 
 @functools.cache
 def _field_types(cls: type) -> dict[str, Any]:
-    """The evaluated field annotations of an attribute record (slow to compute, so cached)."""
-    return typing.get_type_hints(cls, vars(ops))
+    """Field name -> evaluated annotation of an attribute record (slow to compute, so cached)."""
+    hints = typing.get_type_hints(cls, vars(ops))
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _dtype(name: Any, where: str) -> np.dtype:
