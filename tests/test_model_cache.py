@@ -239,3 +239,18 @@ def test_the_least_recently_used_entries_go(tmp_path, cache, monkeypatch):
     assert isinstance(_run(paths[0])[0].model, CompiledModel)
     assert not isinstance(_run(paths[1])[0].model, CompiledModel)
 
+
+def test_no_home_directory_means_no_cache(tmp_path, cache, monkeypatch):
+    monkeypatch.delenv("WALLE_CACHE_DIR")
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    path = tmp_path / "cnn.onnx"
+    onnx.save(_static_cnn(), path)
+    _, expected = _run(path)
+    session, got = _run(path)
+    assert not isinstance(session.model, CompiledModel)
+    np.testing.assert_array_equal(got, expected)
+

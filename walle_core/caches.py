@@ -16,13 +16,21 @@ def cache_root() -> Path:
 
 class JsonFileCache:
     """A small JSON object on disk under ``$WALLE_CACHE_DIR`` (default ``~/.cache/walle``),
-    rewritten atomically so a concurrent reader sees the old or the new file, never half."""
+    rewritten atomically so a concurrent reader sees the old or the new file, never half.
+    Without a home directory (and no ``$WALLE_CACHE_DIR``) it stays empty."""
 
     def __init__(self, filename: str, path: Path | None = None) -> None:
-        self.path = path or cache_root() / filename
+        self.path: Path | None = path
+        if path is None:
+            try:
+                self.path = cache_root() / filename
+            except RuntimeError:  # no home directory: nowhere to keep it
+                pass
         self._lock = threading.Lock()
 
     def _read(self) -> dict:
+        if self.path is None:
+            return {}
         try:
             data = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -30,6 +38,8 @@ class JsonFileCache:
         return data if isinstance(data, dict) else {}  # a damaged file is an empty cache
 
     def _write(self, data: dict) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(data, indent=1))

@@ -130,8 +130,12 @@ def _entry_path(source: Any) -> Path | None:
         model_path = os.path.realpath(source)
     except OSError:
         return None
+    try:
+        root = cache_root()
+    except RuntimeError:  # no home directory to put it in (e.g. a user without a passwd entry)
+        return None
     plugins = os.environ.get("WALLE_PLUGINS", "<all>")  # which plugins' rules lower the model
-    return cache_root() / "models" / f"{_digest(model_path)}-{_digest(plugins + chr(0) + _code_stamp())}.walle"
+    return root / "models" / f"{_digest(model_path)}-{_digest(plugins + chr(0) + _code_stamp())}.walle"
 
 
 def _digest(text: str) -> str:
