@@ -139,8 +139,9 @@ def _entry_path(source: Any) -> Path | None:
 
 
 def _digest(text: str) -> str:
-    """64 bits of ``text`` for a file name. Not hashlib: importing it costs 5 ms, and a clash
-    could at worst swap two paths' entries, which the stamp check then rejects."""
+    """64 bits of ``text`` for a file name (not hashlib: its import costs 5 ms). Two model paths
+    that clash share an entry, which the stamp check rejects for the other one; two code
+    stamps clash with a chance of 2^-64."""
     data = text.encode()
     return f"{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
