@@ -6,12 +6,27 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def cache_root() -> Path:
     """``$WALLE_CACHE_DIR``, else ``~/.cache/walle``."""
     return Path(os.environ.get("WALLE_CACHE_DIR", Path.home() / ".cache" / "walle"))
+
+
+def replace_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write ``path`` through ``write(file)`` into a file beside it, then rename that over it:
+    a reader sees the old file or the new one, never half. Each writing thread of each
+    process has its own temporary name."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(aside, "wb") as f:
+            write(f)
+        os.replace(aside, path)
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 class JsonFileCache:
@@ -41,9 +56,7 @@ class JsonFileCache:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(self.path)
+        replace_atomically(self.path, lambda f: f.write(json.dumps(data, indent=1).encode()))
 
     def get_entry(self, key: str) -> object:
         """The value stored under ``key``, or None."""

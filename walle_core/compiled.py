@@ -28,18 +28,18 @@ import math
 import mmap
 import os
 import struct
-import threading
 import types
 import typing
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from walle_core import ops
+from walle_core.caches import replace_atomically
 from walle_core.errors import ModelError, WalleError
 from walle_core.ir import Graph, Node, TensorType
 from walle_core.mapped import FileMapping, map_file, mapping_of
@@ -201,18 +201,15 @@ def save_graph(graph: Graph, path: str | os.PathLike, source: str = "", *,
         header["constants"].append(entry)
     blob = json.dumps(header).encode()
     data_start = _align(_PREAMBLE.size + len(blob))
-    path = Path(path)
-    aside = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
-    try:
-        with open(aside, "wb") as f:
-            f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)))
-            f.write(blob)
-            for entry, value in stored:
-                f.write(b"\0" * (data_start + entry["offset"] - f.tell()))
-                f.write(np.ascontiguousarray(value).data)
-        os.replace(aside, path)
-    finally:
-        aside.unlink(missing_ok=True)
+
+    def write(f: BinaryIO) -> None:
+        f.write(_PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(blob)))
+        f.write(blob)
+        for entry, value in stored:
+            f.write(b"\0" * (data_start + entry["offset"] - f.tell()))
+            f.write(np.ascontiguousarray(value).data)
+
+    replace_atomically(Path(path), write)
 
 
 def _offset_in(mapping: FileMapping, array: np.ndarray) -> int | None:

@@ -410,13 +410,15 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
       const int64_t rows = i_end - i_begin;
       float* c = pr.c + j0 * pr.ldc + i_begin;
       int64_t finished = 0;  // channels [0, finished) of the block have had their epilogue
-      const bool vector_finish = (!ep.bias.p || ep.bias.cs == 1) && (!ep.residual.p || ep.residual.rs == 1);
-      if (blk.isa != Isa::kPortable && vector_finish) {
-        const float* bias = ep.bias.p ? ep.bias.p + j0 * ep.bias.cs : nullptr;
-        const float* res = ep.residual.p ? ep.residual.p + j0 * ep.residual.cs + i_begin : nullptr;
-        finished = transpose_finish_avx2(stage, stage_ld, rows, nc, c, pr.ldc, bias, res, ep.residual.cs, ep.act);
-      } else if (blk.isa != Isa::kPortable) {
-        transpose_finish_avx2(stage, stage_ld, rows, nc, c, pr.ldc, nullptr, nullptr, 0, Act{});
+      if (blk.isa != Isa::kPortable) {
+        // the vector store finishes bias per channel and residual runs along the pixels only
+        const bool vector_finish = (!ep.bias.p || ep.bias.cs == 1) && (!ep.residual.p || ep.residual.rs == 1);
+        const Epilogue& fin = vector_finish ? ep : Epilogue{};
+        const float* bias = fin.bias.p ? fin.bias.p + j0 : nullptr;
+        const float* res = fin.residual.p ? fin.residual.p + j0 * fin.residual.cs + i_begin : nullptr;
+        const int64_t done = transpose_finish_avx2(stage, stage_ld, rows, nc, c, pr.ldc, bias, res, fin.residual.cs,
+                                                   fin.act);
+        finished = vector_finish ? done : 0;
       } else {
         for (int64_t q = 0; q < nc; ++q)
           for (int64_t r = 0; r < rows; ++r) c[q * pr.ldc + r] = stage[r * stage_ld + q];
