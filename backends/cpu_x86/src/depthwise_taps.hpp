@@ -16,8 +16,9 @@ void depthwise_taps_avx512(const float* const* src, const float* w, int64_t taps
 
 // Eight channels of a depthwise convolution at once, with neither per-plane set-up nor row tails
 // (up to 1 MiB of interleaved input, see conv.cpp): the channels are interleaved into a zero-padded
-// [row][column][8] copy, each tap is then one 8-lane multiply-add per output pixel, and the
-// results go back to the channels' planes. Every element gets exactly the operations of the
+// [row][column][8] copy (a blocked input with wide rows is read in place instead, only the border
+// windows copied), each tap is then one 8-lane multiply-add per output pixel, and the results go
+// back to the channels' planes. Every element gets exactly the operations of the
 // per-plane path (taps in order from zero, then + bias, + residual, activation), so the results
 // are bit-identical. act: 0 none, 1 relu, 2 clip; any other activation is left to the caller.
 // x is either 8 planes one after another (NCHW) or, when x_blocked, one block of the 8 channels
