@@ -83,6 +83,82 @@ def test_blocked_activation_matches_plain_layout(monkeypatch, threads, case):
     np.testing.assert_allclose(got["1"], reference(x, w1, b1, fn, w2, b2, stride), rtol=1e-4, atol=1e-4)
 
 
+def depthwise_then_project(x, w1, b1, stride, w2, b2, residual=None, extra_reader=False):
+    """x -> depthwise 3x3 (w1, b1, relu6) -> t -> pointwise (w2, b2, + residual) -> y."""
+    b = GraphBuilder()
+    name = b.add_input("x", TensorType(x.dtype, x.shape))
+    c = w1.shape[0]
+    dw = ops.Conv2DAttrs((stride, stride), (1, 1, 1, 1), groups=c, activation=Activation(UnaryFn.CLIP, 0.0, 6.0),
+                         has_bias=True)
+    (t,) = b.emit(Op.CONV2D, [name, b.constant(w1), b.constant(b1)], dw)
+    inputs = [t, b.constant(w2), b.constant(b2)]
+    if residual is not None:
+        inputs.append(b.add_input("r", TensorType(residual.dtype, residual.shape)))
+    (y,) = b.emit(Op.CONV2D, inputs, ops.Conv2DAttrs(has_bias=True, has_residual=residual is not None))
+    g = b.graph
+    outs = [y, t] if extra_reader else [y]
+    return Segment(g.nodes, list(g.inputs), outs, dict(g.types), dict(g.constants)), t
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", [
+    # (x shape, project channels, dw stride, residual): pixels over one staging block of the
+    # GEMM (120 rows) and not a multiple of its 6-row tile, K over one 256 block, project
+    # channels not a multiple of the 16-column tile, two images, a wide stride-2 layer
+    ((1, 32, 20, 23), 16, 1, True),
+    ((2, 264, 7, 7), 32, 1, False),
+    ((1, 16, 7, 7), 40, 1, True),
+    ((1, 24, 66, 67), 16, 2, False),
+], ids=["460px-res", "k264-2img", "40out", "wide-s2"])
+def test_blocked_depthwise_output_matches_plain_layout(monkeypatch, threads, case):
+    xs, o, stride, with_residual = case
+    c = xs[1]
+    x, w1, b1, w2, b2 = f32(*xs), f32(c, 1, 3, 3), f32(c), f32(o, c, 1, 1), f32(o)
+    oh, ow = (xs[2] - 1) // stride + 1, (xs[3] - 1) // stride + 1
+    residual = f32(xs[0], o, oh, ow) if with_residual else None
+    seg, t = depthwise_then_project(x, w1, b1, stride, w2, b2, residual)
+    assert blocked_activations(seg, "avx2") == {t}
+    feeds = [x] if residual is None else [x, residual]
+    got = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("WALLE_CPU_X86_BLOCKED", mode)
+        (got[mode],) = CpuX86Backend(threads=threads).compile(seg).run(feeds)
+    np.testing.assert_array_equal(got["1"], got["0"])
+    t_ref = np.clip(np_conv(x, w1, b1, (stride, stride), (1, 1, 1, 1), groups=c), 0, 6)
+    want = np_conv(t_ref, w2, b2) + (0 if residual is None else residual)
+    np.testing.assert_allclose(got["1"], want, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_to_pointwise_is_blocked_where_the_tiles_fill_as_well():
+    """With the pixels as GEMM rows, 40 output channels fill 16-column tiles to 83 %, and 6-row
+    tiles with the channels as rows to 95 %: at 56x56 that stays NCHW, at 7x7 (where 49 pixels
+    fill 16-column tiles to 77 %) it is blocked."""
+    for side, expected in ((56, False), (7, True)):
+        x = f32(1, 16, side, side)
+        seg, t = depthwise_then_project(x, f32(16, 1, 3, 3), f32(16), 1, f32(40, 16, 1, 1), f32(40))
+        assert blocked_activations(seg, "avx2") == ({t} if expected else frozenset())
+
+
+def test_a_pointwise_convolution_is_blocked_on_one_side_only():
+    """depthwise -> pointwise -> depthwise: the middle convolution writes blocks (the measured
+    gain of that edge came first), so it reads NCHW."""
+    x = f32(1, 8, 6, 6)
+    b = GraphBuilder()
+    dw = ops.Conv2DAttrs(pads=(1, 1, 1, 1), groups=8)
+    (t1,) = b.emit(Op.CONV2D, [b.add_input("x", TensorType(x.dtype, x.shape)), b.constant(f32(8, 1, 3, 3))], dw)
+    (t2,) = b.emit(Op.CONV2D, [t1, b.constant(f32(8, 8, 1, 1))], ops.Conv2DAttrs())
+    (y,) = b.emit(Op.CONV2D, [t2, b.constant(f32(8, 1, 3, 3))], dw)
+    g = b.graph
+    seg = Segment(g.nodes, list(g.inputs), [y], dict(g.types), dict(g.constants))
+    assert blocked_activations(seg, "avx2") == {t2}
+    (got,) = CpuX86Backend().compile(seg).run([x])
+    w = {n: g.constants[n] for n in g.constants}
+    ws = [w[node.inputs[1]] for node in g.nodes]
+    t = np_conv(x, ws[0], None, (1, 1), (1, 1, 1, 1), groups=8)
+    want = np_conv(np_conv(t, ws[1], None), ws[2], None, (1, 1), (1, 1, 1, 1), groups=8)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_only_a_private_pointwise_to_depthwise_edge_is_blocked():
     x, w1, b1, w2, b2 = f32(1, 8, 6, 6), f32(16, 8, 1, 1), f32(16), f32(16, 1, 3, 3), f32(16)
     act = Activation(UnaryFn.RELU)
@@ -129,6 +205,6 @@ def test_native_side_refuses_a_blocked_flag_it_cannot_honour():
     ints = [1, 1, 0, 0, 0, 0, 1, 1, 1, 0, 0, identity, -1]
     consts = [w.reshape(-1).view(np.uint8)]
     _ext.Plan(tensors, consts, [0], [2], [(conv, 0, "conv", [0, 1], [2], ints + [0, 0], [0.0, 0.0])], 0, "", pool)
-    with pytest.raises(ValueError, match="8-channel-blocked input needs a depthwise convolution"):
+    with pytest.raises(ValueError, match="8-channel blocks need a depthwise convolution"):
         _ext.Plan(tensors, consts, [0], [2], [(conv, 0, "conv", [0, 1], [2], ints + [1, 0], [0.0, 0.0])], 0, "",
                   pool)

@@ -215,10 +215,17 @@ class Conv2DKernel : public OpKernel {
     in_blocked_ = ctx.rec().ints.size() > 13 && ctx.int_at(13) != 0;
     out_blocked_ = ctx.rec().ints.size() > 14 && ctx.int_at(14) != 0;
     if (in_blocked_ || out_blocked_) {
-      ctx.check(in_blocked_ ? depthwise_ && s_.og == 1 && blk_.isa != Isa::kPortable && s_.c % 8 == 0 && !out_blocked_
-                            : direct_1x1_ && g == 1 && s_.o % 8 == 0 && !has_residual,
-                "an 8-channel-blocked input needs a depthwise convolution (AVX2, channels a multiple of 8), a "
-                "blocked output a pointwise one (output channels a multiple of 8, no residual)");
+      // depthwise: in and out (AVX2, channels a multiple of 8); pointwise: in or out
+      const bool depthwise_blocks = depthwise_ && s_.og == 1 && blk_.isa != Isa::kPortable && s_.c % 8 == 0 &&
+                                    !(out_blocked_ && has_residual);
+      const bool pointwise_blocks = direct_1x1_ && g == 1 && !(in_blocked_ && out_blocked_) &&
+                                    ctx.constant_bytes(1) != nullptr &&
+                                    (!in_blocked_ || (s_.c % 8 == 0 && blk_.kernel.a_blocked)) &&
+                                    (!out_blocked_ || (s_.o % 8 == 0 && !has_residual));
+      ctx.check(depthwise_blocks || pointwise_blocks,
+                "8-channel blocks need a depthwise convolution (AVX2, channels a multiple of 8, no residual with a "
+                "blocked output) or a pointwise one with constant weights, blocked on one side (channels a multiple "
+                "of 8 there, no residual with a blocked output)");
       if (depthwise_) channel_blocks_ = true;  // the layout the eight-channel kernel works in
     }
     ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
@@ -244,9 +251,8 @@ class Conv2DKernel : public OpKernel {
       auto padded = [](int64_t v, int64_t t) { return (v + t - 1) / t * t; };
       pixel_rows_ = g == 1 && s_.o > 64 && pixels <= blk_.mc && ctx.constant_bytes(1) != nullptr &&
                     10 * padded(pixels, mr) * padded(s_.o, nr) < 9 * padded(s_.o, mr) * padded(pixels, nr);
-      // a blocked output is only written with the pixels as rows (any number of them)
-      ctx.check(!out_blocked_ || ctx.constant_bytes(1) != nullptr, "a blocked output needs constant weights");
-      if (out_blocked_) pixel_rows_ = true;
+      // a blocked input or output is only read or written with the pixels as rows (any number)
+      if (in_blocked_ || out_blocked_) pixel_rows_ = true;
       if (const void* data = pixel_rows_ ? ctx.constant_input(1) : nullptr) {
         // W^T as the constant B operand: element (k, j) is W[j, k]
         packed_stride_ = static_cast<int64_t>(packed_b_floats(gemm_k_, s_.o, nr));
@@ -294,7 +300,7 @@ class Conv2DKernel : public OpKernel {
   size_t workspace_bytes() const override {
     if (winograd_) return winograd_->workspace_bytes();
     size_t floats = pixel_panels_offset();
-    if (pixel_rows_ && !out_blocked_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
+    if (pixel_rows_ && !out_blocked_ && !in_blocked_) floats += packed_a_floats(s_.oh * s_.ow, gemm_k_, blk_.kernel.mr);
     if (direct_taps_) floats += 16;  // a row's last tile reads up to 16 floats on
     return floats * sizeof(float);
   }
@@ -338,6 +344,24 @@ class Conv2DKernel : public OpKernel {
         p.c = y + n * s_.o * plane_out;
         p.c_block = 8 * plane_out;
         if (bias) p.epilogue.bias = MatView{bias, 0, 1};
+        p.epilogue.act = act_;
+        return p;
+      };
+      gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
+      return;
+    }
+    if (in_blocked_) {
+      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O], X^T read from the blocks in place
+      auto problem = [&](int64_t n) {
+        GemmProblem p;
+        p.a.view.p = x + n * s_.c * plane_in;
+        p.a.block = 8 * plane_in;
+        p.b.packed = packed_.as<float>();
+        p.c = y + n * s_.o * plane_out;
+        p.ldc = plane_out;
+        p.c_transposed = true;
+        if (bias) p.epilogue.bias = MatView{bias, 0, 1};
+        if (res) p.epilogue.residual = MatView{res + n * s_.o * plane_out, 1, plane_out};
         p.epilogue.act = act_;
         return p;
       };
@@ -478,6 +502,7 @@ class Conv2DKernel : public OpKernel {
         b.sh = s_.sh, b.sw = s_.sw, b.dh = s_.dh, b.dw = s_.dw, b.pt = s_.pt, b.pl = s_.pl;
         b.act = fused < 0 ? 0 : fused;
         b.x_blocked = in_blocked_;
+        b.y_blocked = out_blocked_;
         b.lo = act_.alpha;
         b.hi = act_.beta;
         b.scratch = ctx.scratch(worker);

@@ -126,6 +126,10 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     if (b.bias) {
       for (auto& v : r) v = _mm256_add_ps(v, bias);
     }
+    if (b.y_blocked) {  // each pixel's eight channels as they are
+      for (int64_t p = 0; p < n; ++p) _mm256_store_ps(b.y + (at + p) * 8, finish(r[p], 0, at, n));
+      return;
+    }
     store_planes8(r, b.y, plane_out, at, n, [&](__m256 v, int l) { return finish(v, l, at, n); });
   };
 

@@ -23,7 +23,8 @@ void depthwise_taps_avx512(const float* const* src, const float* w, int64_t taps
 // are bit-identical. act: 0 none, 1 relu, 2 clip; any other activation is left to the caller.
 // x is either 8 planes one after another (NCHW) or, when x_blocked, one block of the 8 channels
 // interleaved pixel by pixel ([pixel][8], the NCHW8c layout): the same address either way, since
-// a block holds the same floats as its 8 planes.
+// a block holds the same floats as its 8 planes. Likewise y (y_blocked), which then has no
+// residual.
 struct DepthwiseBlock {
   const float* x;         // channel c0's input plane, or its block
   float* y;               // channel c0's output plane; the 8 planes follow one another
@@ -33,7 +34,7 @@ struct DepthwiseBlock {
   int64_t h, w_in, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl;
   int act;
   float lo, hi;
-  bool x_blocked;
+  bool x_blocked, y_blocked;
   float* scratch;  // depthwise_block_scratch_floats() floats, 32-byte aligned
 };
 int64_t depthwise_block_scratch_floats(int64_t oh, int64_t ow, int64_t kh, int64_t kw, int64_t sh, int64_t sw,

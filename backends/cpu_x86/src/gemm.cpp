@@ -261,16 +261,19 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           const CancelFlag* cancel) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   const GemmProblem first = problem(0);
-  require(m <= blk.mc || !first.c_transposed, "a GEMM with a transposed C has at most MC rows");
+  require(!first.a.block || (first.c_transposed && k % 8 == 0 && blk.kernel.a_blocked),
+          "a GEMM reading a blocked A has a transposed C and a multiple of 8 as K");
   require(first.c_block == 0 || n % 8 == 0, "a GEMM with a blocked C has a multiple of 8 columns");
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
   const int64_t nt = ceil_div(n, blk.nc);
   // A task owns one column block and a range of rows. Each B block is packed once per task and
   // reused by all of the task's rows, so rows are split only as far as the workers need work
-  // (about two tasks per worker, for balance).
+  // (about two tasks per worker, for balance), and as far as a transposed C's staging buffer
+  // (MC rows) requires.
   const int64_t panels = ceil_div(m, mr);
   const int64_t want = pool.threads() > 1 ? 2 * pool.threads() : 1;
-  const int64_t splits = batch * nt >= want ? 1 : std::min(panels, ceil_div(want, batch * nt));
+  int64_t splits = batch * nt >= want ? 1 : std::min(panels, ceil_div(want, batch * nt));
+  if (first.c_transposed) splits = std::max(splits, ceil_div(panels, blk.mc / mr));
   const int64_t rows_per_task = ceil_div(panels, splits) * mr;
   const int64_t ms = ceil_div(m, rows_per_task);
   pool.parallel_for(batch * nt * ms, [&](int64_t task, int worker) {
@@ -329,6 +332,9 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         if (pr.a.packed) {
           ap = pr.a.packed + (i0 / mr) * k * mr + pc * mr;
           a_stride = k * mr;
+        } else if (pr.a.block) {  // read in place by the kernel, MR pixels of 8 floats per panel
+          ap = pr.a.view.p + (pc / 8) * pr.a.block + i0 * 8;
+          a_stride = mr * 8;
         } else {
           pack_a_block(pr.a.view, i0, mc, pc, kc, mr, a_buf);
           ap = a_buf;
@@ -375,6 +381,9 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
               if (fuse_blocked) apply_epilogue(ep, blk.isa, edge, nr, i0 + ir, rows, j0 + jr, cols);
               for (int64_t i = 0; i < rows; ++i)
                 for (int64_t q = 0; q < cols; q += 8) std::memcpy(group(i, q), edge + i * nr + q, 8 * sizeof(float));
+            } else if (pr.a.block) {
+              blk.kernel.a_blocked(static_cast<int>(rows), kc, a_panel, pr.a.block, b_panel, b_ld,
+                                   stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld, accumulate);
             } else if (pr.c_transposed) {
               blk.kernel.fn(kc, a_panel, b_panel, b_ld, stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld,
                             accumulate, next, next_ld);

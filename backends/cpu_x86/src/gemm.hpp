@@ -45,6 +45,10 @@ struct GemmOperand {
   const float* packed = nullptr;
   MatView view;
   const Im2col* im2col = nullptr;
+  // > 0 (A only, with a transposed C): A is read in place in blocks of 8 columns of this many
+  // floats, element (i, k) at view.p[(k / 8) * block + i * 8 + k % 8] (an NCHW8c image with the
+  // pixels as rows); K must be a multiple of 8.
+  int64_t block = 0;
 };
 
 // Applied to each finished output tile, while it is still in cache.

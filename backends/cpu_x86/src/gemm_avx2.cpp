@@ -128,10 +128,52 @@ void kernel_gathered(int rows, int64_t kc, const float* a, const float* b, const
   });
 }
 
+// The first R rows of a tile whose A is read in 8-column blocks in place (MicroKernel::a_blocked):
+// the same multiply-adds in the same order as tile_rx16 over a packed panel, so the same bits.
+template <int R>
+inline void tile_rx16_blocked_a(int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
+                                int64_t ldc, bool accumulate) {
+  __m256 acc[R][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k0 = 0; k0 < kc; k0 += 8, a += a_block) {
+#pragma GCC unroll 8
+    for (int kk = 0; kk < 8; ++kk) {
+      const __m256 b0 = _mm256_loadu_ps(b);
+      const __m256 b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+      for (int i = 0; i < R; ++i) {
+        const __m256 ai = _mm256_broadcast_ss(a + i * 8 + kk);
+        acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+        acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+      }
+      b += ldb;
+    }
+  }
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) {
+    float* row = c + i * ldc;
+    if (accumulate) {
+      acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
+      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + 8));
+    }
+    _mm256_storeu_ps(row, acc[i][0]);
+    _mm256_storeu_ps(row + 8, acc[i][1]);
+  }
+}
+
+void kernel_a_blocked(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
+                      int64_t ldc, bool accumulate) {
+  with_rows(rows, [&](auto r) {
+    tile_rx16_blocked_a<decltype(r)::value>(kc, a, a_block, b, ldb, c, ldc, accumulate);
+  });
+}
+
 }  // namespace
 
 MicroKernel micro_kernel_avx2() {
-  return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked, kernel_gathered};
+  return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked, kernel_gathered,
+          kernel_a_blocked};
 }
 
 }  // namespace walle

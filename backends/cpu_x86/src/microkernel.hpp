@@ -48,6 +48,12 @@ struct MicroKernel {
   // kernel has none.
   void (*gathered)(int rows, int64_t kc, const float* a, const float* b, const int64_t* b_offsets, float* c,
                    int64_t ldc, const TileEpilogue* ep) = nullptr;
+  // The first `rows` (<= MR) rows of a whole-width tile with A read in blocks of 8 columns, in
+  // place: element (i, k) at a[(k / 8) * a_block + i * 8 + k % 8] (an NCHW8c image with the
+  // pixels as rows; kc a multiple of 8). Stored straight to c, no epilogue. nullptr where a
+  // kernel has none.
+  void (*a_blocked)(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
+                    int64_t ldc, bool accumulate) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();
