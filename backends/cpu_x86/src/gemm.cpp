@@ -385,8 +385,14 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
               blk.kernel.a_blocked(static_cast<int>(rows), kc, a_panel, pr.a.block, b_panel, b_ld,
                                    stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld, accumulate);
             } else if (pr.c_transposed) {
-              blk.kernel.fn(kc, a_panel, b_panel, b_ld, stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld,
-                            accumulate, next, next_ld);
+              // a last, partial row panel computes its own rows only (49 pixels: 1 of 6)
+              float* s = stage + (i0 - i_begin + ir) * stage_ld + jr;
+              if (rows < mr && blk.kernel.rows) {
+                blk.kernel.rows(static_cast<int>(rows), kc, a_panel, b_panel, b_ld, s, stage_ld, accumulate, next,
+                                next_ld, nullptr);
+              } else {
+                blk.kernel.fn(kc, a_panel, b_panel, b_ld, s, stage_ld, accumulate, next, next_ld);
+              }
             } else if (rows == mr && cols == nr) {
               if (fuse) {
                 blk.kernel.fused(kc, a_panel, b_panel, b_ld, c, pr.ldc, accumulate, next, next_ld,
