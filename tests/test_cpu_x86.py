@@ -436,7 +436,10 @@ def np_matmul(a, b, ta, tb):
     return np.matmul(a.astype(np.float64), b.astype(np.float64))
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (13, 33, 47), (130, 300, 270), (1, 600, 40)], ids=str)
+# m = 1 is a GEMV, which runs up to four column panels at a time: 40 columns are two panels and
+# a partial one, 1000 are 15 groups of four, two panels and a partial one, 80 are five panels
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (13, 33, 47), (130, 300, 270), (1, 600, 40), (1, 300, 1000),
+                                   (1, 257, 80)], ids=str)
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("const_b", [False, True], ids=["dyn", "packed"])
 def test_matmul_shapes(backend, m, k, n, ta, tb, const_b):
@@ -447,6 +450,7 @@ def test_matmul_shapes(backend, m, k, n, ta, tb, const_b):
 
 
 @pytest.mark.parametrize("sa,sb,const", [((2, 1, 5, 7), (3, 7, 4), ()), ((4, 6, 9), (9, 10), (1,)),
+                                         ((3, 1, 70), (70, 90), (1,)), ((3, 1, 70), (3, 70, 90), ()),
                                          ((6, 9), (2, 3, 9, 10), (0,)), ((2, 3, 4, 5), (2, 3, 5, 6), (0, 1))],
                          ids=str)
 def test_matmul_batch_broadcast(backend, sa, sb, const):

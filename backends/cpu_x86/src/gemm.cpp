@@ -340,7 +340,18 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           ap = a_buf;
           a_stride = kc * mr;
         }
-        for (int64_t jr = 0; jr < nc; jr += nr) {
+        int64_t j_done = 0;  // columns [0, j_done) of the block are done for this k block
+        if (mc == 1 && blk.kernel.row_panels && !pr.c_transposed && !pr.c_block && !fuse) {
+          // A GEMV: the whole B panels several at a time; a partial last one goes the usual way
+          const int64_t whole = nc / nr;
+          for (int64_t p = 0; p < whole; p += MicroKernel::kRowPanels) {
+            const int count = static_cast<int>(std::min<int64_t>(MicroKernel::kRowPanels, whole - p));
+            blk.kernel.row_panels(count, kc, ap, bp + p * b_stride, ldb, b_stride, pr.c + i0 * pr.ldc + j0 + p * nr,
+                                  accumulate);
+          }
+          j_done = whole * nr;
+        }
+        for (int64_t jr = j_done; jr < nc; jr += nr) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
           const bool packed_edge = b_in_place && cols < nr;
           const float* b_panel = packed_edge ? b_buf : bp + (jr / nr) * b_stride;

@@ -169,11 +169,54 @@ void kernel_a_blocked(int rows, int64_t kc, const float* a, int64_t a_block, con
   });
 }
 
+// Row 0 of an A panel against P whole B panels (MicroKernel::row_panels): 2 P independent
+// accumulators per k step; each column's multiply-adds are tile_rx16<1>'s, in its order.
+template <int P>
+inline void row_against_panels(int64_t kc, const float* a, const float* b, int64_t ldb, int64_t b_stride, float* c,
+                               bool accumulate) {
+  __m256 acc[P][2];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 ak = _mm256_broadcast_ss(a + k * kMr);
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      const float* bk = b + p * b_stride + k * ldb;
+      acc[p][0] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(bk), acc[p][0]);
+      acc[p][1] = _mm256_fmadd_ps(ak, _mm256_loadu_ps(bk + 8), acc[p][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) {
+    float* out = c + p * kNr;
+    if (accumulate) {
+      acc[p][0] = _mm256_add_ps(acc[p][0], _mm256_loadu_ps(out));
+      acc[p][1] = _mm256_add_ps(acc[p][1], _mm256_loadu_ps(out + 8));
+    }
+    _mm256_storeu_ps(out, acc[p][0]);
+    _mm256_storeu_ps(out + 8, acc[p][1]);
+  }
+}
+
+void kernel_row_panels(int panels, int64_t kc, const float* a, const float* b, int64_t ldb, int64_t b_stride,
+                       float* c, bool accumulate) {
+  static_assert(MicroKernel::kRowPanels == 4, "one case per panel count");
+  switch (panels) {
+    case 1: return row_against_panels<1>(kc, a, b, ldb, b_stride, c, accumulate);
+    case 2: return row_against_panels<2>(kc, a, b, ldb, b_stride, c, accumulate);
+    case 3: return row_against_panels<3>(kc, a, b, ldb, b_stride, c, accumulate);
+    default: return row_against_panels<4>(kc, a, b, ldb, b_stride, c, accumulate);
+  }
+}
+
 }  // namespace
 
 MicroKernel micro_kernel_avx2() {
-  return {kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked, kernel_gathered,
-          kernel_a_blocked};
+  MicroKernel k{kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked, kernel_gathered,
+                kernel_a_blocked};
+  k.row_panels = kernel_row_panels;
+  return k;
 }
 
 }  // namespace walle

@@ -54,6 +54,13 @@ struct MicroKernel {
   // kernel has none.
   void (*a_blocked)(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
                     int64_t ldc, bool accumulate) = nullptr;
+  // One row of A (its panel's first row) against `panels` (1 .. kRowPanels) whole-width B panels,
+  // panel p at b + p * b_stride, stored to c[p * NR ..], no epilogue: a GEMV (M = 1), where one
+  // tile's few accumulators would leave the multiply-add unit waiting on its own latency. nullptr
+  // where a kernel has none.
+  static constexpr int kRowPanels = 4;
+  void (*row_panels)(int panels, int64_t kc, const float* a, const float* b, int64_t ldb, int64_t b_stride, float* c,
+                     bool accumulate) = nullptr;
 };
 
 MicroKernel micro_kernel_portable();
