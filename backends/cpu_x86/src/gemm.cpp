@@ -351,12 +351,17 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           }
           j_done = whole * nr;
         }
+        // A transposed C's last row panel holding a single row (49 pixels) is a GEMV over the
+        // block's panels, done after them; the stage has room for whole tiles.
+        const int64_t single = pr.c_transposed && !pr.a.block && pr.b.packed && blk.kernel.row_panels &&
+                                       mc % mr == 1 ? mc - 1 : -1;
         for (int64_t jr = j_done; jr < nc; jr += nr) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
           const bool packed_edge = b_in_place && cols < nr;
           const float* b_panel = packed_edge ? b_buf : bp + (jr / nr) * b_stride;
           const int64_t b_ld = packed_edge ? nr : ldb;
           for (int64_t ir = 0; ir < mc; ir += mr) {
+            if (ir == single) continue;
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
             const float* a_panel = ap + (ir / mr) * a_stride;
@@ -424,6 +429,14 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
               for (int64_t i = 0; i < rows; ++i) std::memcpy(c + i * pr.ldc, edge + i * nr, cols * sizeof(float));
               if (fuse) apply_epilogue(ep, blk.isa, c, pr.ldc, i0 + ir, rows, j0 + jr, cols);
             }
+          }
+        }
+        if (single >= 0) {
+          const int64_t panels = ceil_div(nc, nr);
+          for (int64_t p = 0; p < panels; p += MicroKernel::kRowPanels) {
+            const int count = static_cast<int>(std::min<int64_t>(MicroKernel::kRowPanels, panels - p));
+            blk.kernel.row_panels(count, kc, ap + (single / mr) * a_stride, bp + p * b_stride, ldb, b_stride,
+                                  stage + (i0 - i_begin + single) * stage_ld + p * nr, accumulate);
           }
         }
       }
