@@ -549,7 +549,8 @@ def test_stride2_conv_through_the_phase_split_image(monkeypatch, isa, fn, geomet
     """Stride-2 windows of 2x2 taps or more read a padded, phase-split copy of each image: odd
     and even sizes, uneven pads, two images, and the bias, residual and activation (fused or
     not). With constant weights and at most 4 input channels (network stems) the AVX2 kernel
-    reads the taps straight from that copy, in whole 16-pixel tiles and partial ones; the same
+    reads the taps straight from that copy, in whole 16-pixel tiles and partial ones, in bands of
+    8 output rows (the stem's 20 rows end in a partial band); the same
     products in the same order as the packed path that runtime weights take, so bit-identical."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     xs, o, k, pads = geometry

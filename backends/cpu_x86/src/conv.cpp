@@ -457,25 +457,35 @@ class Conv2DKernel : public OpKernel {
     ep.act = act_;
     const bool has_epilogue = bias || res || act_.fn != UnaryFn::kIdentity;
     const bool fusable = tile_act(act_) >= 0;
-    ctx.pool.parallel_for(s_.oh, [&](int64_t oy, int worker) {
+    // A task is a band of output rows, computed one register tile of channels at a time over the
+    // whole band, so each tile writes its few channel planes in runs of kTapBandRows rows. Tiles
+    // of all channels side by side would write every plane 64 bytes at a time, more concurrent
+    // streams than the hardware prefetchers follow (measured: SqueezeNet's stem, 64 planes of
+    // 111x111, 1.02 ms that way against 0.71 ms; MobileNetV2's 0.46 against 0.39 ms). The taps,
+    // re-read per tile, stay in L1/L2.
+    constexpr int64_t kTapBandRows = 8;
+    ctx.pool.parallel_for((s_.oh + kTapBandRows - 1) / kTapBandRows, [&](int64_t t, int worker) {
       if (is_cancelled(ctx.cancel)) return;
       float* edge = ctx.scratch(worker);
-      const float* taps = ctx.workspace + oy * phase_layout_.pitch;  // tap offsets are from here
-      for (int64_t ox0 = 0; ox0 < s_.ow; ox0 += nr) {
-        const int64_t cols = std::min<int64_t>(nr, s_.ow - ox0), j0 = oy * s_.ow + ox0;
-        for (int64_t o0 = 0; o0 < s_.o; o0 += mr) {
-          const int rows = static_cast<int>(std::min<int64_t>(mr, s_.o - o0));
-          const float* a = packed_.as<float>() + o0 * gemm_k_;
-          float* c = y + o0 * plane_out + j0;
-          if (cols == nr && fusable) {
-            const TileEpilogue te = row_tile_epilogue(ep, o0, j0);
-            blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), c, plane_out,
-                                 has_epilogue ? &te : nullptr);
-            continue;
+      const int64_t oy_end = std::min(s_.oh, (t + 1) * kTapBandRows);
+      for (int64_t o0 = 0; o0 < s_.o; o0 += mr) {
+        const int rows = static_cast<int>(std::min<int64_t>(mr, s_.o - o0));
+        const float* a = packed_.as<float>() + o0 * gemm_k_;
+        for (int64_t oy = t * kTapBandRows; oy < oy_end; ++oy) {
+          const float* taps = ctx.workspace + oy * phase_layout_.pitch;  // tap offsets are from here
+          for (int64_t ox0 = 0; ox0 < s_.ow; ox0 += nr) {
+            const int64_t cols = std::min<int64_t>(nr, s_.ow - ox0), j0 = oy * s_.ow + ox0;
+            float* c = y + o0 * plane_out + j0;
+            if (cols == nr && fusable) {
+              const TileEpilogue te = row_tile_epilogue(ep, o0, j0);
+              blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), c, plane_out,
+                                   has_epilogue ? &te : nullptr);
+              continue;
+            }
+            blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), edge, nr, nullptr);
+            for (int i = 0; i < rows; ++i) std::copy_n(edge + i * nr, cols, c + i * plane_out);
+            if (has_epilogue) apply_epilogue(ep, blk_.isa, c, plane_out, o0, rows, j0, cols);
           }
-          blk_.kernel.gathered(rows, gemm_k_, a, taps + ox0, tap_offsets_.data(), edge, nr, nullptr);
-          for (int i = 0; i < rows; ++i) std::copy_n(edge + i * nr, cols, c + i * plane_out);
-          if (has_epilogue) apply_epilogue(ep, blk_.isa, c, plane_out, o0, rows, j0, cols);
         }
       }
     });
