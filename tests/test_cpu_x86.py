@@ -1120,6 +1120,58 @@ def test_native_plan_validates_its_tables(threads):
                   pool)
 
 
+def test_native_plan_checks_parts_written_in_place():
+    """A concatenation input written inside the concatenation (a part) may share its bytes while
+    both are live; anything else may not, and a part must lie inside its whole."""
+    pool = _ext.ThreadPool(1)
+    f32_code = _ext.dtype_names().index("float32")
+    unary = _ext.op_names().index("unary")
+    raster = _ext.op_names().index("raster")
+    exp = _ext.unary_fns().index("exp")
+    # x -> a (arena, inside c at byte 64) -> c = raster(a) copying nothing, flagged in place -> y
+    tensors = [(f32_code, 4, [16], 0, 0), (f32_code, 4, [16], 2, 64), (f32_code, 4, [32], 2, 0),
+               (f32_code, 4, [32], 1, 0)]
+    records = [(unary, 0, "u", [0], [1], [exp], [0.0, 0.0]), (raster, 1, "cat", [1], [2], [0, 0, 1], []),
+               (unary, 2, "u", [2], [3], [exp], [0.0, 0.0])]
+    _ext.Plan(tensors, [], [0], [3], records, 128, "", pool, [], [(1, 2)])
+    with pytest.raises(ValueError, match="arena plan overlaps live tensors 1 and 2"):
+        _ext.Plan(tensors, [], [0], [3], records, 128, "", pool)
+    outside = list(tensors)
+    outside[1] = (f32_code, 4, [16], 2, 128)
+    with pytest.raises(ValueError, match="tensor 1: not an arena range inside the arena tensor it is part of"):
+        _ext.Plan(outside, [], [0], [3], records, 192, "", pool, [], [(1, 2)])
+    with pytest.raises(ValueError, match="parts form a cycle"):
+        _ext.Plan(tensors, [], [0], [3], records, 128, "", pool, [], [(1, 2), (2, 1)])
+    with pytest.raises(ValueError, match="in-place flag must be 0 or 1"):
+        bad = [records[0], (raster, 1, "cat", [1], [2], [0, 0, 2], []), records[2]]
+        _ext.Plan(tensors, [], [0], [3], bad, 128, "", pool, [], [(1, 2)])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_concatenation_written_in_place(threads):
+    """SqueezeNet's fire module: two convolutions write straight into their halves of the
+    concatenation, whose copy is left out; a third part, a segment input, is still copied."""
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(np.dtype(np.float32), (1, 8, 9, 9)))
+    w1, w3 = f32(16, 8, 1, 1), f32(16, 8, 3, 3)
+    e1 = b.emit1(Op.CONV2D, [x, b.constant(w1)], ops.Conv2DAttrs(activation=act_of(UnaryFn.RELU)))
+    e3 = b.emit1(Op.CONV2D, [x, b.constant(w3)], ops.Conv2DAttrs(pads=(1, 1, 1, 1), activation=act_of(UnaryFn.RELU)))
+    n = 16 * 81
+    regions = (region(0, (n,), 0, (1,), 0, (1,)), region(1, (n,), 0, (1,), n, (1,)),
+               region(2, (8 * 81,), 0, (1,), 2 * n, (1,)))
+    cat = b.emit1(Op.RASTER, [e1, e3, x], ops.RasterAttrs((1, 40, 9, 9), regions))
+    y = b.emit1(Op.UNARY, [cat], ops.UnaryAttrs(UnaryFn.NEG))
+    g = b.graph
+    seg = Segment(g.nodes, ["x"], [y], dict(g.types), dict(g.constants))
+    exe = CpuX86Backend(threads=threads).compile(seg)
+    xv = f32(1, 8, 9, 9)
+    (got,) = exe.run([xv])
+    want = -np.concatenate([np.maximum(np_conv(xv, w1), 0), np.maximum(np_conv(xv, w3, pads=(1, 1, 1, 1)), 0), xv],
+                           axis=1)
+    close(got, want.astype(np.float32), atol=1e-4)
+    assert exe.plan.arena_bytes == -(-40 * 81 * 4 // 64) * 64  # the parts live inside the concatenation
+
+
 # ------------------------------------------------------------------- whole segments
 
 def test_conv_relu_pool_matmul_in_one_executable(backend):

@@ -1,11 +1,12 @@
-"""The arena planner: live tensors never share bytes, dead ones do."""
+"""The arena planner: live tensors never share bytes, dead ones do, and concatenation inputs
+are placed inside their concatenation."""
 
 import numpy as np
 
 from walle_core import ops
 from walle_core.backend import Segment
 from walle_core.ir import GraphBuilder, TensorType
-from walle_core.memory import ALIGNMENT, plan_segment_memory
+from walle_core.memory import ALIGNMENT, in_place_raster_inputs, plan_segment_memory
 from walle_core.ops import Op, UnaryFn
 
 
@@ -65,3 +66,88 @@ def test_live_tensors_never_overlap():
             ea, eb = oa + g.types[na].nbytes, ob + g.types[nb].nbytes
             assert ea <= ob or eb <= oa, f"{na} and {nb} overlap while both live"
     assert plan.arena_bytes < plan.naive_bytes
+
+
+F32 = np.dtype(np.float32)
+
+
+def _concat(b: GraphBuilder, xs: list[str], shapes: list[tuple[int, ...]]) -> str:
+    """A RASTER concatenating ``xs`` (N = 1) along axis 1, the way Concat decomposes."""
+    regions, at = [], 0
+    for i, shape in enumerate(shapes):
+        n = int(np.prod(shape))
+        regions.append(ops.Region(i, (n,), 0, (1,), at, (1,)))
+        at += n
+    out_shape = (1, sum(s[1] for s in shapes), *shapes[0][2:])
+    return b.emit1(Op.RASTER, xs, ops.RasterAttrs(out_shape, tuple(regions)))
+
+
+def _relu(b: GraphBuilder, x: str) -> str:
+    return b.emit1(Op.UNARY, [x], ops.UnaryAttrs(UnaryFn.RELU))
+
+
+def test_concatenation_inputs_are_found_and_placed_inside_it():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(F32, (1, 16, 4, 4)))
+    a, c = _relu(b, x), _relu(b, x)
+    cat = _concat(b, [a, c, x], [(1, 16, 4, 4)] * 3)  # x, a segment input, is copied
+    y = _relu(b, cat)
+    g = b.graph
+    seg = Segment(g.nodes, ["x"], [y], g.types)
+    aliases = in_place_raster_inputs(seg)
+    assert aliases == {a: (cat, 0), c: (cat, 16 * 16 * 4)}
+    plan = plan_segment_memory(seg, aliases=aliases)
+    assert plan.parts == {a: cat, c: cat}
+    assert plan.offsets[a] == plan.offsets[cat] and plan.offsets[c] == plan.offsets[cat] + 1024
+    # the concatenation's bytes are live from a's producer on: nothing else may use them then
+    assert plan.arena_bytes == g.types[cat].nbytes
+    assert plan_segment_memory(seg).parts == {}
+
+
+def test_what_is_not_written_in_place():
+    def found(build) -> dict:
+        b = GraphBuilder()
+        x = b.add_input("x", TensorType(F32, (1, 8, 3, 3)))
+        outputs = build(b, x)
+        g = b.graph
+        return in_place_raster_inputs(Segment(g.nodes, ["x"], outputs, g.types))
+
+    def concat_read_twice(b, x):
+        a, c = _relu(b, x), _relu(b, x)
+        return [_relu(b, _concat(b, [a, c], [(1, 8, 3, 3)] * 2)), _relu(b, c)]
+
+    def concat_as_output(b, x):
+        return [_concat(b, [_relu(b, x), _relu(b, x)], [(1, 8, 3, 3)] * 2)]
+
+    def unaligned_second_part(b, x):  # the second part starts 36 bytes in
+        a = _relu(b, x)
+        one = b.emit1(Op.RASTER, [a], ops.RasterAttrs((1, 1, 3, 3), (ops.Region(0, (9,), 0, (1,), 0, (1,)),)))
+        return [_relu(b, _concat(b, [one, _relu(b, x)], [(1, 1, 3, 3), (1, 8, 3, 3)]))]
+
+    def not_tiling(b, x):  # half of the output is left to the fill
+        t = b.emit1(Op.RASTER, [_relu(b, x)], ops.RasterAttrs((144,), (ops.Region(0, (72,), 0, (1,), 72, (1,)),)))
+        return [_relu(b, t)]
+
+    def strided(b, x):  # a transpose, not a whole copy in order
+        region = ops.Region(0, (8, 9), 0, (9, 1), 0, (1, 8))
+        return [_relu(b, b.emit1(Op.RASTER, [_relu(b, x)], ops.RasterAttrs((9, 8), (region,))))]
+
+    assert len(found(concat_read_twice)) == 1  # the part read once only
+    assert found(concat_as_output) == {}
+    assert [offset for _, offset in found(unaligned_second_part).values()] == [0]
+    assert found(not_tiling) == {}
+    assert found(strided) == {}
+
+
+def test_nested_concatenations_resolve_to_the_outer_one():
+    b = GraphBuilder()
+    x = b.add_input("x", TensorType(F32, (1, 16, 2, 2)))
+    a, c, d = _relu(b, x), _relu(b, x), _relu(b, x)
+    inner = _concat(b, [a, c], [(1, 16, 2, 2)] * 2)
+    outer = _concat(b, [d, inner], [(1, 16, 2, 2), (1, 32, 2, 2)])
+    y = _relu(b, outer)
+    g = b.graph
+    seg = Segment(g.nodes, ["x"], [y], g.types)
+    plan = plan_segment_memory(seg, aliases=in_place_raster_inputs(seg))
+    base = plan.offsets[outer]
+    assert [plan.offsets[n] - base for n in (d, inner, a, c)] == [0, 256, 256, 512]

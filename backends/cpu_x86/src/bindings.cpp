@@ -34,7 +34,7 @@ using OpTuple = std::tuple<int, int, std::string, std::vector<int>, std::vector<
 void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::vector<InBytes>& constants,
                                 std::vector<int> inputs, std::vector<int> outputs, const std::vector<OpTuple>& ops,
                                 int64_t arena_bytes, const std::string& isa, std::shared_ptr<ThreadPool> pool,
-                                const std::vector<bool>& reclaimable) {
+                                const std::vector<bool>& reclaimable, const std::vector<std::pair<int, int>>& parts) {
   std::vector<TensorInfo> table;
   for (const auto& [dtype, itemsize, shape, kind, where] : tensors) {
     require(dtype >= 0 && dtype <= static_cast<int>(DType::kOpaque), "unknown dtype code");
@@ -46,6 +46,12 @@ void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::v
     t.kind = static_cast<TensorKind>(kind);
     t.where = where;
     table.push_back(std::move(t));
+  }
+  for (const auto& [part, whole] : parts) {
+    require(part >= 0 && part < static_cast<int>(table.size()) && whole >= 0 && whole < static_cast<int>(table.size()),
+            "parts: tensor id out of range");
+    require(table[part].whole < 0, "parts: tensor " + std::to_string(part) + " is listed twice");
+    table[part].whole = whole;
   }
   std::vector<OpRecord> records;
   for (const auto& [op, index, label, ins, outs, ints, floats] : ops) {
@@ -128,9 +134,10 @@ NB_MODULE(_ext, m) {
 
   nb::class_<Plan>(m, "Plan", "A compiled segment; run() is thread-safe.")
       .def("__init__", &init_plan, "tensors"_a, "constants"_a, "inputs"_a, "outputs"_a, "ops"_a, "arena_bytes"_a, "isa"_a, "pool"_a,
-           "reclaimable"_a = std::vector<bool>(),
+           "reclaimable"_a = std::vector<bool>(), "parts"_a = std::vector<std::pair<int, int>>(),
            "reclaimable[i]: constant i is a view of a read-only shared file mapping, whose pages may be "
-           "dropped once every op that reads it is built.")
+           "dropped once every op that reads it is built. parts: (part, whole) pairs of arena tensors, the "
+           "part written in place inside the whole (a concatenation's input).")
       .def("run", &run_plan, "inputs"_a, "outputs"_a, "cancel"_a.none() = nb::none(),
            "Run with inputs/outputs given as uint8 views of C-contiguous arrays (GIL released); raises "
            "Cancelled once the optional CancelFlag is set.")

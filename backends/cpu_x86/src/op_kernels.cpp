@@ -78,6 +78,13 @@ class RasterKernel : public OpKernel {
       }
       regions_.push_back(reg);
     }
+    // optional: 1 when the rest of the output is written in place by the producers of its parts
+    // (a concatenation; see TensorInfo::whole), so it must not be filled
+    if (pos < ctx.rec().ints.size()) {
+      const int64_t rest = ctx.int_at(pos++);
+      ctx.check(rest == 0 || rest == 1, "in-place flag must be 0 or 1");
+      rest_in_place_ = rest == 1;
+    }
     ctx.check(pos == ctx.rec().ints.size(), "trailing attribute values");
     tiles_output_ = regions_tile_output(regions_, out_elems_);
   }
@@ -95,19 +102,20 @@ class RasterKernel : public OpKernel {
     for (size_t i = 0; i < inputs_.size(); ++i) ins[i] = ctx.ptrs[inputs_[i]];
     // disjoint blocks that cover the output (a concatenation): no fill, and a large one is
     // copied a region per worker
-    if (tiles_output_ && regions_.size() > 1 && out_elems_ * itemsize_ >= kParallelCopyBytes) {
+    if ((tiles_output_ || rest_in_place_) && regions_.size() > 1 && out_elems_ * itemsize_ >= kParallelCopyBytes) {
       ctx.pool.parallel_for(static_cast<int64_t>(regions_.size()), [&](int64_t r, int) {
         const RasterRegion& reg = regions_[static_cast<size_t>(r)];
         raster_copy(itemsize_, reg, ins[reg.input], ctx.ptrs[out_id_]);
       });
       return;
     }
-    raster_op(itemsize_, regions_, ins, ctx.ptrs[out_id_], out_elems_, fill_bits_, tiles_output_);
+    raster_op(itemsize_, regions_, ins, ctx.ptrs[out_id_], out_elems_, fill_bits_, tiles_output_ || rest_in_place_);
   }
 
  private:
   static constexpr int64_t kParallelCopyBytes = int64_t(256) << 10;
   bool tiles_output_ = false;
+  bool rest_in_place_ = false;
   std::vector<int> inputs_;
   std::vector<RasterRegion> regions_;
   int itemsize_ = 0;

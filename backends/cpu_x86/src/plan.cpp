@@ -260,6 +260,27 @@ void Plan::validate_tables() const {
       default: throw Error("tensor " + std::to_string(id) + ": unknown kind");
     }
   }
+  // A part lies inside its whole, both in the arena, and following wholes ends (no cycle).
+  auto inside = [&](int part, int whole) {
+    const TensorInfo &p = tensors_[part], &w = tensors_[whole];
+    return w.where <= p.where && p.where + p.nbytes <= w.where + w.nbytes;
+  };
+  for (int id = 0; id < n; ++id) {
+    const int whole = tensors_[id].whole;
+    if (whole < 0) continue;
+    require(whole < n && whole != id && tensors_[id].kind == TensorKind::kArena &&
+                tensors_[whole].kind == TensorKind::kArena && inside(id, whole),
+            "tensor " + std::to_string(id) + ": not an arena range inside the arena tensor it is part of");
+    int steps = 0;
+    for (int w = whole; w >= 0; w = tensors_[w].whole) require(w < n && ++steps <= n, "parts form a cycle");
+  }
+  // whether a is b or lies inside it, through its wholes
+  auto within = [&](int a, int b) {
+    for (int w = a; w >= 0; w = tensors_[w].whole) {
+      if (w == b) return true;
+    }
+    return false;
+  };
   for (size_t step = 0; step < records_.size(); ++step) {
     const OpRecord& rec = records_[step];
     const std::string where = "op " + std::to_string(rec.index);
@@ -290,7 +311,8 @@ void Plan::validate_tables() const {
       const TensorInfo& a = tensors_[placed[i]];
       const TensorInfo& b = tensors_[placed[j]];
       const bool live_together = !(last[placed[i]] < first[placed[j]] || last[placed[j]] < first[placed[i]]);
-      const bool overlap = a.nbytes && b.nbytes && a.where < b.where + b.nbytes && b.where < a.where + a.nbytes;
+      const bool overlap = a.nbytes && b.nbytes && a.where < b.where + b.nbytes && b.where < a.where + a.nbytes &&
+                           !within(placed[i], placed[j]) && !within(placed[j], placed[i]);
       require(!(live_together && overlap), "arena plan overlaps live tensors " + std::to_string(placed[i]) +
                                                " and " + std::to_string(placed[j]));
     }

@@ -28,6 +28,10 @@ struct TensorInfo {
   TensorKind kind = TensorKind::kArena;
   // input slot, output slot, constant index or arena byte offset, by kind
   int64_t where = 0;
+  // An arena tensor its producer writes straight into its part of another arena tensor (a
+  // concatenation's input, whose copy is left out): that tensor's id, else -1. The two share
+  // bytes on purpose; validate_tables checks the part lies inside.
+  int whole = -1;
 };
 
 // One op as encoded by the Python lowering: tensor ids and flat attribute vectors.

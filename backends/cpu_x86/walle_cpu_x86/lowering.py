@@ -8,7 +8,7 @@ share one source of truth. The native side re-validates everything it receives.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from walle_core.backend import Segment
 from walle_core.errors import BackendError
 from walle_core.ir import Node, TensorType
 from walle_core.mapped import is_reclaimable
-from walle_core.memory import plan_segment_memory
+from walle_core.memory import in_place_raster_inputs, plan_segment_memory
 from walle_core.ops import Op
 
 # tensor kinds, in the order of the native TensorKind enum
@@ -49,6 +49,7 @@ class EncodedSegment:
     outputs: list[int]
     ops: list[tuple[int, int, str, list[int], list[int], list[int], list[float]]]
     arena_bytes: int
+    parts: list[tuple[int, int]]  # (tensor, tensor it is written inside): concatenation inputs in place
 
 
 def as_bytes(array: np.ndarray) -> np.ndarray:
@@ -162,7 +163,8 @@ def encode_segment(segment: Segment, codes: Codes, conv_policy: Callable[[Node],
     for name in segment.outputs:
         if name not in ids and name not in produced and name in segment.constants:
             add_constant(name)
-    memory = plan_segment_memory(segment)
+    # concatenation inputs written straight into their part of the concatenation: their copies go
+    memory = plan_segment_memory(segment, aliases=in_place_raster_inputs(segment))
     first_slot = {}
     for slot, name in enumerate(segment.outputs):
         first_slot.setdefault(name, slot)
@@ -180,7 +182,13 @@ def encode_segment(segment: Segment, codes: Codes, conv_policy: Callable[[Node],
 
     records = []
     for index, node in enumerate(segment.nodes):
-        ints, floats = _ENCODERS[node.op](codes, node.attrs, node, types)
+        attrs = node.attrs
+        in_place = node.op is Op.RASTER and any(node.inputs[r.input] in memory.parts for r in attrs.regions)
+        if in_place:  # without the parts written in place (maybe none left), and no fill
+            attrs = replace(attrs, regions=tuple(r for r in attrs.regions if node.inputs[r.input] not in memory.parts))
+        ints, floats = _ENCODERS[node.op](codes, attrs, node, types)
+        if in_place:
+            ints.append(1)
         if node.op is Op.CONV2D:
             if conv_policy is not None:
                 ints[-3] = conv_policy(node)
@@ -195,4 +203,5 @@ def encode_segment(segment: Segment, codes: Codes, conv_policy: Callable[[Node],
         outputs=[ids[n] for n in segment.outputs],
         ops=records,
         arena_bytes=memory.arena_bytes,
+        parts=[(ids[part], ids[whole]) for part, whole in memory.parts.items()],
     )

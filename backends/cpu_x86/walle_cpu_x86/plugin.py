@@ -267,7 +267,7 @@ class CpuX86Backend(Backend):
         enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, isa or _ext.best_isa()))
         try:
             plan = _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
-                             isa, self._thread_pool(), enc.reclaimable)
+                             isa, self._thread_pool(), enc.reclaimable, enc.parts)
         except ValueError as exc:
             raise BackendError(f"{exc}") from None
         profile = os.environ.get(PROFILE_ENV, "").strip() not in ("", "0")
