@@ -355,16 +355,17 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         // block's panels, done after them; the stage has room for whole tiles.
         const int64_t single = pr.c_transposed && !pr.a.block && pr.b.packed && blk.kernel.row_panels &&
                                        mc % mr == 1 ? mc - 1 : -1;
-        for (int64_t jr = j_done; jr < nc; jr += nr) {
+        // panel indices are counted, not divided out: a division per tile showed in profiles
+        for (int64_t jr = j_done, jp = j_done / nr; jr < nc; jr += nr, ++jp) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
           const bool packed_edge = b_in_place && cols < nr;
-          const float* b_panel = packed_edge ? b_buf : bp + (jr / nr) * b_stride;
+          const float* b_panel = packed_edge ? b_buf : bp + jp * b_stride;
           const int64_t b_ld = packed_edge ? nr : ldb;
-          for (int64_t ir = 0; ir < mc; ir += mr) {
+          for (int64_t ir = 0, ip = 0; ir < mc; ir += mr, ++ip) {
             if (ir == single) continue;
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
-            const float* a_panel = ap + (ir / mr) * a_stride;
+            const float* a_panel = ap + ip * a_stride;
             // what the next tile reads from packed weights, which stream from memory: the next
             // row panel of A, or after the last one the next column panel of B
             const float* next = nullptr;
@@ -372,11 +373,11 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             if (ir + mr < mc) {
               if (pr.a.packed) next = a_panel + a_stride, next_ld = mr;
             } else if (jr + nr < nc && pr.b.packed) {
-              next = bp + (jr / nr + 1) * b_stride, next_ld = nr;
+              next = bp + (jp + 1) * b_stride, next_ld = nr;
             }
             if (pr.c_block) {
               auto group = [&](int64_t i, int64_t q) {
-                return pr.c + ((j0 + jr + q) / 8) * pr.c_block + (i0 + ir + i) * 8;
+                return pr.c + ((j0 + jr + q) >> 3) * pr.c_block + (i0 + ir + i) * 8;
               };
               if (rows == mr && cols == nr && blk.kernel.blocked && (!fuse_blocked || act_code >= 0)) {
                 TileEpilogue te;  // its bias per column
