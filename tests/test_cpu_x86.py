@@ -609,19 +609,22 @@ def test_1x1_conv_reads_few_channels_activations_in_place(monkeypatch, isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fn", [UnaryFn.RELU, UnaryFn.SIGMOID], ids=lambda f: f.value)
-@pytest.mark.parametrize("geometry", [((2, 300, 7, 7), 1, 1, 0), ((1, 40, 13, 14), 3, 2, 1), ((1, 300, 13, 13), 1, 2, 0)],
-                         ids=["1x1", "3x3s2-phased", "1x1s2-im2col"])
+@pytest.mark.parametrize("geometry", [((2, 300, 7, 7), 1, 1, 0), ((1, 40, 13, 14), 3, 2, 1), ((1, 300, 13, 13), 1, 2, 0),
+                                      ((1, 40, 14, 14), 1, 1, 0)],
+                         ids=["1x1", "3x3s2-phased", "1x1s2-im2col", "14x14"])
 def test_conv_with_pixels_as_gemm_rows(monkeypatch, isa, fn, geometry):
-    """On a 7x7 output, a convolution with many output channels runs with the pixels as the
-    GEMM's rows (a 1x1 reading the image, others its transposed im2col) and stores its tiles
-    transposed. Same products summed in the same order as the usual orientation (which 16
-    channels keep): bit-identical channel by channel, with bias, residual and activation; K = 300
-    takes two k blocks, K = 360 too. 92 channels: eleven eight-channel transposes and four left."""
+    """On a 7x7 or 14x14 output, a convolution with many output channels runs with the pixels as
+    the GEMM's rows (a 1x1 reading the image, others its transposed im2col) and stores its tiles
+    transposed, 120 rows at a time (196 pixels: two). Same products summed in the same order as
+    the usual orientation (which 16 channels keep): bit-identical channel by channel, with bias,
+    residual and activation; K = 300 takes two k blocks, K = 360 too. 92 channels: eleven
+    eight-channel transposes and four left."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "0")
     xs, k, stride, pad = geometry
     x, w, bias = f32(*xs), f32(92, xs[1], k, k), f32(92)
-    res = f32(xs[0], 92, 7, 7)
+    oh, ow = (xs[2] + 2 * pad - k) // stride + 1, (xs[3] + 2 * pad - k) // stride + 1
+    res = f32(xs[0], 92, oh, ow)
     attrs = ops.Conv2DAttrs((stride, stride), (pad,) * 4, activation=act_of(fn), has_bias=True, has_residual=True)
     backend = CpuX86Backend()
     (wide,) = run1(backend, Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))
