@@ -42,17 +42,28 @@ size_t packed_b_floats(int64_t k, int64_t n, int nr) {
 // Rows [i0, i0+rows) x k-range [k0, k0+kc) of A into panels [panel][k][mr].
 static void pack_a_block(const MatView& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc, int mr,
                          float* dst) {
-  for (int64_t p = 0; p < rows; p += mr) {
+  int64_t p = 0;  // the first row not packed yet
+  if (a.rs == 1 && mr == 6) {
+    // rows adjacent in memory (a transposed view, e.g. an NCHW image with the pixels as rows):
+    // each k's run of the whole panels' rows is read once, front to back, and dealt out to the
+    // panels, rather than revisited 6 floats per panel (strided reads the prefetchers follow
+    // poorly: mobilenet_v2's packing took about 15 % less)
+    const int64_t whole = rows / 6 * 6;
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* src = a.p + i0 + (k0 + k) * a.cs;
+      float* out = dst + k * 6;
+      for (int64_t q = 0; q < whole; q += 6, out += 6 * kc) std::memcpy(out, src + q, 6 * sizeof(float));
+    }
+    p = whole;
+  }
+  for (; p < rows; p += mr) {
     int64_t valid = std::min<int64_t>(mr, rows - p);
     float* panel = dst + p * kc;
     // written in order, read from `valid` row streams
     const float* src = a.p + (i0 + p) * a.rs + k0 * a.cs;
-    if (a.rs == 1 && valid == mr && (mr == 6 || mr == 12)) {
+    if (a.rs == 1 && valid == mr && mr == 12) {
       // rows adjacent in memory (a transposed view): one fixed-size copy per k, inlined
-      for (int64_t k = 0; k < kc; ++k) {
-        if (mr == 6) std::memcpy(panel + k * 6, src + k * a.cs, 6 * sizeof(float));
-        else std::memcpy(panel + k * 12, src + k * a.cs, 12 * sizeof(float));
-      }
+      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * 12, src + k * a.cs, 12 * sizeof(float));
       continue;
     }
     for (int64_t k = 0; k < kc; ++k) {
