@@ -692,7 +692,8 @@ def test_winograd_ignores_what_the_workspace_held(monkeypatch, tile, isa):
     assert not np.isfinite(got1).all()
     (alone,) = run1(backend, Op.CONV2D, pads, [x2, w2], const=(1,))
     np.testing.assert_array_equal(got2, alone)
-    close(got2, np_conv(x2, w2, pads=(1, 1, 1, 1)).astype(np.float32), atol=1e-4)
+    want = np_conv(x2, w2, pads=(1, 1, 1, 1)).astype(np.float32)
+    close(got2, want, atol=1e-5 * np.abs(want).max())  # F(4,3) rounds relative to the output's scale
 
 
 # A 7x7 map has 16 F(2,3) tiles: they fill AVX2's 16-column panels exactly (Winograd wins) but pad
