@@ -352,35 +352,21 @@ class Conv2DKernel : public OpKernel {
       return;
     }
     if (in_blocked_) {
-      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O], X^T read from the blocks in place
+      // X^T read from the blocks in place
       auto problem = [&](int64_t n) {
-        GemmProblem p;
+        GemmProblem p = pixel_rows_problem(n, bias, res, y);
         p.a.view.p = x + n * s_.c * plane_in;
         p.a.block = 8 * plane_in;
-        p.b.packed = packed_.as<float>();
-        p.c = y + n * s_.o * plane_out;
-        p.ldc = plane_out;
-        p.c_transposed = true;
-        if (bias) p.epilogue.bias = MatView{bias, 0, 1};
-        if (res) p.epilogue.residual = MatView{res + n * s_.o * plane_out, 1, plane_out};
-        p.epilogue.act = act_;
         return p;
       };
       gemm(blk_, plane_out, s_.o, gemm_k_, s_.n, problem, ctx.pool, ctx.scratch, ctx.cancel);
       return;
     }
     if (pixel_rows_) {
-      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O], one image per problem
+      // one image per problem, X^T (or its im2col matrix) packed below
       auto problem = [&](int64_t n) {
-        GemmProblem p;
+        GemmProblem p = pixel_rows_problem(n, bias, res, y);
         p.a.packed = ctx.workspace + pixel_panels_offset();
-        p.b.packed = packed_.as<float>();
-        p.c = y + n * s_.o * plane_out;
-        p.ldc = plane_out;
-        p.c_transposed = true;
-        if (bias) p.epilogue.bias = MatView{bias, 0, 1};
-        if (res) p.epilogue.residual = MatView{res + n * s_.o * plane_out, 1, plane_out};
-        p.epilogue.act = act_;
         return p;
       };
       // The A operand (the image, or its im2col matrix, transposed) is packed once per image
@@ -449,6 +435,21 @@ class Conv2DKernel : public OpKernel {
   // One image of a direct-taps convolution (see the build) from the phase-split image in the
   // workspace: one output row per task, tiles of MR channels x NR pixels, each finished with the
   // bias, residual and activation as it is stored (those the kernel cannot apply, right after).
+  // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O] for image n, stored transposed into y's
+  // channel planes with bias, residual and activation: all but the A operand.
+  GemmProblem pixel_rows_problem(int64_t n, const float* bias, const float* res, float* y) const {
+    const int64_t plane_out = s_.oh * s_.ow;
+    GemmProblem p;
+    p.b.packed = packed_.as<float>();
+    p.c = y + n * s_.o * plane_out;
+    p.ldc = plane_out;
+    p.c_transposed = true;
+    if (bias) p.epilogue.bias = MatView{bias, 0, 1};
+    if (res) p.epilogue.residual = MatView{res + n * s_.o * plane_out, 1, plane_out};
+    p.epilogue.act = act_;
+    return p;
+  }
+
   void run_direct_taps(const RunContext& ctx, const float* bias, const float* res, float* y) const {
     const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
     const int64_t plane_out = s_.oh * s_.ow;
