@@ -139,6 +139,88 @@ def test_depthwise_to_pointwise_is_blocked_where_the_tiles_fill_as_well():
         assert blocked_activations(seg, "avx2") == ({t} if expected else frozenset())
 
 
+def inverted_residuals(x, c, expand, blocks, extra_reader=False):
+    """MobileNetV2's stage: x -> depthwise -> pointwise c -> (expand -> depthwise -> project +
+    residual) x blocks -> pointwise 32 -> y, all with bias; the activations between the
+    convolutions, except that last one's output (and, with extra_reader, the first block's
+    output, also a segment output), may stay in blocks."""
+    b = GraphBuilder()
+    h = b.add_input("x", TensorType(x.dtype, x.shape))
+    relu6 = Activation(UnaryFn.CLIP, 0.0, 6.0)
+    weights = []
+
+    def conv(inputs, o, k=1, groups=1, act=None, residual=None):
+        w, bias = f32(o, c_of[inputs[0]] // groups, k, k), f32(o)
+        weights.append((w, bias, groups, k))
+        names = [inputs[0], b.constant(w), b.constant(bias)] + ([residual] if residual else [])
+        attrs = ops.Conv2DAttrs(pads=((k // 2,) * 4), groups=groups, activation=act or Activation(), has_bias=True,
+                                has_residual=residual is not None)
+        (y,) = b.emit(Op.CONV2D, names, attrs)
+        c_of[y] = o
+        return y
+
+    c_of = {h: x.shape[1]}
+    h = conv([conv([h], x.shape[1], k=3, groups=x.shape[1], act=relu6)], c)
+    outs = []
+    for i in range(blocks):
+        e = conv([h], expand, act=relu6)
+        d = conv([e], expand, k=3, groups=expand, act=relu6)
+        h = conv([d], c, residual=h)
+        if i == 0 and extra_reader:
+            outs.append(h)
+    y = conv([h], 32)
+    g = b.graph
+    return Segment(g.nodes, list(g.inputs), [y, *outs], dict(g.types), dict(g.constants)), weights
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("side", [14, 9])
+def test_inverted_residual_chain_stays_blocked(monkeypatch, threads, side):
+    """Projection -> expansion and the residual chain through a stage stay in blocks: each
+    projection reads its depthwise input and its residual in blocks and writes blocks, each
+    expansion reads blocks (in place, tiles of 6 pixels) and writes blocks. Bit-identical to the
+    NCHW plan, and equal to NumPy; 14x14 and 9x9 leave partial row tiles (196 and 81 pixels)."""
+    x = f32(1, 16, side, side)
+    seg, weights = inverted_residuals(x, 32, 48, 2)
+    blocked = blocked_activations(seg, "avx2")
+    convs = [n for n in seg.nodes if n.op is Op.CONV2D]
+    assert all(n.outputs[0] in blocked for n in convs[:-1]) and convs[-1].outputs[0] not in blocked
+    got = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("WALLE_CPU_X86_BLOCKED", mode)
+        (got[mode],) = CpuX86Backend(threads=threads).compile(seg).run([x])
+    np.testing.assert_array_equal(got["1"], got["0"])
+    d0 = np.clip(np_conv(x, weights[0][0], weights[0][1], pads=(1, 1, 1, 1), groups=16), 0, 6)
+    h = np_conv(d0, weights[1][0], weights[1][1])
+    for i in range(2):
+        (we, be, _, _), (wd, bd, g, _), (wp, bp, _, _) = weights[2 + 3 * i: 5 + 3 * i]
+        e = np.clip(np_conv(h, we, be), 0, 6)
+        d = np.clip(np_conv(e, wd, bd, pads=(1, 1, 1, 1), groups=g), 0, 6)
+        h = np_conv(d, wp, bp) + h
+    want = np_conv(h, weights[-1][0], weights[-1][1])
+    np.testing.assert_allclose(got["1"], want, rtol=1e-4, atol=1e-5 * np.abs(want).max())  # float32 sums
+
+
+def test_a_chain_with_a_reader_that_takes_no_blocks_stays_nchw(monkeypatch):
+    """The first block's output is also a segment output, so it stays NCHW. So does what the
+    first projection adds as its residual (a residual has its output's layout), and what the
+    second projection writes, since it adds that NCHW output as its residual."""
+    x = f32(1, 16, 9, 9)
+    seg, _ = inverted_residuals(x, 32, 48, 2, extra_reader=True)
+    blocked = blocked_activations(seg, "avx2")
+    projections = [n for n in seg.nodes if n.op is Op.CONV2D and n.attrs.has_residual]
+    first_out = seg.outputs[1]
+    assert projections[0].outputs[0] == first_out and projections[1].inputs[-1] == first_out
+    assert {first_out, projections[0].inputs[-1], projections[1].outputs[0]}.isdisjoint(blocked)
+    assert projections[1].inputs[0] in blocked  # its depthwise input still is
+    got = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("WALLE_CPU_X86_BLOCKED", mode)
+        got[mode] = CpuX86Backend().compile(seg).run([x])
+    for a, b in zip(got["1"], got["0"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_pointwise_convolution_is_blocked_on_one_side_only():
     """depthwise -> pointwise -> depthwise: the middle convolution writes blocks (the measured
     gain of that edge came first), so it reads NCHW."""

@@ -218,14 +218,14 @@ class Conv2DKernel : public OpKernel {
       // depthwise: in and out (AVX2, channels a multiple of 8); pointwise: in or out
       const bool depthwise_blocks = depthwise_ && s_.og == 1 && blk_.isa != Isa::kPortable && s_.c % 8 == 0 &&
                                     !(out_blocked_ && has_residual);
-      const bool pointwise_blocks = direct_1x1_ && g == 1 && !(in_blocked_ && out_blocked_) &&
-                                    ctx.constant_bytes(1) != nullptr &&
+      // (a pointwise one's residual has its output's layout; a blocked one needs a blocked input)
+      const bool pointwise_blocks = direct_1x1_ && g == 1 && ctx.constant_bytes(1) != nullptr &&
                                     (!in_blocked_ || (s_.c % 8 == 0 && blk_.kernel.a_blocked)) &&
-                                    (!out_blocked_ || (s_.o % 8 == 0 && !has_residual));
+                                    (!out_blocked_ || (s_.o % 8 == 0 && (!has_residual || in_blocked_)));
       ctx.check(depthwise_blocks || pointwise_blocks,
                 "8-channel blocks need a depthwise convolution (AVX2, channels a multiple of 8, no residual with a "
-                "blocked output) or a pointwise one with constant weights, blocked on one side (channels a multiple "
-                "of 8 there, no residual with a blocked output)");
+                "blocked output) or a pointwise one with constant weights (channels a multiple of 8 where blocked, "
+                "a residual with a blocked output only with a blocked input)");
       if (depthwise_) channel_blocks_ = true;  // the layout the eight-channel kernel works in
     }
     ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
@@ -336,15 +336,22 @@ class Conv2DKernel : public OpKernel {
       return;
     }
     if (out_blocked_) {
-      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O] stored as 8-channel blocks, A packed
-      // block by block by the GEMM (any number of pixels)
+      // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O] stored as 8-channel blocks (any number
+      // of pixels), X^T read from its blocks in place or packed block by block by the GEMM; a
+      // residual in blocks like the output
       auto problem = [&](int64_t n) {
         GemmProblem p;
-        p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
+        if (in_blocked_) {
+          p.a.view.p = x + n * s_.c * plane_in;
+          p.a.block = 8 * plane_in;
+        } else {
+          p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
+        }
         p.b.packed = packed_.as<float>();
         p.c = y + n * s_.o * plane_out;
         p.c_block = 8 * plane_out;
         if (bias) p.epilogue.bias = MatView{bias, 0, 1};
+        if (res) p.epilogue.residual.p = res + n * s_.o * plane_out;
         p.epilogue.act = act_;
         return p;
       };

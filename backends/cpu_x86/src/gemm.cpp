@@ -272,8 +272,10 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           const CancelFlag* cancel) {
   if (m <= 0 || n <= 0 || batch <= 0) return;
   const GemmProblem first = problem(0);
-  require(!first.a.block || (first.c_transposed && k % 8 == 0 && blk.kernel.a_blocked),
-          "a GEMM reading a blocked A has a transposed C and a multiple of 8 as K");
+  require(!first.a.block || ((first.c_transposed || first.c_block) && k % 8 == 0 && blk.kernel.a_blocked),
+          "a GEMM reading a blocked A has a transposed or blocked C and a multiple of 8 as K");
+  require(!first.c_block || !first.epilogue.residual.p || first.a.block,
+          "a GEMM with a blocked C takes a residual only with a blocked A");
   require(first.c_block == 0 || n % 8 == 0, "a GEMM with a blocked C has a multiple of 8 columns");
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
   const int64_t nt = ceil_div(n, blk.nc);
@@ -390,14 +392,24 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
               auto group = [&](int64_t i, int64_t q) {
                 return pr.c + ((j0 + jr + q) >> 3) * pr.c_block + (i0 + ir + i) * 8;
               };
-              if (rows == mr && cols == nr && blk.kernel.blocked && (!fuse_blocked || act_code >= 0)) {
+              // a residual has C's layout (blocked A only)
+              const float* residual = ep.residual.p ? ep.residual.p + (group(0, 0) - pr.c) : nullptr;
+              if (rows == mr && cols == nr && (pr.a.block || blk.kernel.blocked) && (!fuse_blocked || act_code >= 0)) {
                 TileEpilogue te;  // its bias per column
                 if (ep.bias.p) te.bias = ep.bias.p + j0 + jr;
+                te.residual = residual;
+                te.ldr = 8;
+                te.residual_second = pr.c_block;
                 te.act = act_code;
                 te.lo = ep.act.alpha;
                 te.hi = ep.act.beta;
-                blk.kernel.blocked(kc, a_panel, b_panel, b_ld, group(0, 0), pr.c_block, accumulate, next, next_ld,
-                                   fuse_blocked ? &te : nullptr);
+                if (pr.a.block) {
+                  blk.kernel.a_blocked(mr, kc, a_panel, pr.a.block, b_panel, b_ld, group(0, 0), 8, pr.c_block,
+                                       accumulate, fuse_blocked ? &te : nullptr);
+                } else {
+                  blk.kernel.blocked(kc, a_panel, b_panel, b_ld, group(0, 0), pr.c_block, accumulate, next, next_ld,
+                                     fuse_blocked ? &te : nullptr);
+                }
                 continue;
               }
               // through the edge buffer: row i's 8-column groups go to their blocks
@@ -405,13 +417,30 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
                 for (int64_t i = 0; i < rows; ++i)
                   for (int64_t q = 0; q < cols; q += 8) std::memcpy(edge + i * nr + q, group(i, q), 8 * sizeof(float));
               }
-              blk.kernel.fn(kc, a_panel, b_panel, b_ld, edge, nr, accumulate, next, next_ld);
-              if (fuse_blocked) apply_epilogue(ep, blk.isa, edge, nr, i0 + ir, rows, j0 + jr, cols);
+              if (pr.a.block) {
+                blk.kernel.a_blocked(static_cast<int>(rows), kc, a_panel, pr.a.block, b_panel, b_ld, edge, nr, 8,
+                                     accumulate, nullptr);
+              } else {
+                blk.kernel.fn(kc, a_panel, b_panel, b_ld, edge, nr, accumulate, next, next_ld);
+              }
+              if (fuse_blocked && residual) {
+                // bias, then the residual read through C's blocks, then the activation: the order above
+                Epilogue bias_only, act_only;
+                bias_only.bias = ep.bias;
+                act_only.act = ep.act;
+                apply_epilogue(bias_only, blk.isa, edge, nr, i0 + ir, rows, j0 + jr, cols);
+                for (int64_t i = 0; i < rows; ++i)
+                  for (int64_t q = 0; q < cols; ++q)
+                    edge[i * nr + q] += residual[(q >> 3) * pr.c_block + i * 8 + (q & 7)];
+                apply_epilogue(act_only, blk.isa, edge, nr, i0 + ir, rows, j0 + jr, cols);
+              } else if (fuse_blocked) {
+                apply_epilogue(ep, blk.isa, edge, nr, i0 + ir, rows, j0 + jr, cols);
+              }
               for (int64_t i = 0; i < rows; ++i)
                 for (int64_t q = 0; q < cols; q += 8) std::memcpy(group(i, q), edge + i * nr + q, 8 * sizeof(float));
             } else if (pr.a.block) {
               blk.kernel.a_blocked(static_cast<int>(rows), kc, a_panel, pr.a.block, b_panel, b_ld,
-                                   stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld, accumulate);
+                                   stage + (i0 - i_begin + ir) * stage_ld + jr, stage_ld, 8, accumulate, nullptr);
             } else if (pr.c_transposed) {
               // a last, partial row panel computes its own rows only (49 pixels: 1 of 6)
               float* s = stage + (i0 - i_begin + ir) * stage_ld + jr;

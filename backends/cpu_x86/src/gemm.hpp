@@ -45,9 +45,9 @@ struct GemmOperand {
   const float* packed = nullptr;
   MatView view;
   const Im2col* im2col = nullptr;
-  // > 0 (A only, with a transposed C): A is read in place in blocks of 8 columns of this many
-  // floats, element (i, k) at view.p[(k / 8) * block + i * 8 + k % 8] (an NCHW8c image with the
-  // pixels as rows); K must be a multiple of 8.
+  // > 0 (A only, with a transposed or blocked C): A is read in place in blocks of 8 columns of
+  // this many floats, element (i, k) at view.p[(k / 8) * block + i * 8 + k % 8] (an NCHW8c image
+  // with the pixels as rows); K must be a multiple of 8.
   int64_t block = 0;
 };
 
@@ -69,8 +69,8 @@ struct GemmProblem {
   bool c_transposed = false;
   // > 0: C is stored in blocks of 8 columns of this many floats, element (i, j) at
   // c[(j / 8) * c_block + i * 8 + j % 8] (ldc unused): how a convolution with the pixels as rows
-  // writes NCHW8c. N must be a multiple of 8; each tile goes through a buffer, where the epilogue
-  // (its bias per column) is applied.
+  // writes NCHW8c. N must be a multiple of 8; the epilogue's bias is per column, and a residual
+  // (only with a blocked A) has C's layout: its view's strides are not used.
   int64_t c_block = 0;
   Epilogue epilogue;
 };

@@ -129,10 +129,11 @@ void kernel_gathered(int rows, int64_t kc, const float* a, const float* b, const
 }
 
 // The first R rows of a tile whose A is read in 8-column blocks in place (MicroKernel::a_blocked):
-// the same multiply-adds in the same order as tile_rx16 over a packed panel, so the same bits.
-template <int R>
+// the same multiply-adds in the same order as tile_rx16 over a packed panel, and the same
+// epilogue as its blocked variant, so the same bits.
+template <int R, bool Fused>
 inline void tile_rx16_blocked_a(int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
-                                int64_t ldc, bool accumulate) {
+                                int64_t ldc, int64_t second, bool accumulate, const TileEpilogue* ep) {
   __m256 acc[R][2];
 #pragma GCC unroll 6
   for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -155,17 +156,39 @@ inline void tile_rx16_blocked_a(int64_t kc, const float* a, int64_t a_block, con
     float* row = c + i * ldc;
     if (accumulate) {
       acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
-      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + 8));
+      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + second));
+    }
+    if constexpr (Fused) {
+      if (ep->bias) {
+        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ep->bias));
+        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ep->bias + 8));
+      }
+      if (ep->residual) {
+        const float* r = ep->residual + i * ep->ldr;
+        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(r));
+        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(r + ep->residual_second));
+      }
+      if (ep->act != 0) {  // max(lo, v) keeps a NaN v, as the scalar `v < lo ? lo : v` does
+        const __m256 lo = _mm256_set1_ps(ep->act == 1 ? 0.f : ep->lo);
+        acc[i][0] = _mm256_max_ps(lo, acc[i][0]);
+        acc[i][1] = _mm256_max_ps(lo, acc[i][1]);
+        if (ep->act == 2) {
+          const __m256 hi = _mm256_set1_ps(ep->hi);
+          acc[i][0] = _mm256_min_ps(hi, acc[i][0]);
+          acc[i][1] = _mm256_min_ps(hi, acc[i][1]);
+        }
+      }
     }
     _mm256_storeu_ps(row, acc[i][0]);
-    _mm256_storeu_ps(row + 8, acc[i][1]);
+    _mm256_storeu_ps(row + second, acc[i][1]);
   }
 }
 
 void kernel_a_blocked(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
-                      int64_t ldc, bool accumulate) {
+                      int64_t ldc, int64_t second, bool accumulate, const TileEpilogue* ep) {
   with_rows(rows, [&](auto r) {
-    tile_rx16_blocked_a<decltype(r)::value>(kc, a, a_block, b, ldb, c, ldc, accumulate);
+    if (ep) tile_rx16_blocked_a<decltype(r)::value, true>(kc, a, a_block, b, ldb, c, ldc, second, accumulate, ep);
+    else tile_rx16_blocked_a<decltype(r)::value, false>(kc, a, a_block, b, ldb, c, ldc, second, accumulate, nullptr);
   });
 }
 

@@ -16,6 +16,9 @@ struct TileEpilogue {
   int64_t ldr = 0;
   int act = 0;
   float lo = 0.f, hi = 0.f;
+  // a_blocked only: the residual's second 8 columns are this many floats after its first (a
+  // residual in blocks, like C's `second`)
+  int64_t residual_second = 8;
 };
 
 // c[MR x NR] (row stride ldc) = (accumulate ? c : 0) + sum over k < kc of the outer product of
@@ -50,10 +53,12 @@ struct MicroKernel {
                    int64_t ldc, const TileEpilogue* ep) = nullptr;
   // The first `rows` (<= MR) rows of a whole-width tile with A read in blocks of 8 columns, in
   // place: element (i, k) at a[(k / 8) * a_block + i * 8 + k % 8] (an NCHW8c image with the
-  // pixels as rows; kc a multiple of 8). Stored straight to c, no epilogue. nullptr where a
-  // kernel has none.
+  // pixels as rows; kc a multiple of 8). Row i is stored at c + i * ldc, its second 8 columns
+  // `second` floats after its first (a block apart in a blocked C), then (ep not null) finished
+  // with a bias per column, the residual (ep->residual_second apart) and relu/clip. nullptr
+  // where a kernel has none.
   void (*a_blocked)(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
-                    int64_t ldc, bool accumulate) = nullptr;
+                    int64_t ldc, int64_t second, bool accumulate, const TileEpilogue* ep) = nullptr;
   // One row of A (its panel's first row) against `panels` (1 .. kRowPanels) whole-width B panels,
   // panel p at b + p * b_stride, stored to c[p * NR ..], no epilogue: a GEMV (M = 1), where one
   // tile's few accumulators would leave the multiply-add unit waiting on its own latency. nullptr

@@ -8,8 +8,10 @@ are eight consecutive floats per channel block when it reads (in place, where an
 read as K strided rows). So the activation one pointwise convolution passes to one depthwise
 convolution (MobileNet's expand -> depthwise) stays blocked between them, and so does the one a
 depthwise convolution passes to one pointwise convolution (depthwise -> project), unless that
-pointwise convolution already writes blocks. Everything else, segment inputs and outputs
-included, stays NCHW.
+pointwise convolution already writes blocks. A pointwise convolution that reads blocks may also
+write them, its residual in blocks too: MobileNetV2's projection -> next expansion and the
+residual chain through a stage stay blocked where every reader takes blocks
+(``_pointwise_chains``). Everything else, segment inputs and outputs included, stays NCHW.
 """
 
 from __future__ import annotations
@@ -112,4 +114,51 @@ def blocked_activations(segment: Segment, isa: str) -> frozenset[str]:
                 and not p.attrs.has_residual and node.outputs[0] not in blocked and readers[x] == 1
                 and x not in kept_plain and _pixel_rows_fill_tiles(types[node.outputs[0]])):
             blocked.add(x)
+    blocked |= _pointwise_chains(segment, blocked, kept_plain, producer)
     return frozenset(blocked)
+
+
+def _pointwise_chains(segment: Segment, blocked: set[str], kept_plain: set[str], producer: dict[str, Node]
+                      ) -> set[str]:
+    """Activations one pointwise convolution that reads blocks passes to others in blocks: MobileNetV2's
+    projection -> next expansion, and the residual chain through a stage, whose every tensor is read
+    by the next expansion and by the next projection's residual. Such an activation stays blocked
+    when every reader takes blocks: a pointwise convolution reading it (that writes blocks, or NCHW
+    where its tiles fill as well with the pixels as rows) or adding it as a residual to an output
+    in blocks. A pointwise convolution writing blocks has its residual in blocks too. Found by
+    dropping candidates until the rest is consistent."""
+    types, constants = segment.types, segment.constants
+    readers: dict[str, list[Node]] = {}
+    for node in segment.nodes:
+        for name in set(node.inputs):
+            readers.setdefault(name, []).append(node)
+
+    def residual(node: Node) -> str | None:
+        return node.inputs[-1] if node.attrs.has_residual else None
+
+    chain = set()
+    for node in segment.nodes:
+        out = node.outputs[0] if node.outputs else None
+        if (_is_pointwise(node, types, constants) and out not in kept_plain and out not in blocked
+                and types[out].shape[1] % 8 == 0 and len(types[out].shape) == 4):
+            chain.add(out)
+    while True:
+        drop = set()
+        for t in chain:
+            p = producer[t]
+            ok = (p.inputs[0] in blocked or p.inputs[0] in chain) and (residual(p) is None or residual(p) in chain)
+            for r in readers.get(t, []):
+                if not ok:
+                    break
+                if not _is_pointwise(r, types, constants) or r.inputs.count(t) != 1:
+                    ok = False
+                elif t == r.inputs[0]:  # read as the GEMM's operand
+                    out = r.outputs[0]
+                    ok = out in blocked or out in chain or _pixel_rows_fill_tiles(types[out])
+                else:  # added as the residual
+                    ok = r.outputs[0] in chain
+            if not ok:
+                drop.add(t)
+        if not drop:
+            return chain
+        chain -= drop
