@@ -14,6 +14,54 @@ namespace {
 constexpr int kMr = 6;
 constexpr int kNr = 16;
 
+// The fused epilogue of tile row i, the separate epilogue pass's operations in its order so the
+// result is bit-identical: + bias (one per row, or per column when ColumnBias), + residual (its
+// second 8 columns `residual_second` floats after its first), then relu / clip.
+template <bool ColumnBias>
+inline void finish_row(__m256 (&v)[2], int i, const TileEpilogue& ep, int64_t residual_second) {
+  if (ep.bias && ColumnBias) {
+    v[0] = _mm256_add_ps(v[0], _mm256_loadu_ps(ep.bias));
+    v[1] = _mm256_add_ps(v[1], _mm256_loadu_ps(ep.bias + 8));
+  } else if (ep.bias) {
+    const __m256 bias = _mm256_broadcast_ss(ep.bias + i);
+    v[0] = _mm256_add_ps(v[0], bias);
+    v[1] = _mm256_add_ps(v[1], bias);
+  }
+  if (ep.residual) {
+    const float* r = ep.residual + i * ep.ldr;
+    v[0] = _mm256_add_ps(v[0], _mm256_loadu_ps(r));
+    v[1] = _mm256_add_ps(v[1], _mm256_loadu_ps(r + residual_second));
+  }
+  if (ep.act != 0) {  // max(lo, v) keeps a NaN v, as the scalar `v < lo ? lo : v` does
+    const __m256 lo = _mm256_set1_ps(ep.act == 1 ? 0.f : ep.lo);
+    v[0] = _mm256_max_ps(lo, v[0]);
+    v[1] = _mm256_max_ps(lo, v[1]);
+    if (ep.act == 2) {
+      const __m256 hi = _mm256_set1_ps(ep.hi);
+      v[0] = _mm256_min_ps(hi, v[0]);
+      v[1] = _mm256_min_ps(hi, v[1]);
+    }
+  }
+}
+
+// Rows [0, R) of a finished tile to c (row i at c + i * ldc, its second 8 columns `second` on):
+// + what c held when accumulating, then (Fused) the epilogue.
+template <int R, bool Fused, bool ColumnBias>
+inline void store_rows(__m256 (&acc)[R][2], float* c, int64_t ldc, int64_t second, bool accumulate,
+                       const TileEpilogue* ep, int64_t residual_second) {
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) {
+    float* row = c + i * ldc;
+    if (accumulate) {
+      acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
+      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + second));
+    }
+    if constexpr (Fused) finish_row<ColumnBias>(acc[i], i, *ep, residual_second);
+    _mm256_storeu_ps(row, acc[i][0]);
+    _mm256_storeu_ps(row + second, acc[i][1]);
+  }
+}
+
 // The first R rows of a tile (R = kMr for a whole one; A's panels always hold kMr rows).
 // Row i of the tile goes to c + i * ldc, its second 8 columns `second` floats after its first
 // (8 in a row-major C; a block apart in a blocked one, whose bias is per column: ColumnBias).
@@ -45,42 +93,7 @@ inline void tile_rx16(int64_t kc, const float* a, const float* b, int64_t ldb, f
     a += kMr;
     if constexpr (!Gather) b += ldb;
   }
-#pragma GCC unroll 6
-  for (int i = 0; i < R; ++i) {
-    float* row = c + i * ldc;
-    if (accumulate) {
-      acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
-      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + second));
-    }
-    if constexpr (Fused) {
-      // the separate epilogue pass's operations in its order, so the result is bit-identical
-      if (ep->bias && ColumnBias) {
-        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ep->bias));
-        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ep->bias + 8));
-      } else if (ep->bias) {
-        const __m256 bias = _mm256_broadcast_ss(ep->bias + i);
-        acc[i][0] = _mm256_add_ps(acc[i][0], bias);
-        acc[i][1] = _mm256_add_ps(acc[i][1], bias);
-      }
-      if (ep->residual) {
-        const float* r = ep->residual + i * ep->ldr;
-        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(r));
-        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(r + 8));
-      }
-      if (ep->act != 0) {  // max(lo, v) keeps a NaN v, as the scalar `v < lo ? lo : v` does
-        const __m256 lo = _mm256_set1_ps(ep->act == 1 ? 0.f : ep->lo);
-        acc[i][0] = _mm256_max_ps(lo, acc[i][0]);
-        acc[i][1] = _mm256_max_ps(lo, acc[i][1]);
-        if (ep->act == 2) {
-          const __m256 hi = _mm256_set1_ps(ep->hi);
-          acc[i][0] = _mm256_min_ps(hi, acc[i][0]);
-          acc[i][1] = _mm256_min_ps(hi, acc[i][1]);
-        }
-      }
-    }
-    _mm256_storeu_ps(row, acc[i][0]);
-    _mm256_storeu_ps(row + second, acc[i][1]);
-  }
+  store_rows<R, Fused, ColumnBias>(acc, c, ldc, second, accumulate, ep, 8);
 }
 
 void kernel_6x16(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate,
@@ -151,37 +164,7 @@ inline void tile_rx16_blocked_a(int64_t kc, const float* a, int64_t a_block, con
       b += ldb;
     }
   }
-#pragma GCC unroll 6
-  for (int i = 0; i < R; ++i) {
-    float* row = c + i * ldc;
-    if (accumulate) {
-      acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(row));
-      acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(row + second));
-    }
-    if constexpr (Fused) {
-      if (ep->bias) {
-        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(ep->bias));
-        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(ep->bias + 8));
-      }
-      if (ep->residual) {
-        const float* r = ep->residual + i * ep->ldr;
-        acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_loadu_ps(r));
-        acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_loadu_ps(r + ep->residual_second));
-      }
-      if (ep->act != 0) {  // max(lo, v) keeps a NaN v, as the scalar `v < lo ? lo : v` does
-        const __m256 lo = _mm256_set1_ps(ep->act == 1 ? 0.f : ep->lo);
-        acc[i][0] = _mm256_max_ps(lo, acc[i][0]);
-        acc[i][1] = _mm256_max_ps(lo, acc[i][1]);
-        if (ep->act == 2) {
-          const __m256 hi = _mm256_set1_ps(ep->hi);
-          acc[i][0] = _mm256_min_ps(hi, acc[i][0]);
-          acc[i][1] = _mm256_min_ps(hi, acc[i][1]);
-        }
-      }
-    }
-    _mm256_storeu_ps(row, acc[i][0]);
-    _mm256_storeu_ps(row + second, acc[i][1]);
-  }
+  store_rows<R, Fused, true>(acc, c, ldc, second, accumulate, ep, Fused ? ep->residual_second : 8);
 }
 
 void kernel_a_blocked(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,

@@ -17,7 +17,7 @@ struct TileEpilogue {
   int act = 0;
   float lo = 0.f, hi = 0.f;
   // a_blocked only: the residual's second 8 columns are this many floats after its first (a
-  // residual in blocks, like C's `second`)
+  // residual in blocks, like C's `second`); other kernels read them 8 floats on
   int64_t residual_second = 8;
 };
 
