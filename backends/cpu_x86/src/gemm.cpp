@@ -353,16 +353,19 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           ap = a_buf;
           a_stride = kc * mr;
         }
+        // one row of A (its panel's first) against the block's first `panels` B panels, several
+        // at a time, into c (whole panels' width each)
+        auto row_against_panels = [&](const float* a_panel, int64_t panels, float* c) {
+          for (int64_t p = 0; p < panels; p += MicroKernel::kRowPanels) {
+            const int count = static_cast<int>(std::min<int64_t>(MicroKernel::kRowPanels, panels - p));
+            blk.kernel.row_panels(count, kc, a_panel, bp + p * b_stride, ldb, b_stride, c + p * nr, accumulate);
+          }
+        };
         int64_t j_done = 0;  // columns [0, j_done) of the block are done for this k block
         if (mc == 1 && blk.kernel.row_panels && !pr.c_transposed && !pr.c_block && !fuse) {
-          // A GEMV: the whole B panels several at a time; a partial last one goes the usual way
-          const int64_t whole = nc / nr;
-          for (int64_t p = 0; p < whole; p += MicroKernel::kRowPanels) {
-            const int count = static_cast<int>(std::min<int64_t>(MicroKernel::kRowPanels, whole - p));
-            blk.kernel.row_panels(count, kc, ap, bp + p * b_stride, ldb, b_stride, pr.c + i0 * pr.ldc + j0 + p * nr,
-                                  accumulate);
-          }
-          j_done = whole * nr;
+          // A GEMV: the whole B panels; a partial last one goes the usual way
+          row_against_panels(ap, nc / nr, pr.c + i0 * pr.ldc + j0);
+          j_done = nc / nr * nr;
         }
         // A transposed C's last row panel holding a single row (49 pixels) is a GEMV over the
         // block's panels, done after them; the stage has room for whole tiles.
@@ -473,12 +476,8 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           }
         }
         if (single >= 0) {
-          const int64_t panels = ceil_div(nc, nr);
-          for (int64_t p = 0; p < panels; p += MicroKernel::kRowPanels) {
-            const int count = static_cast<int>(std::min<int64_t>(MicroKernel::kRowPanels, panels - p));
-            blk.kernel.row_panels(count, kc, ap + (single / mr) * a_stride, bp + p * b_stride, ldb, b_stride,
-                                  stage + (i0 - i_begin + single) * stage_ld + p * nr, accumulate);
-          }
+          float* row = stage + (i0 - i_begin + single) * stage_ld;
+          row_against_panels(ap + (single / mr) * a_stride, ceil_div(nc, nr), row);
         }
       }
     }

@@ -106,7 +106,8 @@ def blocked_activations(segment: Segment, isa: str) -> frozenset[str]:
                 and not p.attrs.has_residual and readers[x] == 1 and x not in kept_plain):
             blocked.add(x)
     # depthwise -> pointwise (the depthwise writes blocks without a residual; a pointwise
-    # convolution is blocked on one side only)
+    # convolution that already writes blocks for a depthwise one keeps its NCHW input here, as
+    # when this edge was measured; _pointwise_chains may block both sides of others)
     for node in segment.nodes:
         x = node.inputs[0] if node.inputs else None
         p = producer.get(x)
