@@ -106,6 +106,7 @@ int choose_winograd_tile(const WinogradShape& s, int nr) {
 WinogradConv::WinogradConv(int m, const WinogradShape& s, const void* weights, int mr, int nr)
     : m_(m), t_(m + 2), nr_(nr), s_(s) {
   require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
+  require(nr % kWinogradLanes == 0, "Winograd needs GEMM column panels of whole lane blocks");
   tiles_y_ = ceil_div(s.oh, m);
   tiles_x_ = ceil_div(s.ow, m);
   tiles_ = tiles_y_ * tiles_x_;
@@ -126,7 +127,7 @@ int64_t packed_columns(int64_t tiles, int nr) { return ceil_div(tiles, nr) * nr;
 size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr) {
   const int64_t t = m + 2, tiles = ceil_div(s.oh, m) * ceil_div(s.ow, m);
   // + slack for the output transform's reads past the last tile (winograd_tiles.inc)
-  return static_cast<size_t>(t * t * (s.c * packed_columns(tiles, nr) + s.o * tiles) + 16) * sizeof(float);
+  return static_cast<size_t>(t * t * (s.c * packed_columns(tiles, nr) + s.o * tiles) + kWinogradLanes) * sizeof(float);
 }
 
 void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,

@@ -8,6 +8,10 @@
 
 namespace walle {
 
+// Tiles the transforms run side by side, one per vector lane. The GEMM's column panels must hold
+// a whole number of such blocks (WinogradConv checks).
+constexpr int kWinogradLanes = 8;
+
 #define WALLE_WINOGRAD_TILES_API                                                                         \
   /* (B^T d B) of the tiles of input channel c into v, packed as WinogradConv's GEMM B operands */       \
   void input_tiles(int m, const WinogradShape& s, int64_t tiles_y, int64_t tiles_x, const float* plane,   \
