@@ -122,19 +122,23 @@ size_t WinogradConv::scratch_bytes() const {
   return static_cast<size_t>(winograd_portable::padded_plane_floats(m_, tiles_y_, tiles_x_)) * sizeof(float);
 }
 
-int64_t packed_columns(int64_t tiles, int nr) { return ceil_div(tiles, nr) * nr; }
+int64_t position_floats(int64_t c, int64_t tiles, int nr) {
+  constexpr int64_t kLineFloats = 16;
+  const int64_t lines = ceil_div(c * ceil_div(tiles, nr) * nr, kLineFloats);
+  return (lines | 1) * kLineFloats;
+}
 
 size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr) {
   const int64_t t = m + 2, tiles = ceil_div(s.oh, m) * ceil_div(s.ow, m);
   // + slack for the output transform's reads past the last tile (winograd_tiles.inc)
-  return static_cast<size_t>(t * t * (s.c * packed_columns(tiles, nr) + s.o * tiles) + kWinogradLanes) * sizeof(float);
+  return static_cast<size_t>(t * t * (position_floats(s.c, tiles, nr) + s.o * tiles) + kWinogradLanes) * sizeof(float);
 }
 
 void WinogradConv::run(const GemmBlocking& blk, const float* x, float* y, const float* bias, const float* residual,
                        const Act& act, ThreadPool& pool, FunctionRef<float*(int)> scratch, float* workspace,
                        const CancelFlag* cancel) const {
   const int64_t positions = t_ * t_;
-  const int64_t position_stride = s_.c * packed_columns(tiles_, nr_);
+  const int64_t position_stride = position_floats(s_.c, tiles_, nr_);
   float* v = workspace;                                // [T*T][tiles / nr][C][nr]
   // [O][T*T][tiles]: the T*T values an output channel's tiles transform back from lie together
   float* mm = workspace + positions * position_stride;

@@ -30,9 +30,12 @@ struct WinogradShape {
 // the direct/Winograd crossover within 10% of the measured one).
 int choose_winograd_tile(const WinogradShape& s, int nr);
 
-// Tiles rounded up to whole panels of nr GEMM columns. (Not inline: this header is also included
-// by translation units built for wider instruction sets.)
-int64_t packed_columns(int64_t tiles, int nr);
+// Floats from one position's packed B operand (C rows of the tiles rounded up to whole panels of
+// nr columns) to the next's: an odd number of cache lines, so that the T*T stores of a lane block
+// of the input transform fall in different cache sets. (With ResNet's shapes the operands are
+// multiples of 4 KiB: all T*T stores went to one L1 set, evicting each other.) Not inline: this
+// header is also included by translation units built for wider instruction sets.
+int64_t position_floats(int64_t c, int64_t tiles, int nr);
 
 // Shared workspace WinogradConv::workspace_bytes() will need for this tile and shape: the
 // transformed input, already in the GEMM's packed B layout ([position][panel of nr tiles][C][nr],
