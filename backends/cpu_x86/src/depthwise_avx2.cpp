@@ -89,21 +89,26 @@ inline void taps8(const DepthwiseBlock& b, int64_t cols, const float* wv, const 
   }
 }
 
-// taps8 for a 3x3 window with stride and dilation 1 and the pixels in one row: each input vector
-// of a window row is loaded once for the up to three output pixels that read it (10 loads per
-// window row instead of 24, which bounded the loop). The same sums in the same order.
-inline void taps8_3x3_unit(int64_t cols, const float* wv, const float* base, __m256 (&r)[8]) {
+// taps8 for a 3x3 window with dilation 1, column stride S (1 or 2) and the pixels in one row:
+// each input vector of a window row is loaded once for the output pixels that read it (S = 1: 10
+// loads per window row instead of 24, which bounded the loop; S = 2: 17). The same sums in the
+// same order.
+template <int S>
+inline void taps8_3x3(int64_t cols, const float* wv, const float* base, __m256 (&r)[8]) {
+  constexpr int kColumns = 7 * S + 3;  // input columns the 8 windows of one row cover
   for (int p = 0; p < 8; ++p) r[p] = _mm256_setzero_ps();
   for (int i = 0; i < 3; ++i) {
     const float* row = base + i * cols * 8;
-    const __m256 w0 = _mm256_load_ps(wv + i * 24), w1 = _mm256_load_ps(wv + i * 24 + 8),
-                 w2 = _mm256_load_ps(wv + i * 24 + 16);
-#pragma GCC unroll 10
-    for (int c = 0; c < 10; ++c) {
+    const __m256 w[3] = {_mm256_load_ps(wv + i * 24), _mm256_load_ps(wv + i * 24 + 8),
+                         _mm256_load_ps(wv + i * 24 + 16)};
+#pragma GCC unroll 17
+    for (int c = 0; c < kColumns; ++c) {
       const __m256 x = _mm256_load_ps(row + c * 8);
-      if (c < 8) r[c] = _mm256_fmadd_ps(w0, x, r[c]);
-      if (c >= 1 && c <= 8) r[c - 1] = _mm256_fmadd_ps(w1, x, r[c - 1]);
-      if (c >= 2) r[c - 2] = _mm256_fmadd_ps(w2, x, r[c - 2]);
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j) {  // pixel p reads column c as its tap j when c = S p + j
+        const int p = (c - j) / S;
+        if (c >= j && (c - j) % S == 0 && p < 8) r[p] = _mm256_fmadd_ps(w[j], x, r[p]);
+      }
     }
   }
 }
@@ -136,12 +141,13 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     return v;
   };
   const bool three = b.kh == 3 && b.kw == 3;  // nearly every layer
-  const bool unit3 = three && b.sw == 1 && b.dh == 1 && b.dw == 1;
+  const bool unit3 = three && b.dh == 1 && b.dw == 1;  // with sw 1 or 2: taps8_3x3
   // The n <= 8 output pixels from plane position `at` on: their windows, in an image whose rows
   // are `pitch` pixels apart, start at base[0] + p strides (one_row) or at base[p].
   auto group = [&](bool one_row, int64_t pitch, const float* const (&base)[8], int64_t at, int64_t n) {
     __m256 r[8];
-    if (one_row && unit3) taps8_3x3_unit(pitch, wv, base[0], r);
+    if (one_row && unit3 && b.sw == 1) taps8_3x3<1>(pitch, wv, base[0], r);
+    else if (one_row && unit3 && b.sw == 2) taps8_3x3<2>(pitch, wv, base[0], r);
     else if (one_row) three ? taps8<3, 3, true>(b, pitch, wv, base, r) : taps8<0, 0, true>(b, pitch, wv, base, r);
     else three ? taps8<3, 3, false>(b, pitch, wv, base, r) : taps8<0, 0, false>(b, pitch, wv, base, r);
     if (b.bias) {
