@@ -377,20 +377,27 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           const bool packed_edge = b_in_place && cols < nr;
           const float* b_panel = packed_edge ? b_buf : bp + jp * b_stride;
           const int64_t b_ld = packed_edge ? nr : ldb;
+          // Packed B panels are weights streaming from memory (the pixels as rows): each tile of
+          // this column fetches its share of the next panel's rows ahead of use.
+          const float* next_b = pr.b.packed && jr + nr < nc ? bp + (jp + 1) * b_stride : nullptr;
+          const int64_t share = ceil_div(kc, ceil_div(mc, mr));
           for (int64_t ir = 0, ip = 0; ir < mc; ir += mr, ++ip) {
+            if (next_b) {
+              for (int64_t kk = ip * share, e = std::min(kc, kk + share); kk < e; ++kk) {
+                for (int q = 0; q < nr; q += 16) {  // each 64-byte line of the row
+                  _mm_prefetch(reinterpret_cast<const char*>(next_b + kk * nr + q), _MM_HINT_T0);
+                }
+              }
+            }
             if (ir == single) continue;
             const int64_t rows = std::min<int64_t>(mr, mc - ir);
             float* c = pr.c + (i0 + ir) * pr.ldc + j0 + jr;
             const float* a_panel = ap + ip * a_stride;
             // what the next tile reads from packed weights, which stream from memory: the next
-            // row panel of A, or after the last one the next column panel of B
+            // row panel of A (the next column panel of B is fetched above)
             const float* next = nullptr;
             int64_t next_ld = 0;
-            if (ir + mr < mc) {
-              if (pr.a.packed) next = a_panel + a_stride, next_ld = mr;
-            } else if (jr + nr < nc && pr.b.packed) {
-              next = bp + (jp + 1) * b_stride, next_ld = nr;
-            }
+            if (ir + mr < mc && pr.a.packed) next = a_panel + a_stride, next_ld = mr;
             if (pr.c_block) {
               auto group = [&](int64_t i, int64_t q) {
                 return pr.c + ((j0 + jr + q) >> 3) * pr.c_block + (i0 + ir + i) * 8;
