@@ -58,8 +58,10 @@ def reference(x, w1, b1, fn, w2, b2, stride, residual=None):
 @pytest.mark.parametrize("case", [
     # (x shape, output channels, activation, dw stride): pixels not a multiple of the 6-row tile,
     # 24 channels (a last tile of 8 columns), K over one 256 block, two images, an activation
-    # the register tile cannot apply, stride 2; rows of 32 or more output pixels, which the
-    # depthwise kernel reads in place (a row end in the middle of a group, odd input widths)
+    # the register tile cannot apply, stride 2 (rows up to 16 pixels, and any at stride 2, are read
+    # in place with the padding skipped); rows of 32 or more output pixels, which the depthwise
+    # kernel reads in place with patches at the borders (a row end in the middle of a group, odd
+    # input widths); a stride-1 row of 20, which goes through a padded copy
     ((1, 16, 14, 14), 96, UnaryFn.CLIP, 1),
     ((2, 24, 9, 11), 24, UnaryFn.IDENTITY, 1),
     ((1, 300, 7, 9), 40, UnaryFn.CLIP, 2),
@@ -68,7 +70,9 @@ def reference(x, w1, b1, fn, w2, b2, stride, residual=None):
     ((1, 16, 9, 32), 8, UnaryFn.IDENTITY, 1),
     ((1, 8, 7, 67), 24, UnaryFn.CLIP, 2),
     ((1, 8, 5, 64), 16, UnaryFn.CLIP, 2),
-], ids=["expand", "24ch-2img", "k300-s2", "sigmoid", "wide-2img", "wide32", "wide-s2-odd", "wide-s2-even"])
+    ((1, 16, 10, 20), 24, UnaryFn.CLIP, 1),
+], ids=["expand", "24ch-2img", "k300-s2", "sigmoid", "wide-2img", "wide32", "wide-s2-odd", "wide-s2-even",
+        "copied-20"])
 def test_blocked_activation_matches_plain_layout(monkeypatch, threads, case):
     xs, c, fn, stride = case
     x, w1, b1, w2, b2 = f32(*xs), f32(c, xs[1], 1, 1), f32(c), f32(c, 1, 3, 3), f32(c)
