@@ -225,13 +225,13 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
   if (b.x_blocked && unit3 && (b.sw == 2 || (b.sw == 1 && b.ow <= kDepthwiseNarrowInPlaceWidth))) {
     // Narrower rows of a blocked input, 3x3 windows: read in place too, a row's groups of 8
     // pixels (the last one partial) with the taps in the padding skipped instead of copied.
+    const int64_t columns = 7 * b.sw + 3;  // input columns a group's windows cover
     for (int64_t oy = 0; oy < b.oh; ++oy) {
       const int64_t iy = oy * b.sh - b.pt;  // the window's first input row
       const int i0 = static_cast<int>(std::clamp<int64_t>(-iy, 0, 3));
       const int i1 = static_cast<int>(std::clamp<int64_t>(b.h - iy, i0, 3));
       for (int64_t ox = 0; ox < b.ow; ox += 8) {
         const int64_t ix = ox * b.sw - b.pl;  // the first window's first input column
-        const int64_t columns = 7 * b.sw + 3;
         const int c0 = static_cast<int>(std::clamp<int64_t>(-ix, 0, columns));
         const int c1 = static_cast<int>(std::clamp<int64_t>(b.w_in - ix, c0, columns));
         __m256 r[8];
