@@ -102,7 +102,8 @@ def plan_segment_memory(segment: Segment, exclude: set[str] | frozenset[str] = f
             offset += at
         return name, offset
 
-    inside = {name: home(name) for name in first if name in aliases and home(name)[0] in first}
+    homes = {name: home(name) for name in first if name in aliases}
+    inside = {name: where for name, where in homes.items() if where[0] in first}
     for name, (root, _) in inside.items():
         first[root] = min(first[root], first[name])
         last[root] = max(last[root], last[name])

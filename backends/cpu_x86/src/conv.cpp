@@ -439,9 +439,6 @@ class Conv2DKernel : public OpKernel {
     });
   }
 
-  // One image of a direct-taps convolution (see the build) from the phase-split image in the
-  // workspace: one output row per task, tiles of MR channels x NR pixels, each finished with the
-  // bias, residual and activation as it is stored (those the kernel cannot apply, right after).
   // C^T [pixels x O] = X^T [pixels x C] * W^T [C x O] for image n, stored transposed into y's
   // channel planes with bias, residual and activation: all but the A operand.
   GemmProblem pixel_rows_problem(int64_t n, const float* bias, const float* res, float* y) const {
@@ -457,6 +454,9 @@ class Conv2DKernel : public OpKernel {
     return p;
   }
 
+  // One image of a direct-taps convolution (see the build) from the phase-split image in the
+  // workspace: tiles of MR channels x NR pixels, each finished with the bias, residual and
+  // activation as it is stored (those the kernel cannot apply, right after).
   void run_direct_taps(const RunContext& ctx, const float* bias, const float* res, float* y) const {
     const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
     const int64_t plane_out = s_.oh * s_.ow;

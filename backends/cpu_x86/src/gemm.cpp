@@ -371,6 +371,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         // block's panels, done after them; the stage has room for whole tiles.
         const int64_t single = pr.c_transposed && !pr.a.block && pr.b.packed && blk.kernel.row_panels &&
                                        mc % mr == 1 ? mc - 1 : -1;
+        const int64_t share = ceil_div(kc, ceil_div(mc, mr));  // next B panel rows fetched per tile
         // panel indices are counted, not divided out: a division per tile showed in profiles
         for (int64_t jr = j_done, jp = j_done / nr; jr < nc; jr += nr, ++jp) {
           const int64_t cols = std::min<int64_t>(nr, nc - jr);
@@ -380,7 +381,6 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
           // Packed B panels are weights streaming from memory (the pixels as rows): each tile of
           // this column fetches its share of the next panel's rows ahead of use.
           const float* next_b = pr.b.packed && jr + nr < nc ? bp + (jp + 1) * b_stride : nullptr;
-          const int64_t share = ceil_div(kc, ceil_div(mc, mr));
           for (int64_t ir = 0, ip = 0; ir < mc; ir += mr, ++ip) {
             if (next_b) {
               for (int64_t kk = ip * share, e = std::min(kc, kk + share); kk < e; ++kk) {
