@@ -3,18 +3,27 @@
 #include <emmintrin.h>
 
 #include <chrono>
+#include <thread>
 
 namespace walle {
 
 namespace {
 
-// Spins until done() or kSpinMicros have passed, whichever comes first.
+// Polls until done() or kPollMicros have passed, whichever comes first: spinning for the first
+// kSpinMicros, then yielding the core between checks.
 template <class Done>
-void poll_briefly(Done done) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+void poll_for(Done done) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  const auto spin_until = start + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  const auto poll_until = start + std::chrono::microseconds(ThreadPool::kPollMicros);
   for (int i = 0; !done(); ++i) {
     _mm_pause();
-    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return;
+    if ((i & 63) == 63 && Clock::now() >= spin_until) break;
+  }
+  while (!done()) {
+    if (Clock::now() >= poll_until) return;
+    std::this_thread::yield();
   }
 }
 
@@ -50,8 +59,8 @@ void ThreadPool::drain(Job& job, int worker) {
 void ThreadPool::worker_main(int worker) {
   uint64_t seen = 0;
   for (;;) {
-    // Poll briefly for the next loop before paying for a sleep and a wake-up.
-    poll_briefly([&] { return generation_.load(std::memory_order_acquire) != seen; });
+    // Poll for the next loop before paying for a sleep and a wake-up.
+    poll_for([&] { return generation_.load(std::memory_order_acquire) != seen; });
     Job* job;
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -89,9 +98,9 @@ void ThreadPool::parallel_for(int64_t n, Body body) {
   drain(job, 0);
   // Every task is claimed once drain returns; wait only for workers still running one. A worker
   // that has not woken up yet (the machine is busy) is not waited for: it finds no job. Their
-  // last tasks usually end within microseconds of ours, so poll briefly before sleeping: a
-  // sleep and wake-up per loop cost more than a small op's whole loop on a virtual machine.
-  poll_briefly([&] { return inside_.load(std::memory_order_acquire) == 0; });
+  // last tasks end within a task's length of ours, so poll before sleeping: a sleep and
+  // wake-up cost more than a small op's whole loop on a virtual machine.
+  poll_for([&] { return inside_.load(std::memory_order_acquire) == 0; });
   {
     std::unique_lock<std::mutex> lock(mutex_);  // inside_ is rechecked under the lock workers join under
     done_.wait(lock, [&] { return inside_.load(std::memory_order_relaxed) == 0; });
