@@ -28,8 +28,8 @@ def f32(*shape: int) -> np.ndarray:
 
 
 def expand_then_depthwise(x, w1, b1, act1, w2, b2, stride, extra_reader=False, residual=None):
-    """x -> pointwise(w1, b1, act1) -> t -> depthwise 3x3 (w2, b2, relu6) -> y; optionally t is
-    also a segment output, or the pointwise conv adds a residual."""
+    """x -> pointwise(w1, b1, act1) -> t -> depthwise k x k (w2, b2, relu6, pads k // 2) -> y;
+    optionally t is also a segment output, or the pointwise conv adds a residual."""
     b = GraphBuilder()
     name = b.add_input("x", TensorType(x.dtype, x.shape))
     inputs = [name, b.constant(w1), b.constant(b1)]
@@ -38,7 +38,8 @@ def expand_then_depthwise(x, w1, b1, act1, w2, b2, stride, extra_reader=False, r
     attrs = ops.Conv2DAttrs(activation=act1, has_bias=True, has_residual=residual is not None)
     (t,) = b.emit(Op.CONV2D, inputs, attrs)
     c = w2.shape[0]
-    dw = ops.Conv2DAttrs((stride, stride), (1, 1, 1, 1), groups=c, activation=Activation(UnaryFn.CLIP, 0.0, 6.0),
+    pad = w2.shape[2] // 2
+    dw = ops.Conv2DAttrs((stride, stride), (pad,) * 4, groups=c, activation=Activation(UnaryFn.CLIP, 0.0, 6.0),
                          has_bias=True)
     (y,) = b.emit(Op.CONV2D, [t, b.constant(w2), b.constant(b2)], dw)
     g = b.graph
@@ -51,17 +52,23 @@ def reference(x, w1, b1, fn, w2, b2, stride, residual=None):
     if residual is not None:
         t = t + residual
     t = {UnaryFn.IDENTITY: t, UnaryFn.CLIP: np.clip(t, 0, 6), UnaryFn.SIGMOID: 1 / (1 + np.exp(-t))}[fn]
-    return np.clip(np_conv(t, w2, b2, (stride, stride), (1, 1, 1, 1), groups=w2.shape[0]), 0, 6)
+    pad = w2.shape[2] // 2
+    return np.clip(np_conv(t, w2, b2, (stride, stride), (pad,) * 4, groups=w2.shape[0]), 0, 6)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("case", [
-    # (x shape, output channels, activation, dw stride): pixels not a multiple of the 6-row tile,
-    # 24 channels (a last tile of 8 columns), K over one 256 block, two images, an activation
-    # the register tile cannot apply, stride 2 (rows up to 16 pixels, and any at stride 2, are read
-    # in place with the padding skipped); rows of 32 or more output pixels, which the depthwise
+    # (x shape, output channels, activation, dw stride[, dw window, else 3]): pixels not a
+    # multiple of the 6-row tile, 24 channels (a last tile of 8 columns), K over one 256 block,
+    # two images, an activation the register tile cannot apply, stride 2 (rows under 32 pixels
+    # with 3x3 windows are read in place with the padding skipped; under 8, the padding columns
+    # known at run time only); rows of 32 or more output pixels, which the depthwise
     # kernel reads in place with patches at the borders (a row end in the middle of a group, odd
-    # input widths); a stride-1 row of 20, which goes through a padded copy
+    # input widths); 5x5 windows on rows of 20, which go through a padded copy. Rows of 8 or more
+    # in place end with a whole group of 8, the first in the left padding and the last in the
+    # right one: rows of exactly 8 (both in one group) at strides 1 and 2, of 16 at stride 1, of
+    # 10 at stride 2 from an odd width (the last window in the right padding), and of 28 at
+    # stride 2 (groups inside the row too)
     ((1, 16, 14, 14), 96, UnaryFn.CLIP, 1),
     ((2, 24, 9, 11), 24, UnaryFn.IDENTITY, 1),
     ((1, 300, 7, 9), 40, UnaryFn.CLIP, 2),
@@ -70,12 +77,17 @@ def reference(x, w1, b1, fn, w2, b2, stride, residual=None):
     ((1, 16, 9, 32), 8, UnaryFn.IDENTITY, 1),
     ((1, 8, 7, 67), 24, UnaryFn.CLIP, 2),
     ((1, 8, 5, 64), 16, UnaryFn.CLIP, 2),
-    ((1, 16, 10, 20), 24, UnaryFn.CLIP, 1),
+    ((1, 16, 10, 20), 24, UnaryFn.CLIP, 1, 5),
+    ((1, 8, 8, 8), 16, UnaryFn.CLIP, 1),
+    ((1, 8, 15, 15), 16, UnaryFn.CLIP, 2),
+    ((1, 8, 6, 16), 16, UnaryFn.CLIP, 1),
+    ((1, 8, 9, 19), 16, UnaryFn.CLIP, 2),
+    ((1, 8, 12, 56), 16, UnaryFn.CLIP, 2),
 ], ids=["expand", "24ch-2img", "k300-s2", "sigmoid", "wide-2img", "wide32", "wide-s2-odd", "wide-s2-even",
-        "copied-20"])
+        "copied-5x5", "row8", "row8-s2", "row16", "row10-s2-odd", "row28-s2"])
 def test_blocked_activation_matches_plain_layout(monkeypatch, threads, case):
-    xs, c, fn, stride = case
-    x, w1, b1, w2, b2 = f32(*xs), f32(c, xs[1], 1, 1), f32(c), f32(c, 1, 3, 3), f32(c)
+    xs, c, fn, stride, k = case if len(case) == 5 else (*case, 3)
+    x, w1, b1, w2, b2 = f32(*xs), f32(c, xs[1], 1, 1), f32(c), f32(c, 1, k, k), f32(c)
     act = Activation(fn, 0.0, 6.0) if fn is UnaryFn.CLIP else Activation(fn)
     seg, t = expand_then_depthwise(x, w1, b1, act, w2, b2, stride)
     assert blocked_activations(seg, "avx2") == {t}

@@ -60,18 +60,12 @@ int64_t depthwise_block_scratch_floats(int64_t oh, int64_t ow, int64_t kh, int64
 
 namespace {
 
-// Output rows at least this wide read a blocked input in place (see depthwise_block8_avx2).
-// Narrower ones go through a padded copy of the whole plane, whose groups of 8 pixels run across
-// row ends: measured in MobileNetV2, rows of 56 pixels take 20-50 % less time in place, rows of
-// 28 up to 20 % more (the copy of a small plane stays in L1, the per-row patches do not pay off).
+// Output rows at least this wide read a blocked input in place with patches at the borders (see
+// depthwise_block8_avx2): measured in MobileNetV2, rows of 56 pixels take 20-50 % less time that
+// way than through a padded copy of the whole plane, rows of 28 up to 20 % more (the copy of a
+// small plane stays in L1, the per-row patches do not pay off). Narrower rows with 3x3 windows
+// are read in place by narrow_rows, other windows through the padded copy.
 constexpr int64_t kDepthwiseInPlaceWidth = 32;
-
-// Narrower rows of a blocked input with 3x3 windows are read in place too, with the taps in the
-// padding skipped, at stride 2 and up to this width at stride 1 (measured in MobileNetV2's
-// layers, against the padded copy: 7x7 and 14x14 stride 2 20-23 % less time, 28x28 stride 2
-// 11 %, 14x14 stride 1 6 %, 7x7 stride 1 23 %, but 28x28 stride 1 5 % more: its copy stays in L1
-// and its groups of 8 run across row ends, where a row of 28 leaves a partial group).
-constexpr int64_t kDepthwiseNarrowInPlaceWidth = 16;
 
 // r[p] = the eight channels of the output pixel whose window starts at base[p] in the padded
 // image, summed tap by tap in order from zero: eight accumulators and one weight vector in
@@ -96,30 +90,81 @@ inline void taps8(const DepthwiseBlock& b, int64_t cols, const float* wv, const 
   }
 }
 
+// Which input columns of a group's windows taps8_3x3 treats as padding (reads nothing from).
+// Column 0 feeds only the first window's first tap and the last column only the last window's
+// last tap, so a row's first and last groups of 8 skip them at compile time; kClip takes a
+// range known only at run time, for rows narrower than a group.
+enum class PadColumns { kNone, kFirst, kLast, kBoth, kClip };
+
 // taps8 for a 3x3 window with dilation 1, column stride S (1 or 2) and the pixels in one row:
 // each input vector of a window row is loaded once for the output pixels that read it (S = 1: 10
 // loads per window row instead of 24, which bounded the loop; S = 2: 17). The same sums in the
-// same order. Window row i is read at x + row + i * cols * 8 + c * 8 for columns c; Clip: only
-// rows [i0, i1) and columns [c0, c1) exist, the others are padding and add nothing (a zero
-// product leaves each sum as it was), so an image is read in place.
-template <int S, bool Clip = false>
+// same order. Window row i is read at x + row + i * cols * 8 + c * 8 for columns c (an offset
+// that may lie before the image when row i0 or column 0 is padding). Only rows [i0, i1) exist:
+// padding rows are skipped. Padding columns (Pad) add nothing either: skipped when known at
+// compile time; with kClip only columns [c0, c1) exist and the others are read from `zeros`
+// (8 zero floats). Skipping those at run time made every multiply-add conditional, and the
+// compiler then kept the eight sums in memory: 14x14 layers took half as long again.
+template <int S, PadColumns Pad = PadColumns::kNone>
 inline void taps8_3x3(int64_t cols, const float* wv, const float* x, int64_t row, __m256 (&r)[8], int i0 = 0,
-                      int i1 = 3, int c0 = 0, int c1 = 7 * S + 3) {
+                      int i1 = 3, int c0 = 0, int c1 = 7 * S + 3, const float* zeros = nullptr) {
   constexpr int kColumns = 7 * S + 3;  // input columns the 8 windows of one row cover
+  constexpr bool kClip = Pad == PadColumns::kClip;
+  constexpr bool kSkipFirst = Pad == PadColumns::kFirst || Pad == PadColumns::kBoth;
+  constexpr bool kSkipLast = Pad == PadColumns::kLast || Pad == PadColumns::kBoth;
   for (int p = 0; p < 8; ++p) r[p] = _mm256_setzero_ps();
-  for (int i = Clip ? i0 : 0; i < (Clip ? i1 : 3); ++i) {
-    const int64_t line = row + i * cols * 8;  // (an offset: with Clip it may lie before the image)
+  for (int i = i0; i < i1; ++i) {
+    const int64_t line = row + i * cols * 8;
     const __m256 w[3] = {_mm256_load_ps(wv + i * 24), _mm256_load_ps(wv + i * 24 + 8),
                          _mm256_load_ps(wv + i * 24 + 16)};
+    const float* at[kColumns];  // with kClip, where column c is read from
+    if constexpr (kClip) {
+      for (int c = 0; c < kColumns; ++c) at[c] = c < c0 || c >= c1 ? zeros : x + line + c * 8;
+    }
 #pragma GCC unroll 17
     for (int c = 0; c < kColumns; ++c) {
-      if (Clip && (c < c0 || c >= c1)) continue;
-      const __m256 v = _mm256_load_ps(x + line + c * 8);
+      if ((kSkipFirst && c == 0) || (kSkipLast && c == kColumns - 1)) continue;
+      const __m256 v = _mm256_load_ps(kClip ? at[c] : x + line + c * 8);
 #pragma GCC unroll 3
       for (int j = 0; j < 3; ++j) {  // pixel p reads column c as its tap j when c = S p + j
         const int p = (c - j) / S;
         if (c >= j && (c - j) % S == 0 && p < 8) r[p] = _mm256_fmadd_ps(w[j], v, r[p]);
       }
+    }
+  }
+}
+
+// The narrow in-place rows of depthwise_block8_avx2 (see there), at column stride S; store(r,
+// at, n) stores the n <= 8 pixels from plane position `at` on.
+template <int S, class Store>
+void narrow_rows(const DepthwiseBlock& b, const float* wv, Store&& store) {
+  constexpr int kColumns = 7 * S + 3;  // input columns a group's windows cover
+  alignas(32) static constexpr float zeros[8] = {};
+  for (int64_t oy = 0; oy < b.oh; ++oy) {
+    const int64_t iy = oy * b.sh - b.pt;  // the window's first input row
+    const int i0 = static_cast<int>(std::clamp<int64_t>(-iy, 0, 3));
+    const int i1 = static_cast<int>(std::clamp<int64_t>(b.h - iy, i0, 3));
+    for (int64_t group = 0; group < b.ow; group += 8) {
+      const int64_t ox = b.ow >= 8 ? std::min(group, b.ow - 8) : group;
+      const int64_t n = std::min<int64_t>(8, b.ow - ox);
+      const int64_t ix = ox * S - b.pl;  // the first window's first input column
+      const int c0 = static_cast<int>(std::clamp<int64_t>(-ix, 0, kColumns));
+      const int c1 = static_cast<int>(std::clamp<int64_t>(b.w_in - ix, c0, kColumns));
+      const int64_t at = (iy * b.w_in + ix) * 8;  // where column 0 of window row 0 would be
+      const bool first = c0 == 1, last = c1 == kColumns - 1;
+      __m256 r[8];
+      if (n < 8 || c0 > 1 || c1 < kColumns - 1) {
+        taps8_3x3<S, PadColumns::kClip>(b.w_in, wv, b.x, at, r, i0, i1, c0, c1, zeros);
+      } else if (first && last) {
+        taps8_3x3<S, PadColumns::kBoth>(b.w_in, wv, b.x, at, r, i0, i1);
+      } else if (first) {
+        taps8_3x3<S, PadColumns::kFirst>(b.w_in, wv, b.x, at, r, i0, i1);
+      } else if (last) {
+        taps8_3x3<S, PadColumns::kLast>(b.w_in, wv, b.x, at, r, i0, i1);
+      } else {
+        taps8_3x3<S>(b.w_in, wv, b.x, at, r, i0, i1);
+      }
+      store(r, oy * b.ow + ox, n);
     }
   }
 }
@@ -222,25 +267,17 @@ void depthwise_block8_avx2(const DepthwiseBlock& b) {
     return;
   }
 
-  if (b.x_blocked && unit3 && (b.sw == 2 || (b.sw == 1 && b.ow <= kDepthwiseNarrowInPlaceWidth))) {
+  if (b.x_blocked && unit3) {
     // Narrower rows of a blocked input, 3x3 windows: read in place too, a row's groups of 8
-    // pixels (the last one partial) with the taps in the padding skipped instead of copied.
-    const int64_t columns = 7 * b.sw + 3;  // input columns a group's windows cover
-    for (int64_t oy = 0; oy < b.oh; ++oy) {
-      const int64_t iy = oy * b.sh - b.pt;  // the window's first input row
-      const int i0 = static_cast<int>(std::clamp<int64_t>(-iy, 0, 3));
-      const int i1 = static_cast<int>(std::clamp<int64_t>(b.h - iy, i0, 3));
-      for (int64_t ox = 0; ox < b.ow; ox += 8) {
-        const int64_t ix = ox * b.sw - b.pl;  // the first window's first input column
-        const int c0 = static_cast<int>(std::clamp<int64_t>(-ix, 0, columns));
-        const int c1 = static_cast<int>(std::clamp<int64_t>(b.w_in - ix, c0, columns));
-        __m256 r[8];
-        const int64_t at = (iy * b.w_in + ix) * 8;  // where column 0 of window row 0 would be
-        if (b.sw == 1) taps8_3x3<1, true>(b.w_in, wv, b.x, at, r, i0, i1, c0, c1);
-        else taps8_3x3<2, true>(b.w_in, wv, b.x, at, r, i0, i1, c0, c1);
-        store(r, oy * b.ow + ox, std::min<int64_t>(8, b.ow - ox));
-      }
-    }
+    // pixels with the taps in the padding skipped instead of copied. A row of 8 pixels or more
+    // ends with a whole group (overlapping the one before it), so only a row's first group can
+    // start in the left padding and only its last one end in the right padding, each by at
+    // most one column with pads of 1; other cases take the run-time column range. Measured in
+    // MobileNetV2 against the whole-plane padded copy below: 7x7 and 14x14 stride 2 20-23 % less
+    // time, 28x28 stride 2 11 %, 7x7 stride 1 23 %, 14x14 stride 1 6 %; since the sums stay in
+    // registers (see taps8_3x3) also 28x28 stride 1, 6 % less (the copy was faster before).
+    if (b.sw == 1) narrow_rows<1>(b, wv, store);
+    else narrow_rows<2>(b, wv, store);
     return;
   }
 
