@@ -104,7 +104,8 @@ enum class PadColumns { kNone, kFirst, kLast, kBoth, kClip };
 // padding rows are skipped. Padding columns (Pad) add nothing either: skipped when known at
 // compile time; with kClip only columns [c0, c1) exist and the others are read from `zeros`
 // (8 zero floats). Skipping those at run time made every multiply-add conditional, and the
-// compiler then kept the eight sums in memory: 14x14 layers took half as long again.
+// compiler then kept the eight sums in memory: MobileNetV2's 14x14 layers took 0.056-0.084 ms
+// (it varied by the hour), against 0.048 now.
 template <int S, PadColumns Pad = PadColumns::kNone>
 inline void taps8_3x3(int64_t cols, const float* wv, const float* x, int64_t row, __m256 (&r)[8], int i0 = 0,
                       int i1 = 3, int c0 = 0, int c1 = 7 * S + 3, const float* zeros = nullptr) {
