@@ -651,10 +651,16 @@ WINOGRAD_CASES = [
 @pytest.mark.parametrize("tile", ["2", "4"])
 @pytest.mark.parametrize("isa", ISAS)
 def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile, isa):
+    """Winograd against NumPy and the direct algorithm, each case with data of its own (not the
+    module's shared stream, whose state depends on which tests ran before). The tolerance scales
+    with the outputs: F(4,3)'s transforms lose more of the low bits than a direct sum (1.8e-4
+    was seen on a 297-tap case whose outputs reach tens)."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     xs, o, pads = case
     oh, ow = xs[2] + pads[0] + pads[2] - 2, xs[3] + pads[1] + pads[3] - 2
-    x, w, bias, res = f32(*xs), f32(o, xs[1], 3, 3), f32(o), f32(xs[0], o, oh, ow)
+    data = np.random.default_rng(WINOGRAD_CASES.index(case))
+    x, w, bias, res = (data.standard_normal(shape).astype(np.float32)
+                       for shape in (xs, (o, xs[1], 3, 3), (o,), (xs[0], o, oh, ow)))
     attrs = ops.Conv2DAttrs(pads=pads, activation=Activation(UnaryFn.RELU), has_bias=True, has_residual=True)
     got = {}
     for mode in ("0", tile):
@@ -665,8 +671,9 @@ def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile, isa):
         assert (exe.plan.workspace_bytes > 0) == (mode != "0")
         (got[mode],) = exe.run(feeds)
     want = np.maximum(np_conv(x, w, bias, pads=pads) + res, 0).astype(np.float32)
-    close(got[tile], want, atol=1e-4)
-    close(got[tile], got["0"], rtol=1e-4, atol=1e-4)
+    atol = 2e-5 * float(np.abs(want).max())
+    close(got[tile], want, atol=atol)
+    close(got[tile], got["0"], rtol=1e-4, atol=atol)
 
 
 @pytest.mark.parametrize("tile", ["2", "4"])
