@@ -609,16 +609,17 @@ def test_1x1_conv_reads_few_channels_activations_in_place(monkeypatch, isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("fn", [UnaryFn.RELU, UnaryFn.SIGMOID], ids=lambda f: f.value)
-@pytest.mark.parametrize("geometry", [((2, 300, 7, 7), 1, 1, 0), ((1, 40, 13, 14), 3, 2, 1), ((1, 300, 13, 13), 1, 2, 0),
-                                      ((1, 40, 14, 14), 1, 1, 0)],
-                         ids=["1x1", "3x3s2-phased", "1x1s2-im2col", "14x14"])
+@pytest.mark.parametrize("geometry", [((2, 300, 7, 7), 1, 1, 0), ((1, 40, 13, 14), 3, 2, 1), ((2, 36, 28, 27), 3, 2, 1),
+                                      ((1, 300, 13, 13), 1, 2, 0), ((1, 40, 14, 14), 1, 1, 0)],
+                         ids=["1x1", "3x3s2-phased", "3x3s2-2img", "1x1s2-im2col", "14x14"])
 def test_conv_with_pixels_as_gemm_rows(monkeypatch, isa, fn, geometry):
     """On a 7x7 or 14x14 output, a convolution with many output channels runs with the pixels as
-    the GEMM's rows (a 1x1 reading the image, others its transposed im2col) and stores its tiles
-    transposed, 120 rows at a time (196 pixels: two). Same products summed in the same order as
-    the usual orientation (which 16 channels keep): bit-identical channel by channel, with bias,
-    residual and activation; K = 300 takes two k blocks, K = 360 too. 92 channels: eleven
-    eight-channel transposes and four left."""
+    the GEMM's rows (a 1x1 reading the image, others its transposed im2col; a stride-2 window
+    on AVX2 reads its taps straight from the phase-split image) and stores its tiles transposed,
+    120 rows at a time (196 pixels, as the stride-2 window over 28x27 gives: two). Same products
+    summed in the same order as the usual orientation (which 16 channels keep): bit-identical
+    channel by channel, with bias, residual and activation; K = 300 takes two k blocks, K = 360
+    and 324 too. 92 channels: eleven eight-channel transposes and four left."""
     monkeypatch.setenv("WALLE_CPU_X86_ISA", isa)
     monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "0")
     xs, k, stride, pad = geometry

@@ -49,6 +49,10 @@ struct GemmOperand {
   // this many floats, element (i, k) at view.p[(k / 8) * block + i * 8 + k % 8] (an NCHW8c image
   // with the pixels as rows); K must be a multiple of 8.
   int64_t block = 0;
+  // Both set (A only, with a transposed C and a kernel that has a_gathered): A is read straight
+  // from view.p, element (i, k) at view.p[rows[i] + taps[k]] (see MicroKernel::a_gathered).
+  const int64_t* rows = nullptr;
+  const int64_t* taps = nullptr;
 };
 
 // Applied to each finished output tile, while it is still in cache.

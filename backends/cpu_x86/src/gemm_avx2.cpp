@@ -175,6 +175,40 @@ void kernel_a_blocked(int rows, int64_t kc, const float* a, int64_t a_block, con
   });
 }
 
+// The first R rows of a tile whose A is read from an image (MicroKernel::a_gathered): the same
+// multiply-adds in the same order as tile_rx16 over a packed panel, so the same bits.
+template <int R>
+inline void tile_rx16_gathered_a(int64_t kc, const float* a, const int64_t* a_rows, const int64_t* a_taps,
+                                 const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  const float* row[R];
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) row[i] = a + a_rows[i];
+  __m256 acc[R][2];
+#pragma GCC unroll 6
+  for (int i = 0; i < R; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t tap = a_taps[k];
+    const __m256 b0 = _mm256_loadu_ps(b);
+    const __m256 b1 = _mm256_loadu_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < R; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(row[i] + tap);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+    b += ldb;
+  }
+  store_rows<R, false, false>(acc, c, ldc, 8, accumulate, nullptr, 8);
+}
+
+void kernel_a_gathered(int rows, int64_t kc, const float* a, const int64_t* a_rows, const int64_t* a_taps,
+                       const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) {
+  with_rows(rows, [&](auto r) {
+    tile_rx16_gathered_a<decltype(r)::value>(kc, a, a_rows, a_taps, b, ldb, c, ldc, accumulate);
+  });
+}
+
 // Row 0 of an A panel against P whole B panels (MicroKernel::row_panels): 2 P independent
 // accumulators per k step; each column's multiply-adds are tile_rx16<1>'s, in its order.
 template <int P>
@@ -222,6 +256,7 @@ MicroKernel micro_kernel_avx2() {
   MicroKernel k{kMr, kNr, kernel_6x16, kernel_6x16_fused, kernel_rows, kernel_6x16_blocked, kernel_gathered,
                 kernel_a_blocked};
   k.row_panels = kernel_row_panels;
+  k.a_gathered = kernel_a_gathered;
   return k;
 }
 

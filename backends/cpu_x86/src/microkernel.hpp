@@ -59,6 +59,12 @@ struct MicroKernel {
   // where a kernel has none.
   void (*a_blocked)(int rows, int64_t kc, const float* a, int64_t a_block, const float* b, int64_t ldb, float* c,
                     int64_t ldc, int64_t second, bool accumulate, const TileEpilogue* ep) = nullptr;
+  // The first `rows` (<= MR) rows of a whole-width tile with A read straight from an image:
+  // element (i, k) at a[a_rows[i] + a_taps[k]] (row i an output pixel, column k a tap of a
+  // convolution over its phase-split image, so no im2col matrix is packed). Stored at c (row
+  // stride ldc), plus c when accumulating; no epilogue. nullptr where a kernel has none.
+  void (*a_gathered)(int rows, int64_t kc, const float* a, const int64_t* a_rows, const int64_t* a_taps,
+                     const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate) = nullptr;
   // One row of A (its panel's first row) against `panels` (1 .. kRowPanels) whole-width B panels,
   // panel p at b + p * b_stride, stored to c[p * NR ..], no epilogue: a GEMV (M = 1), where one
   // tile's few accumulators would leave the multiply-add unit waiting on its own latency. nullptr
