@@ -384,8 +384,8 @@ class Conv2DKernel : public OpKernel {
         auto problem = [&](int64_t) {
           GemmProblem p = pixel_rows_problem(n, bias, res, y);
           p.a.view.p = ctx.workspace;
-          p.a.rows = pixel_offsets_.data();
-          p.a.taps = tap_offsets_.data();
+          p.a.row_offsets = pixel_offsets_.data();
+          p.a.k_offsets = tap_offsets_.data();
           return p;
         };
         gemm(blk_, plane_out, s_.o, gemm_k_, 1, problem, ctx.pool, ctx.scratch, ctx.cancel);

@@ -277,7 +277,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
   require(!first.c_block || !first.epilogue.residual.p || first.a.block,
           "a GEMM with a blocked C takes a residual only with a blocked A");
   require(first.c_block == 0 || n % 8 == 0, "a GEMM with a blocked C has a multiple of 8 columns");
-  require(!first.a.rows || (first.a.taps && first.c_transposed && blk.kernel.a_gathered),
+  require(!first.a.row_offsets || (first.a.k_offsets && first.c_transposed && blk.kernel.a_gathered),
           "a GEMM reading A from an image has its taps, a transposed C and a kernel for it");
   const int mr = blk.kernel.mr, nr = blk.kernel.nr;
   const int64_t nt = ceil_div(n, blk.nc);
@@ -347,7 +347,7 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         if (pr.a.packed) {
           ap = pr.a.packed + (i0 / mr) * k * mr + pc * mr;
           a_stride = k * mr;
-        } else if (pr.a.rows) {  // read from the image by the kernel, row by row
+        } else if (pr.a.row_offsets) {  // read from the image by the kernel, row by row
           ap = nullptr;
           a_stride = 0;
         } else if (pr.a.block) {  // read in place by the kernel, MR pixels of 8 floats per panel
@@ -374,8 +374,10 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
         }
         // A transposed C's last row panel holding a single row (49 pixels) is a GEMV over the
         // block's panels, done after them; the stage has room for whole tiles.
-        const int64_t single = pr.c_transposed && !pr.a.block && !pr.a.rows && pr.b.packed && blk.kernel.row_panels &&
-                                       mc % mr == 1 ? mc - 1 : -1;
+        const int64_t single = pr.c_transposed && !pr.a.block && !pr.a.row_offsets && pr.b.packed &&
+                                       blk.kernel.row_panels && mc % mr == 1
+                                   ? mc - 1
+                                   : -1;
         const int64_t share = ceil_div(kc, ceil_div(mc, mr));  // next B panel rows fetched per tile
         // panel indices are counted, not divided out: a division per tile showed in profiles
         for (int64_t jr = j_done, jp = j_done / nr; jr < nc; jr += nr, ++jp) {
@@ -459,9 +461,9 @@ void gemm(const GemmBlocking& blk, int64_t m, int64_t n, int64_t k, int64_t batc
             } else if (pr.c_transposed) {
               // a last, partial row panel computes its own rows only (49 pixels: 1 of 6)
               float* s = stage + (i0 - i_begin + ir) * stage_ld + jr;
-              if (pr.a.rows) {
-                blk.kernel.a_gathered(static_cast<int>(rows), kc, pr.a.view.p, pr.a.rows + i0 + ir, pr.a.taps + pc,
-                                      b_panel, b_ld, s, stage_ld, accumulate);
+              if (pr.a.row_offsets) {
+                blk.kernel.a_gathered(static_cast<int>(rows), kc, pr.a.view.p, pr.a.row_offsets + i0 + ir,
+                                      pr.a.k_offsets + pc, b_panel, b_ld, s, stage_ld, accumulate);
               } else if (rows < mr && blk.kernel.rows) {
                 blk.kernel.rows(static_cast<int>(rows), kc, a_panel, b_panel, b_ld, s, stage_ld, accumulate, next,
                                 next_ld, nullptr);

@@ -50,9 +50,10 @@ struct GemmOperand {
   // with the pixels as rows); K must be a multiple of 8.
   int64_t block = 0;
   // Both set (A only, with a transposed C and a kernel that has a_gathered): A is read straight
-  // from view.p, element (i, k) at view.p[rows[i] + taps[k]] (see MicroKernel::a_gathered).
-  const int64_t* rows = nullptr;
-  const int64_t* taps = nullptr;
+  // from view.p, element (i, k) at view.p[row_offsets[i] + k_offsets[k]] (a convolution's output
+  // pixel i and tap k in its phase-split image; see MicroKernel::a_gathered).
+  const int64_t* row_offsets = nullptr;
+  const int64_t* k_offsets = nullptr;
 };
 
 // Applied to each finished output tile, while it is still in cache.
