@@ -34,7 +34,8 @@ using OpTuple = std::tuple<int, int, std::string, std::vector<int>, std::vector<
 void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::vector<InBytes>& constants,
                                 std::vector<int> inputs, std::vector<int> outputs, const std::vector<OpTuple>& ops,
                                 int64_t arena_bytes, const std::string& isa, std::shared_ptr<ThreadPool> pool,
-                                const std::vector<bool>& reclaimable, const std::vector<std::pair<int, int>>& parts) {
+                                const std::vector<bool>& reclaimable, const std::vector<std::pair<int, int>>& parts,
+                                const std::vector<std::vector<InBytes>>& saved) {
   std::vector<TensorInfo> table;
   for (const auto& [dtype, itemsize, shape, kind, where] : tensors) {
     require(dtype >= 0 && dtype <= static_cast<int>(DType::kOpaque), "unknown dtype code");
@@ -64,11 +65,30 @@ void init_plan(Plan* self, const std::vector<TensorTuple>& tensors, const std::v
   for (size_t c = 0; c < constants.size(); ++c)
     blobs.push_back(ConstantSource{constants[c].data(), static_cast<int64_t>(constants[c].shape(0)),
                                    !reclaimable.empty() && reclaimable[c]});
+  require(saved.empty() || saved.size() == records.size(), "saved: one list of packed buffers per op expected");
+  std::vector<std::vector<PackedSlot>> slots(saved.size());
+  for (size_t i = 0; i < saved.size(); ++i)
+    for (const InBytes& b : saved[i]) slots[i].push_back(PackedSlot{b.data(), static_cast<size_t>(b.shape(0))});
   const Isa chosen = choose_isa(isa);
   // packing weights can take a while; the constants stay alive through the Python arguments
   nb::gil_scoped_release release;
   new (self) Plan(std::move(table), blobs, std::move(inputs), std::move(outputs), std::move(records), arena_bytes,
-                  chosen, std::move(pool));
+                  chosen, std::move(pool), std::move(slots));
+}
+
+// Per op position and slot, a read-only view of each buffer the plan packed itself; each view
+// keeps the plan alive.
+nb::list packed_views(nb::handle self) {
+  const Plan& plan = nb::cast<const Plan&>(self);
+  nb::list out;
+  const std::vector<std::vector<PackedSlot>> all = plan.packed();
+  for (size_t i = 0; i < all.size(); ++i) {
+    for (size_t s = 0; s < all[i].size(); ++s) {
+      const size_t shape[1] = {all[i][s].bytes};
+      out.append(nb::make_tuple(i, s, nb::ndarray<nb::numpy, const uint8_t, nb::ndim<1>>(all[i][s].data, 1, shape, self)));
+    }
+  }
+  return out;
 }
 
 // A cancel flag Python can hold and raise from any thread (see CancelFlag in common.hpp).
@@ -135,9 +155,12 @@ NB_MODULE(_ext, m) {
   nb::class_<Plan>(m, "Plan", "A compiled segment; run() is thread-safe.")
       .def("__init__", &init_plan, "tensors"_a, "constants"_a, "inputs"_a, "outputs"_a, "ops"_a, "arena_bytes"_a, "isa"_a, "pool"_a,
            "reclaimable"_a = std::vector<bool>(), "parts"_a = std::vector<std::pair<int, int>>(),
+           "saved"_a = std::vector<std::vector<InBytes>>(), nb::keep_alive<1, 12>(),
            "reclaimable[i]: constant i is a view of a read-only shared file mapping, whose pages may be "
            "dropped once every op that reads it is built. parts: (part, whole) pairs of arena tensors, the "
-           "part written in place inside the whole (a concatenation's input).")
+           "part written in place inside the whole (a concatenation's input). saved: empty, or per op the "
+           "buffers packed() gave for the same op of an earlier plan (64-byte aligned, unchanged while this "
+           "plan lives: kept alive with it); the op's kernel reads them instead of packing its weights.")
       .def("run", &run_plan, "inputs"_a, "outputs"_a, "cancel"_a.none() = nb::none(),
            "Run with inputs/outputs given as uint8 views of C-contiguous arrays (GIL released); raises "
            "Cancelled once the optional CancelFlag is set.")
@@ -159,5 +182,8 @@ NB_MODULE(_ext, m) {
             return rows;
           },
           "Per op: (index, label, total nanoseconds, timed runs) since the last reset_profile().")
-      .def("reset_profile", &Plan::reset_profile);
+      .def("reset_profile", &Plan::reset_profile)
+      .def("packed", &packed_views,
+           "(op position, slot, read-only uint8 view) of every buffer a kernel packed from its constants, "
+           "to give a later plan of the same op as `saved`.");
 }

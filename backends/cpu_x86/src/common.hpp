@@ -129,10 +129,13 @@ constexpr size_t kMappedBlockBytes = size_t(1) << 20;
 void* allocate_aligned(size_t bytes);
 void release_aligned(void* p, size_t bytes) noexcept;
 
-// Releases an AlignedBuffer block of `bytes` bytes.
+// Releases an AlignedBuffer block of `bytes` bytes; a borrowed block is left alone.
 struct AlignedFree {
   size_t bytes = 0;
-  void operator()(unsigned char* p) const { release_aligned(p, bytes); }
+  bool owned = true;
+  void operator()(unsigned char* p) const {
+    if (owned) release_aligned(p, bytes);
+  }
 };
 
 // 64-byte aligned, uninitialised storage (one cache line, one AVX-512 register).
@@ -144,6 +147,12 @@ class AlignedBuffer {
     const size_t rounded = (bytes + 63) / 64 * 64;
     void* p = rounded ? allocate_aligned(rounded) : nullptr;
     data_ = std::unique_ptr<unsigned char, AlignedFree>(static_cast<unsigned char*>(p), AlignedFree{rounded});
+    size_ = bytes;
+  }
+  // Views `bytes` bytes someone else owns and keeps alive for as long as this buffer (a saved
+  // plan's packed weights, mapped read-only: a kernel must not write to such a buffer).
+  void borrow(const unsigned char* p, size_t bytes) {
+    data_ = std::unique_ptr<unsigned char, AlignedFree>(const_cast<unsigned char*>(p), AlignedFree{0, false});
     size_ = bytes;
   }
   unsigned char* data() const { return data_.get(); }

@@ -237,7 +237,11 @@ class Conv2DKernel : public OpKernel {
       // the transformed image is (tile+2)^2/tile^2 times the input and output: keep it bounded
       if (policy < 0 && tile && winograd_workspace_bytes(tile, ws, blk_.kernel.nr) > kMaxWinogradWorkspace) tile = 0;
       if (tile) {
-        winograd_ = std::make_unique<WinogradConv>(tile, ws, ctx.constant_bytes(1), blk_.kernel.mr, blk_.kernel.nr);
+        AlignedBuffer weights;
+        if (!ctx.packed_buffer(weights, winograd_weight_bytes(tile, ws, blk_.kernel.mr))) {
+          transform_winograd_weights(tile, ws, ctx.constant_bytes(1), blk_.kernel.mr, weights.as<float>());
+        }
+        winograd_ = std::make_unique<WinogradConv>(tile, ws, std::move(weights), blk_.kernel.mr, blk_.kernel.nr);
         ctx.release_constant(1);
       }
     }
@@ -263,13 +267,15 @@ class Conv2DKernel : public OpKernel {
         tap_offsets_ = phase_tap_offsets();
         for (int64_t p = 0; p < pixels; ++p) pixel_offsets_.push_back((p / s_.ow) * im2col_.phase_pitch + p % s_.ow);
       }
-      if (const void* data = pixel_rows_ ? ctx.constant_input(1) : nullptr) {
+      if (pixel_rows_ && ctx.constant_bytes(1) != nullptr) {
         // W^T as the constant B operand: element (k, j) is W[j, k]
         packed_stride_ = static_cast<int64_t>(packed_b_floats(gemm_k_, s_.o, nr));
-        packed_.resize(static_cast<size_t>(packed_stride_) * sizeof(float));
-        pack_b_full(MatView{static_cast<const float*>(data), 1, gemm_k_}, gemm_k_, s_.o, nr, packed_.as<float>());
+        if (!ctx.packed_buffer(packed_, static_cast<size_t>(packed_stride_) * sizeof(float))) {
+          const auto* w = static_cast<const float*>(ctx.constant_input(1));
+          pack_b_full(MatView{w, 1, gemm_k_}, gemm_k_, s_.o, nr, packed_.as<float>());
+        }
         ctx.release_constant(1);
-      } else if (const void* data = ctx.constant_input(1)) {
+      } else if (ctx.constant_bytes(1) != nullptr) {
         // Stride-2 convolutions of few input channels (network stems: K = 27 or 147) read their
         // taps straight from the phase-split image, where 16 consecutive output pixels of one tap
         // are one run: packing the im2col matrix cost a third of such a convolution, each packed
@@ -278,10 +284,12 @@ class Conv2DKernel : public OpKernel {
         if (direct_taps_) tap_offsets_ = phase_tap_offsets();
         // weights of group gi: rows [gi*og, (gi+1)*og) of the [O, cg*kh*kw] matrix
         packed_stride_ = static_cast<int64_t>(packed_a_floats(s_.og, gemm_k_, mr));
-        packed_.resize(static_cast<size_t>(g * packed_stride_) * sizeof(float));
-        for (int64_t gi = 0; gi < g; ++gi) {
-          MatView v{static_cast<const float*>(data) + gi * s_.og * gemm_k_, gemm_k_, 1};
-          pack_a_full(v, s_.og, gemm_k_, mr, packed_.as<float>() + gi * packed_stride_);
+        if (!ctx.packed_buffer(packed_, static_cast<size_t>(g * packed_stride_) * sizeof(float))) {
+          const auto* w = static_cast<const float*>(ctx.constant_input(1));
+          for (int64_t gi = 0; gi < g; ++gi) {
+            MatView v{w + gi * s_.og * gemm_k_, gemm_k_, 1};
+            pack_a_full(v, s_.og, gemm_k_, mr, packed_.as<float>() + gi * packed_stride_);
+          }
         }
         ctx.release_constant(1);
       }

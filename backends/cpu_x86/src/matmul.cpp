@@ -90,25 +90,29 @@ class MatMulKernel : public OpKernel {
     b_view_ = tb ? MatView{nullptr, 1, k_} : MatView{nullptr, n_, 1};
     const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
     // pack constant operands: every matrix of a batch-broadcast operand, once
-    if (const void* data = ctx.constant_input(0)) {
+    if (ctx.constant_bytes(0) != nullptr) {
       const int64_t count = numel(ab);
       a_packed_stride_ = static_cast<int64_t>(packed_a_floats(m_, k_, mr));
-      a_packed_.resize(static_cast<size_t>(count * a_packed_stride_) * sizeof(float));
-      for (int64_t i = 0; i < count; ++i) {
-        MatView v = a_view_;
-        v.p = static_cast<const float*>(data) + i * m_ * k_;
-        pack_a_full(v, m_, k_, mr, a_packed_.as<float>() + i * a_packed_stride_);
+      if (!ctx.packed_buffer(a_packed_, static_cast<size_t>(count * a_packed_stride_) * sizeof(float))) {
+        const auto* data = static_cast<const float*>(ctx.constant_input(0));
+        for (int64_t i = 0; i < count; ++i) {
+          MatView v = a_view_;
+          v.p = data + i * m_ * k_;
+          pack_a_full(v, m_, k_, mr, a_packed_.as<float>() + i * a_packed_stride_);
+        }
       }
       ctx.release_constant(0);
     }
-    if (const void* data = ctx.constant_input(1)) {
+    if (ctx.constant_bytes(1) != nullptr) {
       const int64_t count = numel(bb);
       b_packed_stride_ = static_cast<int64_t>(packed_b_floats(k_, n_, nr));
-      b_packed_.resize(static_cast<size_t>(count * b_packed_stride_) * sizeof(float));
-      for (int64_t i = 0; i < count; ++i) {
-        MatView v = b_view_;
-        v.p = static_cast<const float*>(data) + i * k_ * n_;
-        pack_b_full(v, k_, n_, nr, b_packed_.as<float>() + i * b_packed_stride_);
+      if (!ctx.packed_buffer(b_packed_, static_cast<size_t>(count * b_packed_stride_) * sizeof(float))) {
+        const auto* data = static_cast<const float*>(ctx.constant_input(1));
+        for (int64_t i = 0; i < count; ++i) {
+          MatView v = b_view_;
+          v.p = data + i * k_ * n_;
+          pack_b_full(v, k_, n_, nr, b_packed_.as<float>() + i * b_packed_stride_);
+        }
       }
       ctx.release_constant(1);
     }

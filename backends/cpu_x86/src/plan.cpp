@@ -85,6 +85,22 @@ void BuildContext::release_constant(size_t i) const {
   if (input(i).kind == TensorKind::kConstant) released_.push_back(input_id(i));
 }
 
+bool BuildContext::packed_buffer(AlignedBuffer& buf, size_t bytes) const {
+  const size_t slot = packing_.taken++;
+  if (slot < packing_.saved.size()) {
+    const PackedSlot& saved = packing_.saved[slot];
+    check(saved.bytes == bytes, "saved packed buffer " + std::to_string(slot) + " has " +
+                                    std::to_string(saved.bytes) + " bytes, the kernel needs " + std::to_string(bytes));
+    buf.borrow(bytes ? saved.data : nullptr, bytes);
+    return true;
+  }
+  check(packing_.saved.empty(), "asks for more packed buffers than the " + std::to_string(packing_.saved.size()) +
+                                    " saved for it");
+  buf.resize(bytes);
+  packing_.built.push_back(PackedSlot{buf.data(), bytes});
+  return false;
+}
+
 int64_t BuildContext::int_at(size_t i) const {
   check(i < rec_.ints.size(), "integer attribute " + std::to_string(i) + " missing");
   return rec_.ints[i];
@@ -131,7 +147,7 @@ bool valid_itemsize(int s) { return s == 1 || s == 2 || s == 4 || s == 8; }
 
 Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& constants,
            std::vector<int> inputs, std::vector<int> outputs, std::vector<OpRecord> ops, int64_t arena_bytes,
-           Isa isa, std::shared_ptr<ThreadPool> pool)
+           Isa isa, std::shared_ptr<ThreadPool> pool, std::vector<std::vector<PackedSlot>> saved)
     : tensors_(std::move(tensors)),
       inputs_(std::move(inputs)),
       outputs_(std::move(outputs)),
@@ -161,6 +177,15 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
     constant_sizes_.push_back(c.nbytes);
   }
   validate_tables();
+  require(saved.empty() || saved.size() == records_.size(), "saved packed buffers: one list per op expected");
+  packing_.resize(records_.size());
+  for (size_t i = 0; i < saved.size(); ++i) {
+    for (const PackedSlot& slot : saved[i]) {
+      require(slot.bytes == 0 || (slot.data != nullptr && reinterpret_cast<uintptr_t>(slot.data) % 64 == 0),
+              "saved packed buffers must be 64-byte aligned");
+    }
+    packing_[i].saved = std::move(saved[i]);
+  }
   std::vector<int64_t> reads(tensors_.size(), 0);  // run-time readers of each constant tensor
   for (const OpRecord& rec : records_) {
     for (int id : rec.inputs) ++reads[static_cast<size_t>(id)];
@@ -177,8 +202,12 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   std::vector<std::vector<int>> released(records_.size());
   pool_->parallel_for(static_cast<int64_t>(records_.size()), [&](int64_t i, int) {
     const OpRecord& rec = records_[static_cast<size_t>(i)];
-    BuildContext ctx(rec, tensors_, constants, gemm_, released[static_cast<size_t>(i)]);
+    OpPacking& packing = packing_[static_cast<size_t>(i)];
+    BuildContext ctx(rec, tensors_, constants, gemm_, released[static_cast<size_t>(i)], packing);
     kernels_[static_cast<size_t>(i)] = build_kernel(ctx);
+    ctx.check(packing.saved.empty() || packing.taken == packing.saved.size(), "was given " + std::to_string(packing.saved.size()) +
+                                                         " saved packed buffers and used " +
+                                                         std::to_string(packing.taken));
     for (int id : rec.inputs) {
       if (tensors_[id].kind != TensorKind::kConstant) continue;
       const auto c = static_cast<size_t>(tensors_[id].where);
@@ -206,6 +235,12 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   op_ns_ = std::make_unique<std::atomic<int64_t>[]>(kernels_.size());
   op_runs_ = std::make_unique<std::atomic<int64_t>[]>(kernels_.size());
   reset_profile();
+}
+
+std::vector<std::vector<PackedSlot>> Plan::packed() const {
+  std::vector<std::vector<PackedSlot>> out;
+  for (const OpPacking& p : packing_) out.push_back(p.built);
+  return out;
 }
 
 std::vector<Plan::OpTime> Plan::profile() const {

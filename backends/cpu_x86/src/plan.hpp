@@ -73,13 +73,28 @@ struct ConstantSource {
   bool reclaimable;
 };
 
+// One buffer a kernel derived from its constants at build time (packed or transformed weights),
+// 64-byte aligned: as a saved plan provides it to the next one, or as a plan built it.
+struct PackedSlot {
+  const unsigned char* data = nullptr;
+  size_t bytes = 0;
+};
+
+// One op's packed buffers, in the order its kernel asks for them (BuildContext::packed_buffer).
+struct OpPacking {
+  std::vector<PackedSlot> saved;  // from a saved plan: taken instead of packing afresh
+  std::vector<PackedSlot> built;  // what this plan's kernel packed itself
+  size_t taken = 0;               // slots asked for so far
+};
+
 // What a kernel builder sees: the record, the tensor table and the constants, with checked access.
 class BuildContext {
  public:
   // released: tensor ids of constant inputs this op will not read at run time (release_constant)
   BuildContext(const OpRecord& rec, const std::vector<TensorInfo>& tensors,
-               const std::vector<ConstantSource>& constants, const GemmBlocking& gemm, std::vector<int>& released)
-      : rec_(rec), tensors_(tensors), constants_(constants), gemm_(gemm), released_(released) {}
+               const std::vector<ConstantSource>& constants, const GemmBlocking& gemm, std::vector<int>& released,
+               OpPacking& packing)
+      : rec_(rec), tensors_(tensors), constants_(constants), gemm_(gemm), released_(released), packing_(packing) {}
 
   const OpRecord& rec() const { return rec_; }
   const GemmBlocking& gemm() const { return gemm_; }
@@ -101,6 +116,11 @@ class BuildContext {
   // The kernel has taken what it needs from constant input i (e.g. packed it) and will not read
   // it at run time; a constant no op reads is then not kept by the plan (its pointer is null).
   void release_constant(size_t i) const;
+  // Storage for the kernel's next buffer derived from its constants, of `bytes` bytes. Returns
+  // true when `buf` now views that buffer as a saved plan built it (read-only: the kernel then
+  // neither packs nor reads the constants it came from), false when `buf` is fresh memory for
+  // the kernel to fill. A saved buffer of another size is an error.
+  bool packed_buffer(AlignedBuffer& buf, size_t bytes) const;
   int64_t int_at(size_t i) const;
   double float_at(size_t i) const;
   // "op 3 (conv2d ...)": prefix of every message about this op.
@@ -115,6 +135,7 @@ class BuildContext {
   const std::vector<ConstantSource>& constants_;
   const GemmBlocking& gemm_;
   std::vector<int>& released_;
+  OpPacking& packing_;
   mutable std::vector<AlignedBuffer> aligned_copies_;  // this op's copies of misaligned constants
 };
 
@@ -154,9 +175,12 @@ class Plan {
  public:
   // constants: the caller's buffers, alive for the constructor; kernels pack what they need and
   // only the constants still read at run time are copied into plan-owned aligned memory.
+  // saved: per op, empty or the packed buffers an earlier plan of the same op built (see
+  // packed()), which the caller keeps alive and unchanged for the plan's lifetime; an op given
+  // saved buffers must ask for exactly those.
   Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& constants,
        std::vector<int> inputs, std::vector<int> outputs, std::vector<OpRecord> ops, int64_t arena_bytes,
-       Isa isa, std::shared_ptr<ThreadPool> pool);
+       Isa isa, std::shared_ptr<ThreadPool> pool, std::vector<std::vector<PackedSlot>> saved = {});
 
   ArenaLease acquire() const;
   // Runs every op; the lease must have all inputs and outputs bound. Call without the GIL.
@@ -176,6 +200,9 @@ class Plan {
     return total;
   }
   size_t arenas_created() const;
+  // Per op, the buffers its kernel packed itself (none for an op given saved ones), for the
+  // caller to save and give to a later plan of the same op. Valid while the plan lives.
+  std::vector<std::vector<PackedSlot>> packed() const;
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
 
   // Per-op timing: while enabled, execute() adds each kernel's wall time to that op's total.
@@ -204,6 +231,7 @@ class Plan {
   std::vector<int> outputs_;
   std::vector<OpRecord> records_;
   std::vector<std::unique_ptr<OpKernel>> kernels_;
+  std::vector<OpPacking> packing_;  // per op
   int64_t arena_bytes_;
   Isa isa_;
   GemmBlocking gemm_;

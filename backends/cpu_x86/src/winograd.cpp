@@ -103,19 +103,27 @@ int choose_winograd_tile(const WinogradShape& s, int nr) {
   return best;
 }
 
-WinogradConv::WinogradConv(int m, const WinogradShape& s, const void* weights, int mr, int nr)
-    : m_(m), t_(m + 2), nr_(nr), s_(s) {
+size_t winograd_weight_bytes(int m, const WinogradShape& s, int mr) {
+  return static_cast<size_t>((m + 2) * (m + 2)) * packed_a_floats(s.o, s.c, mr) * sizeof(float);
+}
+
+void transform_winograd_weights(int m, const WinogradShape& s, const void* weights, int mr, float* dst) {
+  require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
+  const auto packed_stride = static_cast<int64_t>(packed_a_floats(s.o, s.c, mr));
+  const auto* bytes = static_cast<const unsigned char*>(weights);
+  if (m == 2) transform_weights<2>(s, bytes, mr, packed_stride, dst);
+  else transform_weights<4>(s, bytes, mr, packed_stride, dst);
+}
+
+WinogradConv::WinogradConv(int m, const WinogradShape& s, AlignedBuffer weights, int mr, int nr)
+    : m_(m), t_(m + 2), nr_(nr), s_(s), weights_(std::move(weights)) {
   require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
   require(nr % kWinogradLanes == 0, "Winograd needs GEMM column panels of whole lane blocks");
+  require(weights_.size() == winograd_weight_bytes(m, s, mr), "Winograd weights of the wrong size");
   tiles_y_ = ceil_div(s.oh, m);
   tiles_x_ = ceil_div(s.ow, m);
   tiles_ = tiles_y_ * tiles_x_;
-  const int64_t positions = t_ * t_;
   packed_stride_ = static_cast<int64_t>(packed_a_floats(s.o, s.c, mr));
-  weights_.resize(static_cast<size_t>(positions * packed_stride_) * sizeof(float));
-  const auto* bytes = static_cast<const unsigned char*>(weights);
-  if (m == 2) transform_weights<2>(s, bytes, mr, packed_stride_, weights_.as<float>());
-  else transform_weights<4>(s, bytes, mr, packed_stride_, weights_.as<float>());
 }
 
 size_t WinogradConv::scratch_bytes() const {

@@ -42,12 +42,20 @@ int64_t position_floats(int64_t c, int64_t tiles, int nr);
 // so the GEMM packs nothing), and the GEMM output [O][position][tiles].
 size_t winograd_workspace_bytes(int m, const WinogradShape& s, int nr);
 
+// Bytes of the transformed weights U = G g G^T of F(m, 3) for this shape, as the GEMM's packed A
+// operands of the (m+2)^2 positions for a kernel of mr rows.
+size_t winograd_weight_bytes(int m, const WinogradShape& s, int mr);
+
+// Writes those transformed weights to dst (winograd_weight_bytes(), 64-byte aligned). weights:
+// [O, C, 3, 3] float32 at any byte alignment (read byte-wise, so a weight viewed in a mapped
+// model file needs no aligned copy).
+void transform_winograd_weights(int m, const WinogradShape& s, const void* weights, int mr, float* dst);
+
 class WinogradConv {
  public:
-  // weights: [O, C, 3, 3] float32 at any byte alignment (read byte-wise, so a weight viewed in a
-  // mapped model file needs no aligned copy). mr, nr: register tile of the GEMM kernel that will
-  // run it.
-  WinogradConv(int m, const WinogradShape& s, const void* weights, int mr, int nr);
+  // weights: transform_winograd_weights() of this m, shape and mr. mr, nr: register tile of the
+  // GEMM kernel that will run it.
+  WinogradConv(int m, const WinogradShape& s, AlignedBuffer weights, int mr, int nr);
 
   int tile() const { return m_; }
   // Per worker: a zero-bordered copy of one input plane (the GEMM's scratch is reused after it).

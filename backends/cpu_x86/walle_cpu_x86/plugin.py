@@ -19,6 +19,7 @@ from walle_core.errors import BackendError, RunCancelled
 from walle_core.hookspecs import hookimpl
 from walle_core.ir import GraphBuilder, Node, TensorType
 from walle_core.ops import BinaryFn, Conv2DAttrs, Op, UnaryFn
+from walle_cpu_x86 import packed_cache
 from walle_cpu_x86.conv_search import (
     POLICY,
     ConvChooser,
@@ -258,18 +259,35 @@ class CpuX86Backend(Backend):
         return best_time(lambda: exe.run([x]))
 
     def compile(self, segment: Segment) -> Executable:
-        return self._compile(segment, lambda node: self._conv_policy(node, segment.types))
+        return self._compile(segment, lambda node: self._conv_policy(node, segment.types), cache_packed=True)
 
-    def _compile(self, segment: Segment, conv_policy: Any) -> Executable:
+    def _compile(self, segment: Segment, conv_policy: Any, cache_packed: bool = False) -> Executable:
+        """``cache_packed``: take the ops' packed weights from the packed-weight cache, and
+        save there what had to be packed (packed_cache.py)."""
         if _ext is None:
             raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
         isa = os.environ.get(ISA_ENV, "").strip().lower()
-        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, isa or _ext.best_isa()))
+        best = isa or _ext.best_isa()
+        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, best))
+        keys = packed_cache.op_keys(enc, best, _ext.__file__) if cache_packed and packed_cache.enabled() else []
+        saved = packed_cache.load_saved(keys) if keys else []
+
+        def build(saved: list[list[np.ndarray]]) -> Any:
+            return _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
+                             isa, self._thread_pool(), enc.reclaimable, enc.parts, saved)
+
         try:
-            plan = _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
-                             isa, self._thread_pool(), enc.reclaimable, enc.parts)
+            try:
+                plan = build(saved)
+            except ValueError:
+                if not saved:
+                    raise
+                saved = []  # a saved file that does not fit its op: pack afresh and replace it
+                plan = build(saved)
         except ValueError as exc:
             raise BackendError(f"{exc}") from None
+        if keys:
+            packed_cache.save(keys, saved, plan.packed())
         profile = os.environ.get(PROFILE_ENV, "").strip() not in ("", "0")
         return CpuX86Executable(plan, segment, profile=profile)
 
