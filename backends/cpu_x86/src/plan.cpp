@@ -205,9 +205,9 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
     OpPacking& packing = packing_[static_cast<size_t>(i)];
     BuildContext ctx(rec, tensors_, constants, gemm_, released[static_cast<size_t>(i)], packing);
     kernels_[static_cast<size_t>(i)] = build_kernel(ctx);
-    ctx.check(packing.saved.empty() || packing.taken == packing.saved.size(), "was given " + std::to_string(packing.saved.size()) +
-                                                         " saved packed buffers and used " +
-                                                         std::to_string(packing.taken));
+    ctx.check(packing.saved.empty() || packing.taken == packing.saved.size(),
+              "was given " + std::to_string(packing.saved.size()) + " saved packed buffers and used " +
+                  std::to_string(packing.taken));
     for (int id : rec.inputs) {
       if (tensors_[id].kind != TensorKind::kConstant) continue;
       const auto c = static_cast<size_t>(tensors_[id].where);
