@@ -2,7 +2,7 @@
 transforms), saved once and mapped read-only by later loads of the same op.
 
 Packing is most of a plan's build, and its output is fresh memory: ResNet-50's packed weights
-are 190 MB, and on a virtual machine a process's fresh pages can cost several times more than
+are 153 MB, and on a virtual machine a process's fresh pages can cost several times more than
 the packing itself (its load took 0.45-0.55 s right after another engine's, 0.12 s alone, nearly
 all of the difference system time spent on page faults). After the first build, an op's packed
 buffers lie in a file of their own under ``$WALLE_CACHE_DIR/cpu_x86_packed/`` (default
@@ -73,7 +73,7 @@ def folder() -> Path | None:
 def op_keys(enc: EncodedSegment, isa: str, module_file: str) -> list[str | None]:
     """Per op of ``enc``: the name of its packed buffers' file, or None when it reads no
     constant or one it cannot be named by (see the module docstring)."""
-    base = f"{_MAGIC!r}|{isa}|{_file_stamp(module_file)}"
+    base = f"{_MAGIC!r}|{isa}|{_stamp(os.stat(module_file))}"
     bases: dict[int, int] = {}  # id(mapping) -> its address
     identities: dict[int, Any] = {}  # constant index -> its name, or None
     now = time.time_ns()
@@ -99,8 +99,8 @@ def op_keys(enc: EncodedSegment, isa: str, module_file: str) -> list[str | None]
     return keys
 
 
-def _file_stamp(path: str) -> tuple[int, ...]:
-    info = os.stat(path)
+def _stamp(info: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is replaced or written to."""
     return (info.st_size, info.st_ino, info.st_dev, info.st_mtime_ns, info.st_ctime_ns)
 
 
@@ -118,9 +118,7 @@ def _constant_identity(data: np.ndarray, bases: dict[int, int], now: int) -> Any
             return None
         if id(mapping) not in bases:
             bases[id(mapping)] = _address(np.frombuffer(mapping, np.uint8, count=0))
-        offset = _address(data) - bases[id(mapping)]
-        stamp = (info.st_size, info.st_ino, info.st_dev, info.st_mtime_ns, info.st_ctime_ns)
-        return ("file", stamp, offset, int(data.nbytes))
+        return ("file", _stamp(info), _address(data) - bases[id(mapping)], int(data.nbytes))
     return None
 
 
@@ -128,7 +126,7 @@ def load_saved(keys: Sequence[str | None]) -> list[list[np.ndarray]]:
     """Per op, read-only views of its saved packed buffers (empty where none is saved or the
     file does not parse); an empty list when no op has any."""
     where = folder()
-    if where is None or not enabled():
+    if where is None:
         return []
     saved: list[list[np.ndarray]] = []
     for key in keys:
@@ -167,7 +165,7 @@ def save(keys: Sequence[str | None], saved: Sequence[Sequence[np.ndarray]],
     """Write the buffers a plan packed itself (its ``packed()``: op position, slot, bytes) for
     every op with a key and no saved buffers. A cache that cannot be written is no error."""
     where = folder()
-    if where is None or not enabled():
+    if where is None:
         return
     by_op: dict[int, list[np.ndarray]] = {}
     for op, _slot, buffer in packed:  # slots come in order
@@ -194,11 +192,9 @@ def _write(f: Any, buffers: list[np.ndarray]) -> None:
     f.write(_HEAD.pack(_MAGIC, len(buffers)))
     for entry in entries:
         f.write(_ENTRY.pack(*entry))
-    position = _HEAD.size + len(buffers) * _ENTRY.size
     for (start, _), b in zip(entries, buffers):
-        f.write(b"\0" * (start - position))
+        f.write(b"\0" * (start - f.tell()))
         f.write(memoryview(b))
-        position = start + b.nbytes
 
 
 def _evict(where: Path) -> None:

@@ -270,7 +270,7 @@ class CpuX86Backend(Backend):
         best = isa or _ext.best_isa()
         enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, best))
         keys = packed_cache.op_keys(enc, best, _ext.__file__) if cache_packed and packed_cache.enabled() else []
-        saved = packed_cache.load_saved(keys) if keys else []
+        saved = packed_cache.load_saved(keys)
 
         def build(saved: list[list[np.ndarray]]) -> Any:
             return _ext.Plan(enc.tensors, enc.constants, enc.inputs, enc.outputs, enc.ops, enc.arena_bytes,
