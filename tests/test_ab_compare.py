@@ -58,3 +58,8 @@ def test_report_lists_the_ops_that_differ_and_the_totals():
     text = ab.report(rows, ("0", "4"), threshold=0.05)
     assert "conv2d (/a)" in text and "pool2d" not in text
     assert "1.500 ms against 1.710 ms" in text and "2 ops, 1 differ" in text
+
+
+def test_at_least_one_run(conv_model):
+    with pytest.raises(ValueError, match="runs must be at least 1"):
+        ab.compare(conv_model, WINOGRAD_ENV, ("0", "4"), runs=0, backend="cpu_x86")
