@@ -54,10 +54,11 @@ def test_each_variant_is_compiled_under_its_own_value(conv_model, monkeypatch):
 
 
 def test_report_lists_the_ops_that_differ_and_the_totals():
-    rows = [ab.OpTimes(0, "conv2d", "/a", 1.0, 1.2), ab.OpTimes(1, "pool2d", "/b", 0.5, 0.51)]
+    rows = [ab.OpTimes(0, "conv2d", "/a", 1.0, 1.2), ab.OpTimes(1, "pool2d", "/b", 0.5, 0.51),
+            ab.OpTimes(2, "raster", "/c", 0.0001, 0.0004)]
     text = ab.report(rows, ("0", "4"), threshold=0.05)
-    assert "conv2d (/a)" in text and "pool2d" not in text
-    assert "1.500 ms against 1.710 ms" in text and "2 ops, 1 differ" in text
+    assert "conv2d (/a)" in text and "pool2d" not in text and "raster" not in text
+    assert "1.500 ms against 1.710 ms" in text and "3 ops, 1 differ" in text
 
 
 def test_at_least_one_run(conv_model):

@@ -115,11 +115,16 @@ def compare(model: str, env: str, values: tuple[str, str], *, threads: int = 1, 
             for i, ((op, origin), ms_a, ms_b) in enumerate(zip(a.labels, a.best, b.best))]
 
 
+#: ops whose times differ by less than this are not listed, whatever the ratio (copies that
+#: take no time, done in place, differ by large ratios of nothing)
+MIN_LISTED_MS = 0.005
+
+
 def report(rows: Sequence[OpTimes], values: tuple[str, str], threshold: float = 0.05) -> str:
-    """Ops whose times differ by more than ``threshold``, then the totals."""
+    """Ops whose times differ by more than ``threshold`` (and MIN_LISTED_MS), then the totals."""
     lines = [f"{'#':>4} {values[0]:>9} {values[1]:>9}  ratio  op (origin)"]
     for r in rows:
-        if abs(r.ratio - 1) > threshold:
+        if abs(r.ratio - 1) > threshold and abs(r.ms_b - r.ms_a) >= MIN_LISTED_MS:
             lines.append(f"{r.index:>4} {r.ms_a:9.3f} {r.ms_b:9.3f} {r.ratio:6.3f}  {r.op} ({r.origin})")
     total_a, total_b = sum(r.ms_a for r in rows), sum(r.ms_b for r in rows)
     lines.append(f"sum of per-op minima: {total_a:.3f} ms against {total_b:.3f} ms "
