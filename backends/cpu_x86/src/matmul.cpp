@@ -89,32 +89,29 @@ class MatMulKernel : public OpKernel {
     a_view_ = ta ? MatView{nullptr, 1, m_} : MatView{nullptr, k_, 1};
     b_view_ = tb ? MatView{nullptr, 1, k_} : MatView{nullptr, n_, 1};
     const int mr = blk_.kernel.mr, nr = blk_.kernel.nr;
-    // pack constant operands: every matrix of a batch-broadcast operand, once
-    if (ctx.constant_bytes(0) != nullptr) {
-      const int64_t count = numel(ab);
-      a_packed_stride_ = static_cast<int64_t>(packed_a_floats(m_, k_, mr));
-      if (!ctx.packed_buffer(a_packed_, static_cast<size_t>(count * a_packed_stride_) * sizeof(float))) {
-        const auto* data = static_cast<const float*>(ctx.constant_input(0));
+    // pack constant operands: every matrix of a batch-broadcast operand, once (or lent the
+    // buffer a saved plan packed)
+    auto pack_constant = [&](int input, int64_t count, int64_t stride, int64_t matrix_floats, const MatView& view,
+                             AlignedBuffer& packed, auto pack) {
+      if (!ctx.packed_buffer(packed, static_cast<size_t>(count * stride) * sizeof(float))) {
+        const auto* data = static_cast<const float*>(ctx.constant_input(input));
         for (int64_t i = 0; i < count; ++i) {
-          MatView v = a_view_;
-          v.p = data + i * m_ * k_;
-          pack_a_full(v, m_, k_, mr, a_packed_.as<float>() + i * a_packed_stride_);
+          MatView v = view;
+          v.p = data + i * matrix_floats;
+          pack(v, packed.as<float>() + i * stride);
         }
       }
-      ctx.release_constant(0);
+      ctx.release_constant(input);
+    };
+    if (ctx.constant_bytes(0) != nullptr) {
+      a_packed_stride_ = static_cast<int64_t>(packed_a_floats(m_, k_, mr));
+      pack_constant(0, numel(ab), a_packed_stride_, m_ * k_, a_view_, a_packed_,
+                    [&](const MatView& v, float* dst) { pack_a_full(v, m_, k_, mr, dst); });
     }
     if (ctx.constant_bytes(1) != nullptr) {
-      const int64_t count = numel(bb);
       b_packed_stride_ = static_cast<int64_t>(packed_b_floats(k_, n_, nr));
-      if (!ctx.packed_buffer(b_packed_, static_cast<size_t>(count * b_packed_stride_) * sizeof(float))) {
-        const auto* data = static_cast<const float*>(ctx.constant_input(1));
-        for (int64_t i = 0; i < count; ++i) {
-          MatView v = b_view_;
-          v.p = data + i * k_ * n_;
-          pack_b_full(v, k_, n_, nr, b_packed_.as<float>() + i * b_packed_stride_);
-        }
-      }
-      ctx.release_constant(1);
+      pack_constant(1, numel(bb), b_packed_stride_, k_ * n_, b_view_, b_packed_,
+                    [&](const MatView& v, float* dst) { pack_b_full(v, k_, n_, nr, dst); });
     }
     // A run-time A that several column blocks of the GEMM read is packed once per run into the
     // workspace, rather than once per column block; within a bound on the workspace.
