@@ -22,6 +22,7 @@ from walle_cpu_x86.conv_search import (
     GEMM,
     WINOGRAD2,
     WINOGRAD4,
+    WINOGRAD6,
     ConvChooser,
     ConvShape,
     Rates,
@@ -40,7 +41,7 @@ def conv(c: int, hw: int, o: int, k: int = 3, stride: int = 1, groups: int = 1) 
     return ConvShape(1, c, hw, hw, o, k, k, out, out, (stride, stride), (1, 1), (pad,) * 4, groups)
 
 
-RATES = Rates(gemm_macs=40e9, transform2_macs=6e9, transform4_macs=4e9, im2col_bytes=7e9,
+RATES = Rates(gemm_macs=40e9, transform2_macs=6e9, transform4_macs=4e9, transform6_macs=3e9, im2col_bytes=7e9,
               depthwise_macs=8e9, launch_s=5e-6)
 
 
@@ -52,7 +53,7 @@ def own_cache(tmp_path, monkeypatch):
 
 
 def test_candidates_follow_the_kernels_that_exist() -> None:
-    assert candidates(conv(64, 56, 64), NR) == [GEMM, WINOGRAD2, WINOGRAD4]
+    assert candidates(conv(64, 56, 64), NR) == [GEMM, WINOGRAD2, WINOGRAD4, WINOGRAD6]
     assert candidates(conv(64, 56, 64, stride=2), NR) == [GEMM]  # Winograd needs stride 1
     assert candidates(conv(64, 56, 64, k=1), NR) == [GEMM]
     assert candidates(conv(4, 56, 64), NR) == [GEMM]  # too few channels for the transforms to pay
@@ -72,9 +73,16 @@ def test_cost_model_charges_each_rate_its_work() -> None:
     gemm = 36 * 64 * 64 * (-(-tiles // NR) * NR)
     transforms = tiles * (64 * 2 * 216 + 64 * (4 * 36 + 16 * 6))
     assert predict(shape, WINOGRAD4, RATES, NR) == pytest.approx(5e-6 + gemm / 40e9 + transforms / 4e9)
+    tiles = 10 * 10  # F(6,3) on 56x56: 60x60 outputs, the last tile row and column partly padding
+    gemm = 64 * 64 * 64 * (-(-tiles // NR) * NR)
+    transforms = tiles * (64 * 2 * 512 + 64 * (6 * 64 + 36 * 8))
+    assert predict(shape, WINOGRAD6, RATES, NR) == pytest.approx(5e-6 + gemm / 40e9 + transforms / 3e9)
     # a 7x7 map has 16 F(2,3) tiles but only 4 F(4,3) tiles, padded to a 16-column panel
     small = conv(512, 7, 512)
     assert predict(small, WINOGRAD2, RATES, NR) < predict(small, GEMM, RATES, NR) < predict(small, WINOGRAD4, RATES, NR)
+    # a 24x24 map has 36 F(4,3) tiles (three panels, the last a quarter full) but 16 F(6,3) ones
+    wide = conv(512, 24, 512)
+    assert predict(wide, WINOGRAD6, RATES, NR) < predict(wide, WINOGRAD4, RATES, NR)
 
 
 def test_calibration_recovers_the_rates_it_was_timed_with() -> None:
@@ -85,9 +93,9 @@ def test_calibration_recovers_the_rates_it_was_timed_with() -> None:
         return predict(shape, algorithm, RATES, NR)
 
     fitted = calibrate(timer, NR)
-    for field in ("gemm_macs", "transform2_macs", "transform4_macs", "im2col_bytes", "depthwise_macs"):
+    for field in Rates.__dataclass_fields__:
         assert getattr(fitted, field) == pytest.approx(getattr(RATES, field), rel=1e-6), field
-    assert len(calls) == 5 * cs.CALIBRATION_ROUNDS
+    assert len(calls) == 6 * cs.CALIBRATION_ROUNDS
 
 
 def test_calibration_keeps_each_timings_best_round() -> None:
@@ -95,12 +103,13 @@ def test_calibration_keeps_each_timings_best_round() -> None:
     rounds = iter(range(10_000))
 
     def timer(shape: ConvShape, algorithm: str) -> float:
-        slow = 3.0 if next(rounds) < 5 else 1.0  # the whole first round is disturbed
+        slow = 3.0 if next(rounds) < 6 else 1.0  # the whole first round is disturbed
         return predict(shape, algorithm, RATES, NR) * slow
 
     fitted = calibrate(timer, NR)
     assert fitted.gemm_macs == pytest.approx(RATES.gemm_macs, rel=1e-6)
     assert fitted.transform4_macs == pytest.approx(RATES.transform4_macs, rel=1e-6)
+    assert fitted.transform6_macs == pytest.approx(RATES.transform6_macs, rel=1e-6)
 
 
 def test_rates_are_measured_once_per_machine(tmp_path) -> None:
@@ -113,12 +122,12 @@ def test_rates_are_measured_once_per_machine(tmp_path) -> None:
     first = ConvChooser("avx2|1", NR, timer)
     shape = conv(64, 56, 64)
     assert first.choose(shape).algorithm == min(candidates(shape, NR), key=lambda a: predict(shape, a, RATES, NR))
-    assert len(timed) == 5 * cs.CALIBRATION_ROUNDS
+    assert len(timed) == 6 * cs.CALIBRATION_ROUNDS
     second = ConvChooser("avx2|1", NR, lambda *a: pytest.fail("calibrated again"))
     assert second.rates == first.rates
     # another thread count is another calibration
     assert ConvChooser("avx2|2", NR, timer).rates == first.rates
-    assert len(timed) == 10 * cs.CALIBRATION_ROUNDS
+    assert len(timed) == 12 * cs.CALIBRATION_ROUNDS
 
 
 @pytest.mark.parametrize("damage", ["not json", '{"v3|x": 1}', "[]", "rates"])
@@ -135,7 +144,7 @@ def test_a_damaged_cache_is_measured_again(tmp_path, damage) -> None:
 
 
 def test_measure_mode_times_every_candidate_once_and_remembers() -> None:
-    timings = {GEMM: 3e-3, WINOGRAD2: 1e-3, WINOGRAD4: 2e-3}  # F(2,3) wins against the model
+    timings = {GEMM: 3e-3, WINOGRAD2: 1e-3, WINOGRAD4: 2e-3, WINOGRAD6: 2.5e-3}  # F(2,3) wins against the model
     timed = []
 
     def timer(shape: ConvShape, algorithm: str) -> float:
@@ -173,7 +182,7 @@ def test_session_runs_the_measured_choice(tmp_path, monkeypatch) -> None:
     session = wc.load(model, backend="cpu_x86")
     decisions = json.loads((tmp_path / "cache" / "cpu_x86_conv.json").read_text())
     (entry,) = decisions.values()
-    assert set(entry["timings"]) == {GEMM, WINOGRAD2, WINOGRAD4}
+    assert set(entry["timings"]) == {GEMM, WINOGRAD2, WINOGRAD4, WINOGRAD6}
     assert entry["algorithm"] == min(entry["timings"], key=entry["timings"].get)
     plan = session.plan_for({"x": x})
     (exe,) = plan.executables
@@ -191,7 +200,7 @@ def test_backend_names_and_costs_its_choice(monkeypatch) -> None:
     plan = session.plan_for({"x": x})
     node = plan.graph.nodes[0]
     backend = CpuX86Backend()
-    assert backend.algorithm(node, plan.graph.types) in {GEMM, WINOGRAD2, WINOGRAD4}
+    assert backend.algorithm(node, plan.graph.types) in {GEMM, WINOGRAD2, WINOGRAD4, WINOGRAD6}
     assert 0 < backend.estimate_cost(node, plan.graph.types) < 1.0
     monkeypatch.setenv(cs.WINOGRAD_ENV, "0")
     assert CpuX86Backend().algorithm(node, plan.graph.types) == "forced gemm"

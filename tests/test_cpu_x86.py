@@ -649,7 +649,7 @@ WINOGRAD_CASES = [
 
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=[f"wino{i}" for i in range(len(WINOGRAD_CASES))])
-@pytest.mark.parametrize("tile", ["2", "4"])
+@pytest.mark.parametrize("tile", ["2", "4", "6"])
 @pytest.mark.parametrize("isa", ISAS)
 def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile, isa):
     """Winograd against NumPy and the direct algorithm, each case with data of its own (not the
@@ -677,7 +677,7 @@ def test_conv2d_winograd_matches_direct(backend, monkeypatch, case, tile, isa):
     close(got[tile], got["0"], rtol=1e-4, atol=atol)
 
 
-@pytest.mark.parametrize("tile", ["2", "4"])
+@pytest.mark.parametrize("tile", ["2", "4", "6"])
 @pytest.mark.parametrize("isa", ISAS)
 def test_winograd_ignores_what_the_workspace_held(monkeypatch, tile, isa):
     """The tile transforms run whole vectors of tiles, reading on past a row's last tile into the
@@ -973,7 +973,7 @@ def test_every_isa_level(monkeypatch, isa):
     res[0, 0, 0, :3] = np.nan  # the clip must keep NaN, as NumPy's minimum/maximum do
     act = Activation(UnaryFn.CLIP, -0.5, 0.75)
     want = np.clip(np_conv(x, w, bias, pads=(1, 1, 1, 1)) + res, -0.5, 0.75).astype(np.float32)
-    for tile in ("2", "4"):
+    for tile in ("2", "4", "6"):
         monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", tile)
         attrs = ops.Conv2DAttrs(pads=(1, 1, 1, 1), activation=act, has_bias=True, has_residual=True)
         seg, feeds = build(Op.CONV2D, attrs, [x, w, bias, res], const=(1, 2))

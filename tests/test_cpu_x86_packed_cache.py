@@ -61,7 +61,7 @@ def _load(path, feeds):
     return outputs, packed
 
 
-@pytest.mark.parametrize("winograd", ["0", "2", "4"], ids=["gemm", "F(2,3)", "F(4,3)"])
+@pytest.mark.parametrize("winograd", ["0", "2", "4", "6"], ids=["gemm", "F(2,3)", "F(4,3)", "F(6,3)"])
 def test_a_second_load_maps_what_the_first_packed(tmp_path, cache, monkeypatch, winograd) -> None:
     monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", winograd)
     model, feeds = _model(1)

@@ -202,7 +202,7 @@ def test_session_lets_mapped_pages_go_after_planning(tmp_path) -> None:
     assert _mapped_kib(path) * 1024 < path.stat().st_size // 4
 
 
-@pytest.mark.parametrize("winograd", ["0", "2", "4"], ids=["gemm", "F(2,3)", "F(4,3)"])
+@pytest.mark.parametrize("winograd", ["0", "2", "4", "6"], ids=["gemm", "F(2,3)", "F(4,3)", "F(6,3)"])
 def test_misaligned_mapped_weights_give_exact_results(tmp_path, monkeypatch, winograd) -> None:
     """Weights at odd offsets of a mapped file: the GEMM packers get an aligned copy, the
     Winograd transform reads them in place byte by byte; both match the reference."""

@@ -228,7 +228,8 @@ class Conv2DKernel : public OpKernel {
                 "a residual with a blocked output only with a blocked input)");
       if (depthwise_) channel_blocks_ = true;  // the layout the eight-channel kernel works in
     }
-    ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4, "Winograd tile must be -1, 0, 2 or 4");
+    ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4 || policy == 6,
+              "Winograd tile must be -1, 0, 2, 4 or 6");
     const bool winograd_shape = s_.kh == 3 && s_.kw == 3 && s_.sh == 1 && s_.sw == 1 && s_.dh == 1 && s_.dw == 1 &&
                                 g == 1 && ctx.constant_bytes(1) != nullptr;
     if (winograd_shape && policy != 0) {

@@ -89,11 +89,13 @@ int choose_winograd_tile(const WinogradShape& s, int nr) {
   const int64_t direct = 9 * s.c * s.o * s.oh * s.ow;
   int best = 0;
   int64_t best_cost = direct;
-  for (int m : {2, 4}) {
+  for (int m : {2, 4, 6}) {
     const int64_t tiles = ceil_div(s.oh, m) * ceil_div(s.ow, m);
     const int64_t columns = ceil_div(tiles, nr) * nr;
     const int64_t t = m + 2;
-    const int64_t transforms = m == 2 ? transform_macs_per_tile<2>(s.c, s.o) : transform_macs_per_tile<4>(s.c, s.o);
+    const int64_t transforms = m == 2   ? transform_macs_per_tile<2>(s.c, s.o)
+                               : m == 4 ? transform_macs_per_tile<4>(s.c, s.o)
+                                        : transform_macs_per_tile<6>(s.c, s.o);
     const int64_t cost = t * t * s.c * s.o * columns + kTransformWeight * tiles * transforms;
     if (cost < best_cost) {
       best = m;
@@ -108,16 +110,17 @@ size_t winograd_weight_bytes(int m, const WinogradShape& s, int mr) {
 }
 
 void transform_winograd_weights(int m, const WinogradShape& s, const void* weights, int mr, float* dst) {
-  require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
+  require(m == 2 || m == 4 || m == 6, "Winograd tile must be 2, 4 or 6");
   const auto packed_stride = static_cast<int64_t>(packed_a_floats(s.o, s.c, mr));
   const auto* bytes = static_cast<const unsigned char*>(weights);
   if (m == 2) transform_weights<2>(s, bytes, mr, packed_stride, dst);
-  else transform_weights<4>(s, bytes, mr, packed_stride, dst);
+  else if (m == 4) transform_weights<4>(s, bytes, mr, packed_stride, dst);
+  else transform_weights<6>(s, bytes, mr, packed_stride, dst);
 }
 
 WinogradConv::WinogradConv(int m, const WinogradShape& s, AlignedBuffer weights, int mr, int nr)
     : m_(m), t_(m + 2), nr_(nr), s_(s), weights_(std::move(weights)) {
-  require(m == 2 || m == 4, "Winograd tile must be 2 or 4");
+  require(m == 2 || m == 4 || m == 6, "Winograd tile must be 2, 4 or 6");
   require(nr % kWinogradLanes == 0, "Winograd needs GEMM column panels of whole lane blocks");
   require(weights_.size() == winograd_weight_bytes(m, s, mr), "Winograd weights of the wrong size");
   tiles_y_ = ceil_div(s.oh, m);

@@ -4,8 +4,9 @@
 // per channel pair instead of 9 m^2: the input tiles are transformed (V = B^T d B), multiplied
 // with the transformed weights (U = G g G^T, prepared once at compile time) as (m+2)^2
 // independent GEMMs [O x C] x [C x tiles] on the packed GEMM, and transformed back
-// (Y = A^T M A). m = 2 saves 2.25x of the multiplies, m = 4 saves 4x at the price of larger
-// transforms and a little more rounding error (about 1e-6 relative on unit-scale data).
+// (Y = A^T M A). m = 2 saves 2.25x of the multiplies, m = 4 saves 4x and m = 6 5.06x, each at
+// the price of larger transforms, more rounding error (about 1e-6 relative on unit-scale data
+// at m = 4, 1e-5 at m = 6) and more padding where m does not divide the output.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,7 @@ struct WinogradShape {
   int64_t c = 0, h = 0, w = 0, o = 0, oh = 0, ow = 0, pt = 0, pl = 0;
 };
 
-// The tile size the cost rule picks for this shape: 0 (direct convolution is cheaper), 2 or 4.
+// The tile size the cost rule picks for this shape: 0 (direct convolution is cheaper), 2, 4 or 6.
 //
 // Cost rule, in multiply-adds of the direct GEMM's speed: the direct convolution costs
 // 9*C*O per output pixel. F(m,3) costs (m+2)^2 * C * O per tile on the GEMM, with the tile count

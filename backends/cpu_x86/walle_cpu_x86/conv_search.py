@@ -1,5 +1,5 @@
-"""Semi-auto choice of each convolution's algorithm: im2col/1x1 GEMM, Winograd F(2,3) or
-F(4,3), or the direct depthwise kernel.
+"""Semi-auto choice of each convolution's algorithm: im2col/1x1 GEMM, Winograd F(2,3), F(4,3)
+or F(6,3), or the direct depthwise kernel.
 
 Every candidate's time is estimated from the shape with a cost model whose rates (GEMM
 multiply-adds, Winograd transform work and im2col traffic per second) are fitted to a few
@@ -27,16 +27,17 @@ from walle_core.ir import Node, TensorType
 
 #: how convolutions are chosen: "model" (default), "measure" or "rule"
 SEARCH_ENV = "WALLE_CONV_SEARCH"
-#: forces one Winograd policy for every 3x3 convolution: 0 (never), 2 or 4
+#: forces one Winograd policy for every 3x3 convolution: 0 (never), 2, 4 or 6
 WINOGRAD_ENV = "WALLE_CPU_X86_WINOGRAD"
 
-GEMM, WINOGRAD2, WINOGRAD4, DEPTHWISE = "gemm", "winograd F(2,3)", "winograd F(4,3)", "depthwise"
+GEMM, DEPTHWISE = "gemm", "depthwise"
+WINOGRAD2, WINOGRAD4, WINOGRAD6 = "winograd F(2,3)", "winograd F(4,3)", "winograd F(6,3)"
+_TILE = {WINOGRAD2: 2, WINOGRAD4: 4, WINOGRAD6: 6}
 #: the int the native conv takes for each algorithm (ints[12]: forced Winograd tile, 0 = none)
-POLICY = {GEMM: 0, WINOGRAD2: 2, WINOGRAD4: 4, DEPTHWISE: 0}
-_TILE = {WINOGRAD2: 2, WINOGRAD4: 4}
+POLICY = {GEMM: 0, DEPTHWISE: 0, **_TILE}
 #: the native side refuses more Winograd workspace than this (conv.cpp, kMaxWinogradWorkspace)
 MAX_WINOGRAD_WORKSPACE = 64 << 20
-_RATES_VERSION = 3  # 2: best of CALIBRATION_ROUNDS rounds; 3: family/model/stepping in the key
+_RATES_VERSION = 4  # 2: best of CALIBRATION_ROUNDS rounds; 3: family/model/stepping in the key; 4: F(6,3)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Rates:
     gemm_macs: float
     transform2_macs: float
     transform4_macs: float
+    transform6_macs: float
     im2col_bytes: float
     depthwise_macs: float
     launch_s: float
@@ -106,7 +108,7 @@ def builtin_rates() -> Rates:
     """Round figures for a 2020s x86 core, with the transforms costed at four GEMM
     multiply-adds each as the fixed rule did: used until a calibration exists."""
     gemm = 40e9
-    return Rates(gemm, gemm / 4, gemm / 4, 8e9, 4e9, 5e-6)
+    return Rates(gemm, gemm / 4, gemm / 4, gemm / 4, 8e9, 4e9, 5e-6)
 
 
 def candidates(shape: ConvShape, nr: int) -> list[str]:
@@ -114,7 +116,7 @@ def candidates(shape: ConvShape, nr: int) -> list[str]:
         return [DEPTHWISE]
     found = [GEMM]
     if shape.winograd_ok and shape.c >= 8 and shape.o >= 8:
-        found += [a for a in (WINOGRAD2, WINOGRAD4) if _winograd_workspace(shape, _TILE[a], nr) <= MAX_WINOGRAD_WORKSPACE]
+        found += [a for a, m in _TILE.items() if _winograd_workspace(shape, m, nr) <= MAX_WINOGRAD_WORKSPACE]
     return found
 
 
@@ -188,8 +190,7 @@ CALIBRATION_ROUNDS = 3
 def calibrate(timer: Timer, nr: int) -> Rates:
     """Fit the rates to timings of a few convolutions, one unknown at a time."""
     gemm_conv, im2col_conv, dw_conv = _CALIBRATION["gemm"], _CALIBRATION["im2col"], _CALIBRATION["depthwise"]
-    runs = [(gemm_conv, GEMM), (im2col_conv, GEMM), (im2col_conv, WINOGRAD2), (im2col_conv, WINOGRAD4),
-            (dw_conv, DEPTHWISE)]
+    runs = [(gemm_conv, GEMM), (im2col_conv, GEMM), *((im2col_conv, a) for a in _TILE), (dw_conv, DEPTHWISE)]
     best = {run: float("inf") for run in runs}
     for _ in range(CALIBRATION_ROUNDS):
         for run in runs:
@@ -207,6 +208,7 @@ def calibrate(timer: Timer, nr: int) -> Rates:
         gemm_macs=gemm_rate,
         transform2_macs=residual_rate(im2col_conv, WINOGRAD2, "transform2_macs"),
         transform4_macs=residual_rate(im2col_conv, WINOGRAD4, "transform4_macs"),
+        transform6_macs=residual_rate(im2col_conv, WINOGRAD6, "transform6_macs"),
         im2col_bytes=residual_rate(im2col_conv, GEMM, "im2col_bytes"),
         depthwise_macs=dw_conv.macs / max(best[dw_conv, DEPTHWISE] - launch, 1e-7),
         launch_s=launch,
@@ -299,8 +301,8 @@ def forced_policy() -> int | None:
     value = os.environ.get(WINOGRAD_ENV, "auto").strip().lower()
     if value in ("", "auto"):
         return None
-    if value not in ("0", "2", "4"):
-        raise BackendError(f"[cpu_x86] {WINOGRAD_ENV}={value!r}: expected auto, 0, 2 or 4")
+    if value not in ("0", "2", "4", "6"):
+        raise BackendError(f"[cpu_x86] {WINOGRAD_ENV}={value!r}: expected auto, 0, 2, 4 or 6")
     return int(value)
 
 
