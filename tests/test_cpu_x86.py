@@ -723,6 +723,35 @@ def test_winograd_cost_rule(monkeypatch, shape, picks_winograd):
     assert (CpuX86Backend().compile(seg).plan.workspace_bytes > 0) == picks_winograd
 
 
+def test_workspace_lies_over_bytes_no_live_tensor_holds(monkeypatch):
+    """An op's workspace goes where no tensor alive during that op has bytes: over the 128-channel
+    activation the first Winograd convolution no longer needs (no memory past the arena for it),
+    and clear of the 16-channel one the second still reads as its input and the residual that
+    comes after it."""
+    monkeypatch.setenv("WALLE_CPU_X86_WINOGRAD", "4")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 16, 20, 20)).astype(np.float32)
+    w_up, w_down = (rng.standard_normal(s).astype(np.float32) * 0.3 for s in ((128, 16, 1, 1), (16, 128, 1, 1)))
+    w3a, w3b = (rng.standard_normal((16, 16, 3, 3)).astype(np.float32) * 0.2 for _ in range(2))
+    b = GraphBuilder()
+    xi = b.add_input("x", TensorType(x.dtype, x.shape))
+    (wide,) = b.emit(Op.CONV2D, [xi, b.constant(w_up)], ops.Conv2DAttrs())
+    (narrow,) = b.emit(Op.CONV2D, [wide, b.constant(w_down)], ops.Conv2DAttrs())
+    pads = ops.Conv2DAttrs(pads=(1, 1, 1, 1))
+    (first,) = b.emit(Op.CONV2D, [narrow, b.constant(w3a)], pads)
+    (second,) = b.emit(Op.CONV2D, [first, b.constant(w3b), narrow], ops.Conv2DAttrs(pads=(1, 1, 1, 1), has_residual=True))
+    g = b.graph
+    exe = CpuX86Backend().compile(Segment(g.nodes, list(g.inputs), [second], dict(g.types), dict(g.constants)))
+    plan = exe.plan
+    assert plan.workspace_bytes > 0
+    assert plan.memory_bytes == -(-plan.arena_bytes // 64) * 64  # every workspace inside the arena
+    narrow_want = np_conv(np_conv(x, w_up), w_down)
+    want = np_conv(np_conv(narrow_want, w3a, pads=(1, 1, 1, 1)), w3b, pads=(1, 1, 1, 1)) + narrow_want
+    for _ in range(2):  # the second run finds the first one's values in the reused bytes
+        (got,) = exe.run([x])
+        close(got, want.astype(np.float32), atol=1e-4 * float(np.abs(want).max()))
+
+
 @pytest.mark.parametrize("winograd", ["0", "4"])
 def test_packed_weights_are_not_kept_twice(monkeypatch, winograd):
     """Weights packed at compile time (GEMM panels or Winograd transforms) are dropped from the

@@ -168,6 +168,8 @@ NB_MODULE(_ext, m) {
       .def_prop_ro("arena_bytes", &Plan::arena_bytes)
       .def_prop_ro("scratch_bytes_per_worker", &Plan::scratch_bytes_per_worker)
       .def_prop_ro("workspace_bytes", &Plan::workspace_bytes)
+      .def_prop_ro("memory_bytes", &Plan::memory_bytes,
+                   "Bytes of an arena's tensors and the ops' workspaces (per-worker scratch not counted).")
       .def_prop_ro("constant_bytes", &Plan::constant_bytes)
       .def_prop_ro("arenas_created", &Plan::arenas_created)
       .def_prop_ro("num_inputs", &Plan::num_inputs)

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -50,7 +51,9 @@ struct RunContext {
   void* const* ptrs;  // storage of every tensor, by id
   ThreadPool& pool;
   FunctionRef<float*(int)> scratch;  // this run's per-worker scratch
-  float* workspace = nullptr;         // this run's workspace_bytes(), shared by all workers, 64-byte aligned
+  // this op's workspace_bytes(), shared by all workers, 64-byte aligned; it may lie over bytes of
+  // tensors no longer alive, so it starts with whatever they held
+  float* workspace = nullptr;
   const CancelFlag* cancel = nullptr;  // when set, kernels skip their remaining blocks of work
 };
 
@@ -192,7 +195,11 @@ class Plan {
   size_t num_outputs() const { return outputs_.size(); }
   int64_t arena_bytes() const { return arena_bytes_; }
   size_t scratch_bytes_per_worker() const { return scratch_per_worker_; }
+  // The largest workspace one op needs (0: no op needs one).
   size_t workspace_bytes() const { return workspace_bytes_; }
+  // Bytes of an arena's memory before the per-worker scratch: its tensors, and the ops'
+  // workspaces where they do not fit between the tensors alive during the op (place_workspaces).
+  size_t memory_bytes() const { return scratch_offset_; }
   // Bytes of constants the plan keeps for run time (packed copies not included).
   size_t constant_bytes() const {
     size_t total = 0;
@@ -221,8 +228,9 @@ class Plan {
  private:
   friend class ArenaLease;
   void validate_tables() const;
+  std::vector<std::pair<int, int>> arena_lifetimes() const;
+  void place_workspaces();
   void release(std::unique_ptr<Arena> arena) const;
-  size_t workspace_offset() const { return (static_cast<size_t>(arena_bytes_) + 63) / 64 * 64; }
 
   std::vector<TensorInfo> tensors_;
   std::vector<AlignedBuffer> constants_;  // empty for constants every reader released
@@ -238,6 +246,8 @@ class Plan {
   std::shared_ptr<ThreadPool> pool_;
   size_t scratch_per_worker_ = 0;
   size_t workspace_bytes_ = 0;
+  std::vector<size_t> workspace_at_;  // per op
+  size_t scratch_offset_ = 0;         // where the per-worker scratch starts, after arena and workspaces
   mutable std::mutex free_mutex_;
   mutable std::vector<std::unique_ptr<Arena>> free_;
   mutable size_t created_ = 0;
