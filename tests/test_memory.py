@@ -40,6 +40,26 @@ def test_chain_reuses_two_buffers():
     assert plan.naive_bytes == 9 * tensor_bytes
 
 
+def test_scratch_keeps_a_gap_only_while_its_node_runs():
+    """A node's reserved scratch is a nameless tensor alive for that one step: the arena grows
+    by it where nothing dead is large enough (a chain's two buffers are both live at every step),
+    and a reservation for a later step shares bytes with tensors dead by then."""
+    tensor_bytes = 64 * 64 * 4
+    seg = _chain(10)
+    assert plan_segment_memory(seg, scratch={3: 1000}).arena_bytes == 2 * tensor_bytes + 1024
+    assert plan_segment_memory(seg, scratch={3: 0}).arena_bytes == 2 * tensor_bytes
+    plan = plan_segment_memory(seg, scratch={3: 1000, 7: 3 * tensor_bytes})
+    assert plan.arena_bytes == 3 * tensor_bytes + 2 * tensor_bytes  # the big one is placed first
+    assert len(plan.offsets) == 9  # reservations get no names
+    # the chain's tensors stay clear of each reservation while its node runs
+    life = _lifetimes(seg)
+    big_at = plan.arena_bytes - 2 * tensor_bytes  # where the chain went, after the big reservation
+    for name, at in plan.offsets.items():
+        first, last = life[name]
+        if first <= 7 <= last:
+            assert at >= big_at, name
+
+
 def test_live_tensors_never_overlap():
     rng = np.random.default_rng(0)
     b = GraphBuilder()

@@ -75,13 +75,20 @@ def _contiguous(size: tuple[int, ...], strides: tuple[int, ...]) -> bool:
 
 
 def plan_segment_memory(segment: Segment, exclude: set[str] | frozenset[str] = frozenset(),
-                        aliases: Mapping[str, tuple[str, int]] | None = None) -> MemoryPlan:
+                        aliases: Mapping[str, tuple[str, int]] | None = None,
+                        scratch: Mapping[int, int] | None = None) -> MemoryPlan:
     """Plan the arena for every tensor produced inside ``segment`` that is neither a
     segment output nor in ``exclude``. Greedy by size (largest first), each tensor placed at
     the lowest offset that does not overlap a live, already-placed tensor. A tensor in
     ``aliases`` (``name -> (other tensor, byte offset)``, see ``in_place_raster_inputs``) lives
-    inside the other one, which is then live from the first of them to the last."""
+    inside the other one, which is then live from the first of them to the last.
+
+    ``scratch`` (node index -> bytes) reserves room that only that node uses while it runs, such
+    as a kernel's workspace: placed like a tensor alive for that one step, so the arena keeps a
+    gap of that size among the tensors alive then (where the backend may put the workspace over
+    bytes the node's predecessors just used). Reserved bytes get no name in ``offsets``."""
     aliases = aliases or {}
+    scratch = scratch or {}
     outputs = set(segment.outputs) | set(exclude)
     first: dict[str, int] = {}
     last: dict[str, int] = {}
@@ -108,17 +115,22 @@ def plan_segment_memory(segment: Segment, exclude: set[str] | frozenset[str] = f
         first[root] = min(first[root], first[name])
         last[root] = max(last[root], last[name])
     sizes = {name: _align(max(segment.types[name].nbytes, 1)) for name in first}
+    # a reservation is a nameless tensor alive during its node's step only
+    reserved = {("scratch", step): _align(bytes_) for step, bytes_ in scratch.items() if bytes_ > 0}
+    lives = {**{name: (first[name], last[name]) for name in first}, **{key: (key[1], key[1]) for key in reserved}}
+    sizes_all = {**sizes, **reserved}
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
     offsets: dict[str, int] = {}
-    for name in sorted((n for n in first if n not in inside), key=lambda n: (-sizes[n], first[n])):
-        lo, hi, size = first[name], last[name], sizes[name]
+    for name in sorted((n for n in lives if n not in inside), key=lambda n: (-sizes_all[n], lives[n][0])):
+        (lo, hi), size = lives[name], sizes_all[name]
         busy = sorted((o, e) for o, e, f, la in placed if not (la < lo or f > hi))
         offset = 0
         for o, e in busy:
             if offset + size <= o:
                 break
             offset = max(offset, e)
-        offsets[name] = offset
+        if name not in reserved:
+            offsets[name] = offset
         placed.append((offset, offset + size, lo, hi))
     for name, (root, at) in inside.items():
         offsets[name] = offsets[root] + at

@@ -13,6 +13,7 @@
 
 #include "isa.hpp"
 #include "plan.hpp"
+#include "winograd.hpp"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -133,6 +134,16 @@ NB_MODULE(_ext, m) {
         return std::make_pair(k.mr, k.nr);
       },
       "isa"_a, "(mr, nr) of the GEMM micro-kernel plans use for this ISA request ('' = best).");
+  m.def(
+      "winograd_workspace_bytes",
+      [](int m, int64_t c, int64_t h, int64_t w, int64_t o, int64_t oh, int64_t ow, int nr) {
+        require((m == 2 || m == 4 || m == 6) && c > 0 && h > 0 && w > 0 && o > 0 && oh > 0 && ow > 0 && nr > 0,
+                "winograd_workspace_bytes: tile 2, 4 or 6 and positive sizes expected");
+        return winograd_workspace_bytes(m, WinogradShape{c, h, w, o, oh, ow, 0, 0}, nr);
+      },
+      "m"_a, "c"_a, "h"_a, "w"_a, "o"_a, "oh"_a, "ow"_a, "nr"_a,
+      "Bytes of the shared workspace a Winograd F(m,3) convolution of this shape takes, with GEMM column "
+      "panels of nr columns (pads do not change it).");
   m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
   m.def("dtype_names", &dtype_names, "Dtypes the kernels compute on, by code (others are opaque).");
   m.def("opaque_dtype_code", [] { return static_cast<int>(DType::kOpaque); });

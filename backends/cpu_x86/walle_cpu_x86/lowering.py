@@ -124,11 +124,14 @@ def node_label(node: Node) -> str:
 
 
 def encode_segment(segment: Segment, codes: Codes, conv_policy: Callable[[Node], int] | None = None,
-                   blocked: frozenset[str] = frozenset()) -> EncodedSegment:
+                   blocked: frozenset[str] = frozenset(),
+                   workspace: Callable[[Node], int] | None = None) -> EncodedSegment:
     """Build the native tables for ``segment``: tensor table, constants, op records, arena size.
     ``conv_policy(node)`` gives each convolution's algorithm (the native Winograd tile, 0 for
     none); without it the native rule decides. ``blocked`` names the activations convolutions
-    pass in 8-channel blocks (see layout.py)."""
+    pass in 8-channel blocks (see layout.py). ``workspace(node)``: the bytes of workspace the
+    node's kernel will take, for which the arena keeps a gap among the tensors alive while it
+    runs; the native plan places the workspace itself, over such a gap where one fits."""
     types = dict(segment.types)
     ids: dict[str, int] = {}
     tensors: list[tuple[int, int, list[int], int, int]] = []
@@ -164,7 +167,8 @@ def encode_segment(segment: Segment, codes: Codes, conv_policy: Callable[[Node],
         if name not in ids and name not in produced and name in segment.constants:
             add_constant(name)
     # concatenation inputs written straight into their part of the concatenation: their copies go
-    memory = plan_segment_memory(segment, aliases=in_place_raster_inputs(segment))
+    scratch = {index: workspace(node) for index, node in enumerate(segment.nodes)} if workspace else {}
+    memory = plan_segment_memory(segment, aliases=in_place_raster_inputs(segment), scratch=scratch)
     first_slot = {}
     for slot, name in enumerate(segment.outputs):
         first_slot.setdefault(name, slot)

@@ -268,7 +268,12 @@ class CpuX86Backend(Backend):
             raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
         isa = os.environ.get(ISA_ENV, "").strip().lower()
         best = isa or _ext.best_isa()
-        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, best))
+        try:
+            _mr, nr = _ext.micro_kernel(isa)
+        except ValueError as exc:
+            raise BackendError(f"[cpu_x86] {exc}") from None
+        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, best),
+                             lambda node: _workspace_bytes(node, segment, conv_policy, nr))
         keys = packed_cache.op_keys(enc, best, _ext.__file__) if cache_packed and packed_cache.enabled() else []
         saved = packed_cache.load_saved(keys)
 
@@ -301,3 +306,17 @@ class CpuX86Backend(Backend):
 @hookimpl
 def walle_register_backends() -> list[type[Backend]]:
     return [CpuX86Backend]
+
+
+def _workspace_bytes(node: Node, segment: Segment, conv_policy: Any, nr: int) -> int:
+    """The workspace the native kernel of ``node`` will take, as far as the arena plan needs to
+    know it: a Winograd convolution's (conv_policy(node): its tile), whose transformed image and GEMM output
+    are megabytes at ResNet's first stages. Other workspaces (a matmul's per-run packing) are
+    small, and go where they fit."""
+    if node.op is not Op.CONV2D or node.inputs[1] not in segment.constants:
+        return 0
+    shape = ConvShape.of(node, segment.types)
+    tile = conv_policy(node) if shape.winograd_ok else 0
+    if tile <= 0:
+        return 0
+    return int(_ext.winograd_workspace_bytes(tile, shape.c, shape.h, shape.w, shape.o, shape.oh, shape.ow, nr))
