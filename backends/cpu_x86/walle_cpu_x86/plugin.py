@@ -310,9 +310,9 @@ def walle_register_backends() -> list[type[Backend]]:
 
 def _workspace_bytes(node: Node, segment: Segment, conv_policy: Any, nr: int) -> int:
     """The workspace the native kernel of ``node`` will take, as far as the arena plan needs to
-    know it: a Winograd convolution's (conv_policy(node): its tile), whose transformed image and GEMM output
-    are megabytes at ResNet's first stages. Other workspaces (a matmul's per-run packing) are
-    small, and go where they fit."""
+    know it: a Winograd convolution's (``conv_policy(node)`` gives its tile), whose transformed
+    image and GEMM output are megabytes at ResNet's first stages. Other workspaces (a matmul's
+    per-run packing) are small, and go where they fit."""
     if node.op is not Op.CONV2D or node.inputs[1] not in segment.constants:
         return 0
     shape = ConvShape.of(node, segment.types)
