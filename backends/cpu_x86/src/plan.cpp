@@ -176,7 +176,7 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
     require(c.nbytes >= 0 && (c.data != nullptr || c.nbytes == 0), "bad constant buffer");
     constant_sizes_.push_back(c.nbytes);
   }
-  validate_tables();
+  auto lifetimes = validate_tables();
   require(saved.empty() || saved.size() == records_.size(), "saved packed buffers: one list per op expected");
   packing_.resize(records_.size());
   for (size_t i = 0; i < saved.size(); ++i) {
@@ -232,7 +232,7 @@ Plan::Plan(std::vector<TensorInfo> tensors, const std::vector<ConstantSource>& c
   }
   scratch_per_worker_ = (scratch_per_worker_ + 127) / 64 * 64;  // aligned, with slack
   workspace_bytes_ = (workspace_bytes_ + 63) / 64 * 64;
-  place_workspaces();
+  place_workspaces(std::move(lifetimes));
   op_ns_ = std::make_unique<std::atomic<int64_t>[]>(kernels_.size());
   op_runs_ = std::make_unique<std::atomic<int64_t>[]>(kernels_.size());
   reset_profile();
@@ -259,7 +259,7 @@ void Plan::reset_profile() const {
   }
 }
 
-void Plan::validate_tables() const {
+std::vector<std::pair<int, int>> Plan::validate_tables() const {
   const int n = static_cast<int>(tensors_.size());
   auto in_range = [&](int id) { return id >= 0 && id < n; };
   for (size_t s = 0; s < inputs_.size(); ++s) {
@@ -353,6 +353,9 @@ void Plan::validate_tables() const {
                                                " and " + std::to_string(placed[j]));
     }
   }
+  std::vector<std::pair<int, int>> life(static_cast<size_t>(n));
+  for (int id = 0; id < n; ++id) life[static_cast<size_t>(id)] = {first[id], last[id]};
+  return life;
 }
 
 namespace {
@@ -361,20 +364,19 @@ size_t align64(size_t bytes) { return (bytes + 63) / 64 * 64; }
 
 }  // namespace
 
-std::vector<std::pair<int, int>> Plan::arena_lifetimes() const {
-  const int n = static_cast<int>(tensors_.size());
-  std::vector<std::pair<int, int>> life(static_cast<size_t>(n), {-1, -1});
+// Each op's workspace goes to the lowest offset where it shares no bytes with a tensor alive
+// during that op, past the arena only where nothing fits. It then mostly lies over activations
+// that ops shortly before it wrote and read, still in cache; a workspace of its own after the
+// arena was memory untouched since the previous run, and the first Winograd convolution of a
+// stage took 20-27 % longer than the next one of the same shape (squeezenet1_1, resnet18).
+void Plan::place_workspaces(std::vector<std::pair<int, int>> life) {
+  // a whole's bytes hold its parts from the step each is written (validate_tables: no cycles)
   auto cover = [&](int id, int step) {
     auto& [first, last] = life[static_cast<size_t>(id)];
     first = first < 0 ? step : std::min(first, step);
     last = std::max(last, step);
   };
-  for (size_t step = 0; step < records_.size(); ++step) {
-    for (int id : records_[step].inputs) cover(id, static_cast<int>(step));
-    for (int id : records_[step].outputs) cover(id, static_cast<int>(step));
-  }
-  // a whole's bytes hold its parts from the step each is written (validate_tables: no cycles)
-  for (int id = 0; id < n; ++id) {
+  for (int id = 0; id < static_cast<int>(tensors_.size()); ++id) {
     const auto [first, last] = life[static_cast<size_t>(id)];
     if (first < 0) continue;
     for (int w = tensors_[id].whole; w >= 0; w = tensors_[w].whole) {
@@ -382,19 +384,6 @@ std::vector<std::pair<int, int>> Plan::arena_lifetimes() const {
       cover(w, last);
     }
   }
-  for (int id = 0; id < n; ++id) {
-    if (tensors_[id].kind != TensorKind::kArena || tensors_[id].nbytes == 0) life[static_cast<size_t>(id)] = {-1, -1};
-  }
-  return life;
-}
-
-// Each op's workspace goes to the lowest offset where it shares no bytes with a tensor alive
-// during that op, past the arena only where nothing fits. It then mostly lies over activations
-// that ops shortly before it wrote and read, still in cache; a workspace of its own after the
-// arena was memory untouched since the previous run, and the first Winograd convolution of a
-// stage took 20-27 % longer than the next one of the same shape (squeezenet1_1, resnet18).
-void Plan::place_workspaces() {
-  const auto life = arena_lifetimes();
   workspace_at_.assign(kernels_.size(), 0);
   size_t end = align64(static_cast<size_t>(arena_bytes_));
   std::vector<std::pair<size_t, size_t>> busy;  // byte ranges of the tensors alive during the op
@@ -405,7 +394,8 @@ void Plan::place_workspaces() {
     busy.clear();
     for (size_t id = 0; id < tensors_.size(); ++id) {
       const auto [first, last] = life[id];
-      if (first >= 0 && first <= step && step <= last) {
+      const bool in_arena = tensors_[id].kind == TensorKind::kArena && tensors_[id].nbytes > 0;
+      if (in_arena && first >= 0 && first <= step && step <= last) {
         const auto at = static_cast<size_t>(tensors_[id].where);
         busy.emplace_back(at, at + static_cast<size_t>(tensors_[id].nbytes));
       }

@@ -227,9 +227,9 @@ class Plan {
 
  private:
   friend class ArenaLease;
-  void validate_tables() const;
-  std::vector<std::pair<int, int>> arena_lifetimes() const;
-  void place_workspaces();
+  // Checks the tables; returns each tensor's first and last op step (-1 where none).
+  std::vector<std::pair<int, int>> validate_tables() const;
+  void place_workspaces(std::vector<std::pair<int, int>> life);
   void release(std::unique_ptr<Arena> arena) const;
 
   std::vector<TensorInfo> tensors_;

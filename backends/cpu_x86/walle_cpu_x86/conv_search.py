@@ -116,7 +116,7 @@ def candidates(shape: ConvShape, nr: int) -> list[str]:
         return [DEPTHWISE]
     found = [GEMM]
     if shape.winograd_ok and shape.c >= 8 and shape.o >= 8:
-        found += [a for a, m in _TILE.items() if _winograd_workspace(shape, m, nr) <= MAX_WINOGRAD_WORKSPACE]
+        found += [a for a, m in _TILE.items() if winograd_workspace_bytes(shape, m, nr) <= MAX_WINOGRAD_WORKSPACE]
     return found
 
 
@@ -128,9 +128,12 @@ def _tiles(shape: ConvShape, m: int) -> int:
     return _ceil(shape.oh, m) * _ceil(shape.ow, m)
 
 
-def _winograd_workspace(shape: ConvShape, m: int, nr: int) -> int:
-    t, tiles = m + 2, _tiles(shape, m)
-    return t * t * (shape.c * _ceil(tiles, nr) * nr + shape.o * tiles) * 4
+def winograd_workspace_bytes(shape: ConvShape, m: int, nr: int) -> int:
+    """The shared workspace a Winograd F(m,3) convolution of ``shape`` takes on GEMM column
+    panels of ``nr``, as the native kernel sizes it."""
+    from walle_cpu_x86 import _ext  # the native module; only needed once a convolution is costed
+
+    return int(_ext.winograd_workspace_bytes(m, shape.c, shape.h, shape.w, shape.o, shape.oh, shape.ow, nr))
 
 
 def work(shape: ConvShape, algorithm: str, nr: int) -> dict[str, float]:

@@ -27,6 +27,7 @@ from walle_cpu_x86.conv_search import (
     best_time,
     forced_policy,
     random_conv_inputs,
+    winograd_workspace_bytes,
 )
 from walle_cpu_x86.layout import blocked_activations
 from walle_cpu_x86.lowering import Codes, as_bytes, encode_segment
@@ -268,12 +269,8 @@ class CpuX86Backend(Backend):
             raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
         isa = os.environ.get(ISA_ENV, "").strip().lower()
         best = isa or _ext.best_isa()
-        try:
-            _mr, nr = _ext.micro_kernel(isa)
-        except ValueError as exc:
-            raise BackendError(f"[cpu_x86] {exc}") from None
         enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, best),
-                             lambda node: _workspace_bytes(node, segment, conv_policy, nr))
+                             lambda node: _workspace_bytes(node, segment, conv_policy, self.conv_chooser().nr))
         keys = packed_cache.op_keys(enc, best, _ext.__file__) if cache_packed and packed_cache.enabled() else []
         saved = packed_cache.load_saved(keys)
 
@@ -319,4 +316,4 @@ def _workspace_bytes(node: Node, segment: Segment, conv_policy: Any, nr: int) ->
     tile = conv_policy(node) if shape.winograd_ok else 0
     if tile <= 0:
         return 0
-    return int(_ext.winograd_workspace_bytes(tile, shape.c, shape.h, shape.w, shape.o, shape.oh, shape.ow, nr))
+    return winograd_workspace_bytes(shape, tile, nr)
