@@ -704,13 +704,8 @@ def test_winograd_ignores_what_the_workspace_held(monkeypatch, tile, isa):
     close(got2, want, atol=1e-5 * np.abs(want).max())  # F(4,3) rounds relative to the output's scale
 
 
-# A 7x7 map has 16 F(2,3) tiles: they fill AVX2's 16-column panels exactly (Winograd wins) but pad
-# AVX-512's 32-column panels to twice the work (direct wins).
-_PICKS_7X7 = _ext.best_isa() != "avx512"
-
-
 @pytest.mark.parametrize("shape,picks_winograd", [((1, 64, 56, 56), True), ((1, 4, 56, 56), False),
-                                                 ((1, 512, 7, 7), _PICKS_7X7), ((1, 64, 400, 400), False)],
+                                                 ((1, 512, 7, 7), True), ((1, 64, 400, 400), False)],
                          ids=str)
 def test_winograd_cost_rule(monkeypatch, shape, picks_winograd):
     """Large maps with many channels go to Winograd; few channels (transforms dominate), maps

@@ -22,6 +22,9 @@ pytestmark = pytest.mark.skipif(_ext is None or _ext.best_isa() == "portable", r
 
 rng = np.random.default_rng(7)
 
+#: AVX2's register tile, (GEMM rows, columns): which edges are blocked depends on it
+AVX2_TILE = (6, 16)
+
 
 def f32(*shape: int) -> np.ndarray:
     return rng.standard_normal(shape).astype(np.float32)
@@ -90,7 +93,7 @@ def test_blocked_activation_matches_plain_layout(monkeypatch, threads, case):
     x, w1, b1, w2, b2 = f32(*xs), f32(c, xs[1], 1, 1), f32(c), f32(c, 1, k, k), f32(c)
     act = Activation(fn, 0.0, 6.0) if fn is UnaryFn.CLIP else Activation(fn)
     seg, t = expand_then_depthwise(x, w1, b1, act, w2, b2, stride)
-    assert blocked_activations(seg, "avx2") == {t}
+    assert blocked_activations(seg, AVX2_TILE) == {t}
     got = {}
     for mode in ("0", "1"):
         monkeypatch.setenv("WALLE_CPU_X86_BLOCKED", mode)
@@ -133,7 +136,7 @@ def test_blocked_depthwise_output_matches_plain_layout(monkeypatch, threads, cas
     oh, ow = (xs[2] - 1) // stride + 1, (xs[3] - 1) // stride + 1
     residual = f32(xs[0], o, oh, ow) if with_residual else None
     seg, t = depthwise_then_project(x, w1, b1, stride, w2, b2, residual)
-    assert blocked_activations(seg, "avx2") == {t}
+    assert blocked_activations(seg, AVX2_TILE) == {t}
     feeds = [x] if residual is None else [x, residual]
     got = {}
     for mode in ("0", "1"):
@@ -152,7 +155,7 @@ def test_depthwise_to_pointwise_is_blocked_where_the_tiles_fill_as_well():
     for side, expected in ((56, False), (7, True)):
         x = f32(1, 16, side, side)
         seg, t = depthwise_then_project(x, f32(16, 1, 3, 3), f32(16), 1, f32(40, 16, 1, 1), f32(40))
-        assert blocked_activations(seg, "avx2") == ({t} if expected else frozenset())
+        assert blocked_activations(seg, AVX2_TILE) == ({t} if expected else frozenset())
 
 
 def inverted_residuals(x, c, expand, blocks, extra_reader=False):
@@ -198,7 +201,7 @@ def test_inverted_residual_chain_stays_blocked(monkeypatch, threads, side):
     NCHW plan, and equal to NumPy; 14x14 and 9x9 leave partial row tiles (196 and 81 pixels)."""
     x = f32(1, 16, side, side)
     seg, weights = inverted_residuals(x, 32, 48, 2)
-    blocked = blocked_activations(seg, "avx2")
+    blocked = blocked_activations(seg, AVX2_TILE)
     convs = [n for n in seg.nodes if n.op is Op.CONV2D]
     assert all(n.outputs[0] in blocked for n in convs[:-1]) and convs[-1].outputs[0] not in blocked
     got = {}
@@ -223,7 +226,7 @@ def test_a_chain_with_a_reader_that_takes_no_blocks_stays_nchw(monkeypatch):
     second projection writes, since it adds that NCHW output as its residual."""
     x = f32(1, 16, 9, 9)
     seg, _ = inverted_residuals(x, 32, 48, 2, extra_reader=True)
-    blocked = blocked_activations(seg, "avx2")
+    blocked = blocked_activations(seg, AVX2_TILE)
     projections = [n for n in seg.nodes if n.op is Op.CONV2D and n.attrs.has_residual]
     first_out = seg.outputs[1]
     assert projections[0].outputs[0] == first_out and projections[1].inputs[-1] == first_out
@@ -248,7 +251,7 @@ def test_a_pointwise_convolution_is_blocked_on_one_side_only():
     (y,) = b.emit(Op.CONV2D, [t2, b.constant(f32(8, 1, 3, 3))], dw)
     g = b.graph
     seg = Segment(g.nodes, list(g.inputs), [y], dict(g.types), dict(g.constants))
-    assert blocked_activations(seg, "avx2") == {t2}
+    assert blocked_activations(seg, AVX2_TILE) == {t2}
     (got,) = CpuX86Backend().compile(seg).run([x])
     w = {n: g.constants[n] for n in g.constants}
     ws = [w[node.inputs[1]] for node in g.nodes]
@@ -261,13 +264,12 @@ def test_only_a_private_pointwise_to_depthwise_edge_is_blocked():
     x, w1, b1, w2, b2 = f32(1, 8, 6, 6), f32(16, 8, 1, 1), f32(16), f32(16, 1, 3, 3), f32(16)
     act = Activation(UnaryFn.RELU)
     seg, t = expand_then_depthwise(x, w1, b1, act, w2, b2, 1)
-    assert blocked_activations(seg, "avx2") == {t}
-    assert blocked_activations(seg, "portable") == frozenset()  # no eight-channel depthwise kernel
-    assert blocked_activations(seg, "avx512") == frozenset()  # no blocked register tile yet
+    assert blocked_activations(seg, AVX2_TILE) == {t}
+    assert blocked_activations(seg, None) == frozenset()  # the portable kernel: no blocked tile
     seg, _ = expand_then_depthwise(x, w1, b1, act, w2, b2, 1, extra_reader=True)
-    assert blocked_activations(seg, "avx2") == frozenset()  # a segment output stays NCHW
+    assert blocked_activations(seg, AVX2_TILE) == frozenset()  # a segment output stays NCHW
     seg, _ = expand_then_depthwise(x, w1, b1, act, w2, b2, 1, residual=f32(1, 16, 6, 6))
-    assert blocked_activations(seg, "avx2") == frozenset()  # no residual in the blocked store
+    assert blocked_activations(seg, AVX2_TILE) == frozenset()  # no residual in the blocked store
     # read by two depthwise convolutions: each would want it, only one layout exists
     b = GraphBuilder()
     (t,) = b.emit(Op.CONV2D, [b.add_input("x", TensorType(x.dtype, x.shape)), b.constant(w1)], ops.Conv2DAttrs())
@@ -276,11 +278,11 @@ def test_only_a_private_pointwise_to_depthwise_edge_is_blocked():
     (y2,) = b.emit(Op.CONV2D, [t, b.constant(w2)], dw)
     g = b.graph
     seg = Segment(g.nodes, list(g.inputs), [y1, y2], dict(g.types), dict(g.constants))
-    assert blocked_activations(seg, "avx2") == frozenset()
+    assert blocked_activations(seg, AVX2_TILE) == frozenset()
     # channels that do not fill whole blocks
     x, w1, b1, w2, b2 = f32(1, 8, 6, 6), f32(12, 8, 1, 1), f32(12), f32(12, 1, 3, 3), f32(12)
     seg, _ = expand_then_depthwise(x, w1, b1, act, w2, b2, 1)
-    assert blocked_activations(seg, "avx2") == frozenset()
+    assert blocked_activations(seg, AVX2_TILE) == frozenset()
 
 
 def test_blocking_env_is_validated(monkeypatch):

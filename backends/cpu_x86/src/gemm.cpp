@@ -18,8 +18,8 @@ MicroKernel micro_kernel(Isa isa) {
   }
 }
 
-// KC x NR floats of B (32 KiB at NR=32) plus a few A rows fit L1; an MC x KC block of A
-// (~120 KiB) sits in L2 while all the B panels of the tile stream past it.
+// KC x NR floats of B (16 KiB) plus a few A rows fit L1; an MC x KC block of A (120 KiB) sits
+// in L2 while all the B panels of the tile stream past it.
 GemmBlocking::GemmBlocking(Isa isa) : isa(isa), kernel(micro_kernel(isa)) {
   kc = 256;
   mc = kernel.mr * std::max<int64_t>(1, 120 / kernel.mr);
@@ -39,33 +39,34 @@ size_t packed_b_floats(int64_t k, int64_t n, int nr) {
   return static_cast<size_t>(ceil_div(n, nr) * nr * k);
 }
 
+// The whole MR-row panels of rows [i0, i0+rows) of an A whose rows are adjacent in memory (a
+// transposed view, e.g. an NCHW image with the pixels as rows): each k's run of those rows is read
+// once, front to back, and dealt out to the panels, rather than revisited MR floats per panel
+// (strided reads the prefetchers follow poorly: mobilenet_v2's packing took about 15 % less).
+// Returns the rows packed.
+template <int MR>
+static int64_t deal_whole_panels(const MatView& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc, float* dst) {
+  const int64_t whole = rows / MR * MR;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* src = a.p + i0 + (k0 + k) * a.cs;
+    float* out = dst + k * MR;
+    for (int64_t q = 0; q < whole; q += MR, out += MR * kc) std::memcpy(out, src + q, MR * sizeof(float));
+  }
+  return whole;
+}
+
 // Rows [i0, i0+rows) x k-range [k0, k0+kc) of A into panels [panel][k][mr].
 static void pack_a_block(const MatView& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc, int mr,
                          float* dst) {
   int64_t p = 0;  // the first row not packed yet
-  if (a.rs == 1 && mr == 6) {
-    // rows adjacent in memory (a transposed view, e.g. an NCHW image with the pixels as rows):
-    // each k's run of the whole panels' rows is read once, front to back, and dealt out to the
-    // panels, rather than revisited 6 floats per panel (strided reads the prefetchers follow
-    // poorly: mobilenet_v2's packing took about 15 % less)
-    const int64_t whole = rows / 6 * 6;
-    for (int64_t k = 0; k < kc; ++k) {
-      const float* src = a.p + i0 + (k0 + k) * a.cs;
-      float* out = dst + k * 6;
-      for (int64_t q = 0; q < whole; q += 6, out += 6 * kc) std::memcpy(out, src + q, 6 * sizeof(float));
-    }
-    p = whole;
-  }
+  if (a.rs == 1 && mr == 6) p = deal_whole_panels<6>(a, i0, rows, k0, kc, dst);
+  if (a.rs == 1 && mr == 12) p = deal_whole_panels<12>(a, i0, rows, k0, kc, dst);
+  if (a.rs == 1 && mr == 8) p = deal_whole_panels<8>(a, i0, rows, k0, kc, dst);
   for (; p < rows; p += mr) {
     int64_t valid = std::min<int64_t>(mr, rows - p);
     float* panel = dst + p * kc;
     // written in order, read from `valid` row streams
     const float* src = a.p + (i0 + p) * a.rs + k0 * a.cs;
-    if (a.rs == 1 && valid == mr && mr == 12) {
-      // rows adjacent in memory (a transposed view): one fixed-size copy per k, inlined
-      for (int64_t k = 0; k < kc; ++k) std::memcpy(panel + k * 12, src + k * a.cs, 12 * sizeof(float));
-      continue;
-    }
     for (int64_t k = 0; k < kc; ++k) {
       float* out = panel + k * mr;
       const float* col = src + k * a.cs;
@@ -86,8 +87,6 @@ static void pack_b_block(const MatView& b, int64_t k0, int64_t kc, int64_t j0, i
       float* out = panel + k * nr;
       if (b.cs == 1 && valid == 16) {
         std::memcpy(out, src, 16 * sizeof(float));  // constant size: inlined, no call per row
-      } else if (b.cs == 1 && valid == 32) {
-        std::memcpy(out, src, 32 * sizeof(float));
       } else if (b.cs == 1) {
         std::memcpy(out, src, static_cast<size_t>(valid) * sizeof(float));
       } else {

@@ -69,11 +69,7 @@ def _is_pointwise(node: Node, types: Mapping[str, TensorType], constants: Mappin
             and tuple(a.dilations) == (1, 1) and node.inputs[1] in constants)
 
 
-#: AVX2's register tile: 6 GEMM rows by 16 columns
-TILE_ROWS, TILE_COLUMNS = 6, 16
-
-
-def _pixel_rows_fill_tiles(y: TensorType) -> bool:
+def _pixel_rows_fill_tiles(y: TensorType, tile: tuple[int, int]) -> bool:
     """Whether a pointwise convolution's register tiles do no more work with the pixels as GEMM
     rows (how it reads blocks) than with its output channels as rows (how it reads NCHW). Measured
     in MobileNetV2: 24 output channels at 56x56 (a third of every 16-column tile wasted) took
@@ -83,15 +79,15 @@ def _pixel_rows_fill_tiles(y: TensorType) -> bool:
     def padded(v: int, t: int) -> int:
         return -(-v // t) * t
 
-    return (padded(pixels, TILE_ROWS) * padded(channels, TILE_COLUMNS)
-            <= padded(channels, TILE_ROWS) * padded(pixels, TILE_COLUMNS))
+    rows, columns = tile
+    return padded(pixels, rows) * padded(channels, columns) <= padded(channels, rows) * padded(pixels, columns)
 
 
-def blocked_activations(segment: Segment, isa: str) -> frozenset[str]:
-    """The tensors of ``segment`` to keep in 8-channel blocks on a plan for ``isa`` (AVX2 only:
-    the register tile that stores blocks directly is AVX2's; elsewhere tiles would go through a
-    buffer)."""
-    if isa != "avx2" or not blocking_enabled():
+def blocked_activations(segment: Segment, tile: tuple[int, int] | None) -> frozenset[str]:
+    """The tensors of ``segment`` to keep in 8-channel blocks on a plan whose GEMM register tile
+    is ``tile`` (rows, columns); None where no register tile stores blocks (the portable kernel,
+    whose tiles would go through a buffer, and which has no eight-channel depthwise kernel)."""
+    if tile is None or not blocking_enabled():
         return frozenset()
     types, constants = segment.types, segment.constants
     readers = Counter(name for node in segment.nodes for name in node.inputs)
@@ -113,14 +109,14 @@ def blocked_activations(segment: Segment, isa: str) -> frozenset[str]:
         p = producer.get(x)
         if (p is not None and _is_pointwise(node, types, constants) and _is_depthwise(p, types, constants)
                 and not p.attrs.has_residual and node.outputs[0] not in blocked and readers[x] == 1
-                and x not in kept_plain and _pixel_rows_fill_tiles(types[node.outputs[0]])):
+                and x not in kept_plain and _pixel_rows_fill_tiles(types[node.outputs[0]], tile)):
             blocked.add(x)
-    blocked |= _pointwise_chains(segment, blocked, kept_plain, producer)
+    blocked |= _pointwise_chains(segment, blocked, kept_plain, producer, tile)
     return frozenset(blocked)
 
 
-def _pointwise_chains(segment: Segment, blocked: set[str], kept_plain: set[str], producer: dict[str, Node]
-                      ) -> set[str]:
+def _pointwise_chains(segment: Segment, blocked: set[str], kept_plain: set[str], producer: dict[str, Node],
+                      tile: tuple[int, int]) -> set[str]:
     """Activations one pointwise convolution that reads blocks passes to others in blocks: MobileNetV2's
     projection -> next expansion, and the residual chain through a stage, whose every tensor is read
     by the next expansion and by the next projection's residual. Such an activation stays blocked
@@ -155,7 +151,7 @@ def _pointwise_chains(segment: Segment, blocked: set[str], kept_plain: set[str],
                     ok = False
                 elif t == r.inputs[0]:  # read as the GEMM's operand
                     out = r.outputs[0]
-                    ok = out in blocked or out in chain or _pixel_rows_fill_tiles(types[out])
+                    ok = out in blocked or out in chain or _pixel_rows_fill_tiles(types[out], tile)
                 else:  # added as the residual
                     ok = r.outputs[0] in chain
             if not ok:

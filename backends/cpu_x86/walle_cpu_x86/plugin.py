@@ -212,10 +212,7 @@ class CpuX86Backend(Backend):
         """Created on first use: its rates may need a calibration run (once per machine)."""
         if self._chooser is None:
             isa = os.environ.get(ISA_ENV, "").strip().lower()
-            try:
-                _mr, nr = _ext.micro_kernel(isa)
-            except ValueError as exc:
-                raise BackendError(f"[cpu_x86] {exc}") from None
+            _mr, nr = _register_tile(isa)
             self._chooser = ConvChooser(f"{isa or _ext.best_isa()}|{self.threads}", nr, self._time_conv)
         return self._chooser
 
@@ -269,7 +266,8 @@ class CpuX86Backend(Backend):
             raise BackendError(f"[cpu_x86] native module unavailable: {_IMPORT_ERROR}")
         isa = os.environ.get(ISA_ENV, "").strip().lower()
         best = isa or _ext.best_isa()
-        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, best),
+        tile = None if best == "portable" else _register_tile(isa)
+        enc = encode_segment(segment, self._codes, conv_policy, blocked_activations(segment, tile),
                              lambda node: _workspace_bytes(node, segment, conv_policy, self.conv_chooser().nr))
         keys = packed_cache.op_keys(enc, best, _ext.__file__) if cache_packed and packed_cache.enabled() else []
         saved = packed_cache.load_saved(keys)
@@ -303,6 +301,15 @@ class CpuX86Backend(Backend):
 @hookimpl
 def walle_register_backends() -> list[type[Backend]]:
     return [CpuX86Backend]
+
+
+def _register_tile(isa: str) -> tuple[int, int]:
+    """(rows, columns) of the GEMM register tile of a plan for ``isa`` ('' = the best)."""
+    try:
+        mr, nr = _ext.micro_kernel(isa)
+    except ValueError as exc:
+        raise BackendError(f"[cpu_x86] {exc}") from None
+    return mr, nr
 
 
 def _workspace_bytes(node: Node, segment: Segment, conv_policy: Any, nr: int) -> int:
