@@ -364,6 +364,7 @@ class Conv2DKernel : public OpKernel {
           p.a.view = MatView{x + n * s_.c * plane_in, 1, plane_in};
         }
         p.b.packed = packed_.as<float>();
+        p.b.weights = true;
         p.c = y + n * s_.o * plane_out;
         p.c_block = 8 * plane_out;
         if (bias) p.epilogue.bias = MatView{bias, 0, 1};
@@ -489,6 +490,7 @@ class Conv2DKernel : public OpKernel {
     const int64_t plane_out = s_.oh * s_.ow;
     GemmProblem p;
     p.b.packed = packed_.as<float>();
+    p.b.weights = true;
     p.c = y + n * s_.o * plane_out;
     p.ldc = plane_out;
     p.c_transposed = true;

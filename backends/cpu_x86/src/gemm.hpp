@@ -54,6 +54,9 @@ struct GemmOperand {
   // pixel i and tap k in its phase-split image; see MicroKernel::a_gathered).
   const int64_t* row_offsets = nullptr;
   const int64_t* k_offsets = nullptr;
+  // (B only) `packed` holds constant weights: read once per run, so they come from memory, not
+  // from a cache a previous op warmed.
+  bool weights = false;
 };
 
 // Applied to each finished output tile, while it is still in cache.

@@ -150,6 +150,7 @@ class MatMulKernel : public OpKernel {
       }
       if (b_packed_.data()) {
         p.b.packed = b_packed_.as<float>() + b_matrix_[bi] * b_packed_stride_;
+        p.b.weights = true;
       } else {
         p.b.view = b_view_;
         p.b.view.p = b + b_matrix_[bi] * k_ * n_;
