@@ -25,8 +25,8 @@ struct TileEpilogue {
 // a[k*MR .. k*MR+MR) and b[k*ldb .. k*ldb+NR): ldb is NR for a packed panel, or the row stride
 // of a row-major B read in place. `fused` (nullptr where a kernel has none) does the same, then
 // applies a TileEpilogue before storing. `next` (may be null): a panel the following call will
-// read, `next_ld` floats per k step, which the kernel prefetches one line per k step (weights
-// streamed from memory would otherwise stall the first tile that reads them).
+// read, `next_ld` floats per k step, which the kernel prefetches into L2, one line per k step
+// (weights streamed from memory would otherwise stall the first tile that reads them).
 struct MicroKernel {
   int mr;
   int nr;
