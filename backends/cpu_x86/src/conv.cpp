@@ -210,7 +210,9 @@ class Conv2DKernel : public OpKernel {
       im2col_.phase_plane = phase_layout_.sub_plane();
       im2col_.phase_pitch = phase_layout_.pitch;
     }
-    // ints[12], when present: Winograd tile forced by the caller (0 = never), else the cost rule
+    // ints[12], when present: the algorithm the caller chose: a Winograd tile (2, 4, 6), a GEMM
+    // (0; its orientation by the rule below) or a GEMM with the pixels as rows (1); -1: the
+    // native rules decide
     const int64_t policy = ctx.rec().ints.size() > 12 ? ctx.int_at(12) : -1;
     in_blocked_ = ctx.rec().ints.size() > 13 && ctx.int_at(13) != 0;
     out_blocked_ = ctx.rec().ints.size() > 14 && ctx.int_at(14) != 0;
@@ -228,11 +230,14 @@ class Conv2DKernel : public OpKernel {
                 "a residual with a blocked output only with a blocked input)");
       if (depthwise_) channel_blocks_ = true;  // the layout the eight-channel kernel works in
     }
-    ctx.check(policy == -1 || policy == 0 || policy == 2 || policy == 4 || policy == 6,
-              "Winograd tile must be -1, 0, 2, 4 or 6");
+    ctx.check(policy >= -1 && policy <= 6 && policy != 3 && policy != 5,
+              "convolution policy must be -1, 0 (GEMM), 1 (GEMM, pixels as rows), 2, 4 or 6 (Winograd tiles)");
+    const bool rows_forced = policy == 1;
+    ctx.check(!rows_forced || (!depthwise_ && g == 1 && ctx.constant_bytes(1) != nullptr),
+              "a GEMM with the pixels as rows needs one group and constant weights");
     const bool winograd_shape = s_.kh == 3 && s_.kw == 3 && s_.sh == 1 && s_.sw == 1 && s_.dh == 1 && s_.dw == 1 &&
                                 g == 1 && ctx.constant_bytes(1) != nullptr;
-    if (winograd_shape && policy != 0) {
+    if (winograd_shape && policy != 0 && !rows_forced) {
       const WinogradShape ws{s_.c, s_.h, s_.w, s_.o, s_.oh, s_.ow, s_.pt, s_.pl};
       int tile = policy > 0 ? static_cast<int>(policy) : choose_winograd_tile(ws, blk_.kernel.nr);
       // the transformed image is (tile+2)^2/tile^2 times the input and output: keep it bounded
@@ -258,7 +263,7 @@ class Conv2DKernel : public OpKernel {
       pixel_rows_ = g == 1 && s_.o > 64 && ctx.constant_bytes(1) != nullptr &&
                     25 * padded(pixels, mr) * padded(s_.o, nr) < 24 * padded(s_.o, mr) * padded(pixels, nr);
       // a blocked input or output is only read or written with the pixels as rows (any number)
-      if (in_blocked_ || out_blocked_) pixel_rows_ = true;
+      if (in_blocked_ || out_blocked_ || rows_forced) pixel_rows_ = true;
       // Stride-2 windows with the pixels as rows: the kernel reads A straight from the
       // phase-split image (MicroKernel::a_gathered) instead of a packed transposed im2col matrix,
       // 1.8 MB for ResNet's 256 channels at 14x14 (that layer: 12-17 % less time). Forcing the

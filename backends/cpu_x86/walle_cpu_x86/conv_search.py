@@ -1,5 +1,6 @@
-"""Semi-auto choice of each convolution's algorithm: im2col/1x1 GEMM, Winograd F(2,3), F(4,3)
-or F(6,3), or the direct depthwise kernel.
+"""Semi-auto choice of each convolution's algorithm: im2col/1x1 GEMM, for stride-2 windows also
+a GEMM with the pixels as rows that reads its taps straight from the image, Winograd F(2,3),
+F(4,3) or F(6,3), or the direct depthwise kernel.
 
 Every candidate's time is estimated from the shape with a cost model whose rates (GEMM
 multiply-adds, Winograd transform work and im2col traffic per second) are fitted to a few
@@ -31,13 +32,18 @@ SEARCH_ENV = "WALLE_CONV_SEARCH"
 WINOGRAD_ENV = "WALLE_CPU_X86_WINOGRAD"
 
 GEMM, DEPTHWISE = "gemm", "depthwise"
+#: stride-2 windows: the GEMM with the output pixels as its rows, reading each row's taps from the
+#: phase-split image (no im2col matrix), the weights as its packed B
+GEMM_ROWS = "gemm, pixels as rows"
 WINOGRAD2, WINOGRAD4, WINOGRAD6 = "winograd F(2,3)", "winograd F(4,3)", "winograd F(6,3)"
 _TILE = {WINOGRAD2: 2, WINOGRAD4: 4, WINOGRAD6: 6}
-#: the int the native conv takes for each algorithm (ints[12]: forced Winograd tile, 0 = none)
-POLICY = {GEMM: 0, DEPTHWISE: 0, **_TILE}
+#: the int the native conv takes for each algorithm (ints[12]: a Winograd tile, 0 a GEMM, 1 a
+#: GEMM with the pixels as rows)
+POLICY = {GEMM: 0, GEMM_ROWS: 1, DEPTHWISE: 0, **_TILE}
 #: the native side refuses more Winograd workspace than this (conv.cpp, kMaxWinogradWorkspace)
 MAX_WINOGRAD_WORKSPACE = 64 << 20
-_RATES_VERSION = 4  # 2: best of CALIBRATION_ROUNDS rounds; 3: family/model/stepping in the key; 4: F(6,3)
+# 2: best of CALIBRATION_ROUNDS rounds; 3: family/model/stepping in the key; 4: F(6,3); 5: GEMM_ROWS
+_RATES_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,14 @@ class ConvShape:
         return (self.kh, self.kw, self.strides, self.dilations, self.groups) == (3, 3, (1, 1), (1, 1), 1)
 
     @property
+    def gathered_ok(self) -> bool:
+        """A stride-2 window the GEMM with the pixels as rows reads from the phase-split image.
+        Four input channels or fewer (network stems) read their taps from it in the usual
+        orientation already."""
+        return (self.groups == 1 and self.strides == (2, 2) and self.dilations == (1, 1) and self.kh >= 2
+                and self.kw >= 2 and self.c > 4)
+
+    @property
     def direct_1x1(self) -> bool:
         return (self.kh, self.kw, self.strides) == (1, 1, (1, 1)) and not any(self.pads)
 
@@ -92,8 +106,9 @@ class ConvShape:
 @dataclass(frozen=True)
 class Rates:
     """Per second, on this CPU at this thread count: GEMM multiply-adds; Winograd transform
-    multiply-adds (per tile size); im2col bytes written; depthwise multiply-adds; plus a
-    fixed cost per op."""
+    multiply-adds (per tile size); im2col bytes written; depthwise multiply-adds; multiply-adds
+    of the GEMM with the pixels as rows that reads its taps from the image; plus a fixed cost
+    per op."""
 
     gemm_macs: float
     transform2_macs: float
@@ -101,20 +116,25 @@ class Rates:
     transform6_macs: float
     im2col_bytes: float
     depthwise_macs: float
+    gathered_macs: float
     launch_s: float
 
 
 def builtin_rates() -> Rates:
     """Round figures for a 2020s x86 core, with the transforms costed at four GEMM
-    multiply-adds each as the fixed rule did: used until a calibration exists."""
+    multiply-adds each as the fixed rule did, and the taps read from the image at 0.8 of the
+    GEMM's rate (ResNet's stride-2 layers then keep the usual orientation, as the fixed rule
+    did): used until a calibration exists."""
     gemm = 40e9
-    return Rates(gemm, gemm / 4, gemm / 4, gemm / 4, 8e9, 4e9, 5e-6)
+    return Rates(gemm, gemm / 4, gemm / 4, gemm / 4, 8e9, 4e9, gemm * 0.8, 5e-6)
 
 
 def candidates(shape: ConvShape, nr: int) -> list[str]:
     if shape.depthwise:
         return [DEPTHWISE]
     found = [GEMM]
+    if shape.gathered_ok:
+        found.append(GEMM_ROWS)
     if shape.winograd_ok and shape.c >= 8 and shape.o >= 8:
         found += [a for a, m in _TILE.items() if winograd_workspace_bytes(shape, m, nr) <= MAX_WINOGRAD_WORKSPACE]
     return found
@@ -143,6 +163,8 @@ def work(shape: ConvShape, algorithm: str, nr: int) -> dict[str, float]:
     if algorithm == GEMM:
         im2col = 0 if shape.direct_1x1 else shape.n * shape.c * shape.kh * shape.kw * shape.oh * shape.ow * 4
         return {"gemm_macs": shape.macs, "im2col_bytes": im2col}
+    if algorithm == GEMM_ROWS:
+        return {"gathered_macs": shape.macs}
     m = _TILE[algorithm]
     t, tiles = m + 2, _tiles(shape, m)
     gemm = shape.n * t * t * shape.c * shape.o * _ceil(tiles, nr) * nr
@@ -182,6 +204,7 @@ _CALIBRATION = {
     "gemm": ConvShape(1, 256, 28, 28, 256, 1, 1, 28, 28, (1, 1), (1, 1), (0, 0, 0, 0), 1),
     "im2col": ConvShape(1, 64, 28, 28, 64, 3, 3, 28, 28, (1, 1), (1, 1), (1, 1, 1, 1), 1),
     "depthwise": ConvShape(1, 128, 56, 56, 128, 3, 3, 56, 56, (1, 1), (1, 1), (1, 1, 1, 1), 128),
+    "gathered": ConvShape(1, 128, 56, 56, 128, 3, 3, 28, 28, (2, 2), (1, 1), (1, 1, 1, 1), 1),
 }
 
 
@@ -193,7 +216,9 @@ CALIBRATION_ROUNDS = 3
 def calibrate(timer: Timer, nr: int) -> Rates:
     """Fit the rates to timings of a few convolutions, one unknown at a time."""
     gemm_conv, im2col_conv, dw_conv = _CALIBRATION["gemm"], _CALIBRATION["im2col"], _CALIBRATION["depthwise"]
-    runs = [(gemm_conv, GEMM), (im2col_conv, GEMM), *((im2col_conv, a) for a in _TILE), (dw_conv, DEPTHWISE)]
+    gathered_conv = _CALIBRATION["gathered"]
+    runs = [(gemm_conv, GEMM), (im2col_conv, GEMM), *((im2col_conv, a) for a in _TILE), (dw_conv, DEPTHWISE),
+            (gathered_conv, GEMM_ROWS)]
     best = {run: float("inf") for run in runs}
     for _ in range(CALIBRATION_ROUNDS):
         for run in runs:
@@ -214,6 +239,7 @@ def calibrate(timer: Timer, nr: int) -> Rates:
         transform6_macs=residual_rate(im2col_conv, WINOGRAD6, "transform6_macs"),
         im2col_bytes=residual_rate(im2col_conv, GEMM, "im2col_bytes"),
         depthwise_macs=dw_conv.macs / max(best[dw_conv, DEPTHWISE] - launch, 1e-7),
+        gathered_macs=gathered_conv.macs / max(best[gathered_conv, GEMM_ROWS] - launch, 1e-7),
         launch_s=launch,
     )
 

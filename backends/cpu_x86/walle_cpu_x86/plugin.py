@@ -21,6 +21,8 @@ from walle_core.ir import GraphBuilder, Node, TensorType
 from walle_core.ops import BinaryFn, Conv2DAttrs, Op, UnaryFn
 from walle_cpu_x86 import packed_cache
 from walle_cpu_x86.conv_search import (
+    GEMM,
+    GEMM_ROWS,
     POLICY,
     ConvChooser,
     ConvShape,
@@ -216,11 +218,14 @@ class CpuX86Backend(Backend):
             self._chooser = ConvChooser(f"{isa or _ext.best_isa()}|{self.threads}", nr, self._time_conv)
         return self._chooser
 
-    def _conv_policy(self, node: Node, types: Mapping[str, TensorType]) -> int:
+    def _conv_policy(self, node: Node, segment: Segment) -> int:
         forced = forced_policy()
         if forced is not None:
             return forced
-        return POLICY[self.conv_chooser().choose(ConvShape.of(node, types)).algorithm]
+        algorithm = self.conv_chooser().choose(ConvShape.of(node, segment.types)).algorithm
+        if algorithm == GEMM_ROWS and node.inputs[1] not in segment.constants:
+            algorithm = GEMM  # weights known only at run time are packed per run, as A
+        return POLICY[algorithm]
 
     def algorithm(self, node: Node, types: Mapping[str, TensorType]) -> str | None:
         """The kernel variant this backend runs ``node`` with (shown by ``walle plan``)."""
@@ -257,7 +262,7 @@ class CpuX86Backend(Backend):
         return best_time(lambda: exe.run([x]))
 
     def compile(self, segment: Segment) -> Executable:
-        return self._compile(segment, lambda node: self._conv_policy(node, segment.types), cache_packed=True)
+        return self._compile(segment, lambda node: self._conv_policy(node, segment), cache_packed=True)
 
     def _compile(self, segment: Segment, conv_policy: Any, cache_packed: bool = False) -> Executable:
         """``cache_packed``: take the ops' packed weights from the packed-weight cache, and
@@ -321,6 +326,6 @@ def _workspace_bytes(node: Node, segment: Segment, conv_policy: Any, nr: int) ->
         return 0
     shape = ConvShape.of(node, segment.types)
     tile = conv_policy(node) if shape.winograd_ok else 0
-    if tile <= 0:
+    if tile not in (2, 4, 6):  # a GEMM's (0, or 1 with the pixels as rows) is small
         return 0
     return winograd_workspace_bytes(shape, tile, nr)
