@@ -266,8 +266,9 @@ class Conv2DKernel : public OpKernel {
       if (in_blocked_ || out_blocked_ || rows_forced) pixel_rows_ = true;
       // Stride-2 windows with the pixels as rows: the kernel reads A straight from the
       // phase-split image (MicroKernel::a_gathered) instead of a packed transposed im2col matrix,
-      // 1.8 MB for ResNet's 256 channels at 14x14 (that layer: 12-17 % less time). Forcing the
-      // pixels as rows onto 28x28 outputs to read them this way was up to 8 % slower.
+      // 1.8 MB for ResNet's 256 channels at 14x14 (that layer: 12-17 % less time). Where the
+      // tiles fill alike both ways (28x28 outputs) which orientation is faster depends on the
+      // CPU and the tile: conv_search times it and passes policy 1 where the pixels as rows win.
       gathered_ = pixel_rows_ && phased_ && !in_blocked_ && !out_blocked_ && blk_.kernel.a_gathered != nullptr;
       if (gathered_) {
         tap_offsets_ = phase_tap_offsets();

@@ -59,9 +59,8 @@ static int64_t deal_whole_panels(const MatView& a, int64_t i0, int64_t rows, int
 static void pack_a_block(const MatView& a, int64_t i0, int64_t rows, int64_t k0, int64_t kc, int mr,
                          float* dst) {
   int64_t p = 0;  // the first row not packed yet
-  if (a.rs == 1 && mr == 6) p = deal_whole_panels<6>(a, i0, rows, k0, kc, dst);
-  if (a.rs == 1 && mr == 12) p = deal_whole_panels<12>(a, i0, rows, k0, kc, dst);
-  if (a.rs == 1 && mr == 8) p = deal_whole_panels<8>(a, i0, rows, k0, kc, dst);
+  if (a.rs == 1 && mr == 6) p = deal_whole_panels<6>(a, i0, rows, k0, kc, dst);  // AVX2's tile
+  if (a.rs == 1 && mr == 8) p = deal_whole_panels<8>(a, i0, rows, k0, kc, dst);  // AVX-512's
   for (; p < rows; p += mr) {
     int64_t valid = std::min<int64_t>(mr, rows - p);
     float* panel = dst + p * kc;
