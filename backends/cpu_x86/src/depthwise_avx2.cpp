@@ -136,10 +136,24 @@ __attribute__((always_inline)) inline void taps8_3x3(int64_t cols, const float* 
   }
 }
 
+// `groups` groups of 8 consecutive output pixels of one row whose 3x3 windows lie inside a
+// blocked image of rows `w_in` pixels long, the first window's corner at x; store(r, at, 8)
+// takes each group from plane position `at` on. A function of its own, with the store taken by
+// value, so that the sums and what the store reads stay in registers.
+template <int S, class Store>
+__attribute__((noinline)) void inner_groups(const float* x, int64_t w_in, const float* wv, int64_t groups,
+                                            int64_t at, Store store) {
+  for (int64_t g = 0; g < groups; ++g, x += 8 * S * 8, at += 8) {
+    __m256 r[8];
+    taps8_3x3<S>(w_in, wv, x, 0, r);
+    store(r, at, 8);
+  }
+}
+
 // The narrow in-place rows of depthwise_block8_avx2 (see there), at column stride S; store(r,
 // at, n) stores the n <= 8 pixels from plane position `at` on.
 template <int S, class Store>
-__attribute__((noinline)) void narrow_rows(const DepthwiseBlock& b, const float* wv, Store&& store) {
+__attribute__((noinline)) void narrow_rows(const DepthwiseBlock& b, const float* wv, Store store) {
   constexpr int kColumns = 7 * S + 3;  // input columns a group's windows cover
   alignas(32) static constexpr float zeros[8] = {};
   for (int64_t oy = 0; oy < b.oh; ++oy) {
@@ -185,9 +199,12 @@ void block8(const DepthwiseBlock& b) {
   const __m256 bias = b.bias ? _mm256_loadu_ps(b.bias) : _mm256_setzero_ps();
   const __m256 lo = _mm256_set1_ps(b.act == 1 ? 0.f : b.lo), hi = _mm256_set1_ps(b.hi);
   // + residual (plane l's pixels of the group), then the activation
-  auto finish = [&](__m256 v, int l, int64_t at, int64_t n) {
+  const float* const residual_planes = b.residual;
+  float* const y = b.y;
+  const bool has_bias = b.bias != nullptr;
+  auto finish = [=](__m256 v, int l, int64_t at, int64_t n) {
     if constexpr (HasResidual) {
-      const float* residual = b.residual + l * plane_out + at;
+      const float* residual = residual_planes + l * plane_out + at;
       if (n == 8) {
         v = _mm256_add_ps(v, _mm256_loadu_ps(residual));
       } else {  // only the group's pixels: the plane may end here
@@ -203,22 +220,22 @@ void block8(const DepthwiseBlock& b) {
   const bool three = b.kh == 3 && b.kw == 3;  // nearly every layer
   const bool unit3 = three && b.dh == 1 && b.dw == 1;  // with sw 1 or 2: taps8_3x3
   // bias, then the n <= 8 pixels from plane position `at` on stored through finish
-  auto store = [&](__m256 (&r)[8], int64_t at, int64_t n) {
-    if (b.bias) {
+  auto store = [=](__m256 (&r)[8], int64_t at, int64_t n) {
+    if (has_bias) {
       for (auto& v : r) v = _mm256_add_ps(v, bias);
     }
     if constexpr (YBlocked) {  // each pixel's eight channels as they are
       if (n == 8) {
 #pragma GCC unroll 8
-        for (int p = 0; p < 8; ++p) _mm256_store_ps(b.y + (at + p) * 8, finish(r[p], 0, at, n));
+        for (int p = 0; p < 8; ++p) _mm256_store_ps(y + (at + p) * 8, finish(r[p], 0, at, n));
         return;
       }
 #pragma GCC unroll 8
       for (int p = 0; p < 8; ++p) {
-        if (p < n) _mm256_store_ps(b.y + (at + p) * 8, finish(r[p], 0, at, n));
+        if (p < n) _mm256_store_ps(y + (at + p) * 8, finish(r[p], 0, at, n));
       }
     } else {
-      store_planes8(r, b.y, plane_out, at, n, [&](__m256 v, int l) { return finish(v, l, at, n); });
+      store_planes8(r, y, plane_out, at, n, [&](__m256 v, int l) { return finish(v, l, at, n); });
     }
   };
   // The n <= 8 output pixels from plane position `at` on: their windows, in an image whose rows
@@ -270,16 +287,16 @@ void block8(const DepthwiseBlock& b) {
       }
       if (left > 0) from_patch(oy, 0, left);
       int64_t ox = left;
+      if (unit3 && ox + 8 <= end) {  // nearly every layer
+        const int64_t groups = (end - ox) / 8;
+        const float* x0 = b.x + (iy0 * b.w_in + ox * b.sw - b.pl) * 8;
+        if (b.sw == 1) inner_groups<1>(x0, b.w_in, wv, groups, oy * b.ow + ox, store);
+        else inner_groups<2>(x0, b.w_in, wv, groups, oy * b.ow + ox, store);
+        ox += groups * 8;
+      }
       for (; ox + 8 <= end; ox += 8) {
         const float* base[8] = {b.x + (iy0 * b.w_in + ox * b.sw - b.pl) * 8};
-        if (unit3) {  // nearly every layer: sums of their own, in registers
-          __m256 r[8];
-          if (b.sw == 1) taps8_3x3<1>(b.w_in, wv, base[0], 0, r);
-          else taps8_3x3<2>(b.w_in, wv, base[0], 0, r);
-          store(r, oy * b.ow + ox, 8);
-        } else {
-          group(true, b.w_in, base, oy * b.ow + ox, 8);
-        }
+        group(true, b.w_in, base, oy * b.ow + ox, 8);
       }
       if (ox < b.ow) from_patch(oy, ox, b.ow);
     }
