@@ -63,13 +63,19 @@ int64_t block8_floats(const PoolParams& p) {
   return rows * cols * 8 + 8;  // + room to align to 32 bytes
 }
 
-void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) {
+namespace {
+
+// pool_block8 for a max or an average (IsMax) and, K = 3, a 3x3 undilated window (nearly every
+// pool), known at compile time: read at run time, the per-tap branches and loops kept each
+// pixel's vector in memory (the depthwise kernel had the same trouble, see its README section).
+template <bool IsMax, int K>
+void block8(const PoolParams& p, const float* x, float* y, float* scratch) {
   int64_t rows, cols;
   block8_extent(p, rows, cols);
   const int64_t plane_in = p.h * p.w, plane_out = p.oh * p.ow;
   float* padded = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch) + 31) & ~uintptr_t(31));
   // cells outside the input take the value that leaves a max or a sum unchanged
-  const __m256 fill = _mm256_set1_ps(p.is_max ? -std::numeric_limits<float>::infinity() : 0.f);
+  const __m256 fill = _mm256_set1_ps(IsMax ? -std::numeric_limits<float>::infinity() : 0.f);
   pad_planes8(x, plane_in, false, p.h, p.w, p.pt, p.pl, rows, cols, fill, padded);
   // the average's divisors, as pool_planes counts them: window taps per output column and row
   auto counts = [&](int64_t outputs, int64_t stride, int64_t pad, int64_t pad_end, int64_t dil, int64_t taps,
@@ -88,19 +94,22 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   const int64_t row_step = p.dh * cols * 8;
   // the eight planes' output pixel (oy, ox): each window column's rows combined in order, then
   // the columns in order
+  const int64_t kh = K ? K : p.kh, kw = K ? K : p.kw, dw = K ? 1 : p.dw;
   auto pixel = [&](int64_t oy, int64_t ox) {
     const float* corner = padded + (oy * p.sh * cols + ox * p.sw) * 8;
     __m256 out = _mm256_setzero_ps();
-    for (int64_t j = 0; j < p.kw; ++j) {
-      const float* at = corner + j * p.dw * 8;
+#pragma GCC unroll 3
+    for (int64_t j = 0; j < kw; ++j) {
+      const float* at = corner + j * dw * 8;
       __m256 col = _mm256_load_ps(at);
-      for (int64_t i = 1; i < p.kh; ++i) {
+#pragma GCC unroll 3
+      for (int64_t i = 1; i < kh; ++i) {
         const __m256 v = _mm256_load_ps(at + i * row_step);
-        col = p.is_max ? nan_max8(col, v) : _mm256_add_ps(col, v);
+        col = IsMax ? nan_max8(col, v) : _mm256_add_ps(col, v);
       }
-      out = j == 0 ? col : p.is_max ? nan_max8(out, col) : _mm256_add_ps(out, col);
+      out = j == 0 ? col : IsMax ? nan_max8(out, col) : _mm256_add_ps(out, col);
     }
-    if (p.is_max) return out;
+    if constexpr (IsMax) return out;
     const int64_t count = std::max<int64_t>(count_y[static_cast<size_t>(oy)] * count_x[static_cast<size_t>(ox)], 1);
     return _mm256_div_ps(out, _mm256_set1_ps(static_cast<float>(count)));
   };
@@ -110,7 +119,8 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
   for (int64_t at = 0; at < plane_out; at += 8) {
     const int64_t n = std::min<int64_t>(8, plane_out - at);
     __m256 r[8];
-    for (int64_t q = 0; q < 8; ++q) {
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q) {
       if (q < n) {
         r[q] = pixel(oy, ox);
         if (++ox == p.ow) ox = 0, ++oy;
@@ -120,6 +130,14 @@ void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) 
     }
     store_planes8(r, y, plane_out, at, n, [](__m256 v, int) { return v; });
   }
+}
+
+}  // namespace
+
+void pool_block8(const PoolParams& p, const float* x, float* y, float* scratch) {
+  const bool k3 = p.kh == 3 && p.kw == 3 && p.dh == 1 && p.dw == 1;
+  if (p.is_max) k3 ? block8<true, 3>(p, x, y, scratch) : block8<true, 0>(p, x, y, scratch);
+  else k3 ? block8<false, 3>(p, x, y, scratch) : block8<false, 0>(p, x, y, scratch);
 }
 
 }  // namespace pool_avx2
