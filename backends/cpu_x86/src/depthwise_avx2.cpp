@@ -108,8 +108,9 @@ enum class PadColumns { kNone, kFirst, kLast, kBoth, kClip };
 // compiler then kept the eight sums in memory: MobileNetV2's 14x14 layers took 0.056-0.084 ms
 // (it varied by the hour), against 0.048 now.
 template <int S, PadColumns Pad = PadColumns::kNone>
-__attribute__((always_inline)) inline void taps8_3x3(int64_t cols, const float* wv, const float* x, int64_t row, __m256 (&r)[8], int i0 = 0,
-                      int i1 = 3, int c0 = 0, int c1 = 7 * S + 3, const float* zeros = nullptr) {
+__attribute__((always_inline)) inline void taps8_3x3(int64_t cols, const float* wv, const float* x, int64_t row,
+                                                    __m256 (&r)[8], int i0 = 0, int i1 = 3, int c0 = 0,
+                                                    int c1 = 7 * S + 3, const float* zeros = nullptr) {
   constexpr int kColumns = 7 * S + 3;  // input columns the 8 windows of one row cover
   constexpr bool kClip = Pad == PadColumns::kClip;
   constexpr bool kSkipFirst = Pad == PadColumns::kFirst || Pad == PadColumns::kBoth;

@@ -88,7 +88,8 @@ inline void pad_planes8(const float* x, int64_t plane_stride, bool blocked, int6
 // transposed, plane l's n pixels go to y + l * plane + at, each vector through finish(v, l)
 // first (which may read plane l's n pixels of another tensor at the same place).
 template <class Finish>
-__attribute__((always_inline)) inline void store_planes8(__m256 (&r)[8], float* y, int64_t plane, int64_t at, int64_t n, Finish finish) {
+__attribute__((always_inline)) inline void store_planes8(__m256 (&r)[8], float* y, int64_t plane, int64_t at,
+                                                        int64_t n, Finish finish) {
   transpose8x8(r);
   alignas(32) float lanes[8];
   for (int l = 0; l < 8; ++l) {
