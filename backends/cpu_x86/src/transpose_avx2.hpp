@@ -13,7 +13,7 @@ namespace walle {
 namespace {
 
 // r[i] holds row i of an 8x8 block; afterwards r[i] holds column i.
-__attribute__((always_inline)) inline void transpose8x8(__m256 r[8]) {
+inline void transpose8x8(__m256 r[8]) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
   const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
@@ -88,8 +88,7 @@ inline void pad_planes8(const float* x, int64_t plane_stride, bool blocked, int6
 // transposed, plane l's n pixels go to y + l * plane + at, each vector through finish(v, l)
 // first (which may read plane l's n pixels of another tensor at the same place).
 template <class Finish>
-__attribute__((always_inline)) inline void store_planes8(__m256 (&r)[8], float* y, int64_t plane, int64_t at,
-                                                        int64_t n, Finish finish) {
+inline void store_planes8(__m256 (&r)[8], float* y, int64_t plane, int64_t at, int64_t n, Finish finish) {
   transpose8x8(r);
   alignas(32) float lanes[8];
   for (int l = 0; l < 8; ++l) {
